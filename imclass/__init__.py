@@ -1,0 +1,21 @@
+"""imclass: from images to a trained, evaluated and explained image classifier.
+
+The public API is imported lazily, so `import imclass` (and `imclass --help`) stay instant.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["train", "evaluate", "predict", "load_run", "RunConfig", "load_config"]
+
+
+def __getattr__(name):
+    if name in ("train", "evaluate", "predict", "load_run"):
+        from imclass import api
+        return getattr(api, name)
+    if name == "RunConfig":
+        from imclass.config import RunConfig
+        return RunConfig
+    if name == "load_config":
+        from imclass.config import load_yaml
+        return load_yaml
+    raise AttributeError(f"module 'imclass' has no attribute {name!r}")

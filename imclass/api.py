@@ -1,0 +1,284 @@
+"""The public operations: `train`, `evaluate` and `predict`, each a few calls over the stages."""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from imclass import __version__, config as config_mod
+from imclass.checkpoint import atomic_write_text
+from imclass.config import RunConfig
+from imclass.errors import ConfigError, DataError
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
+                   "images_per_s")
+
+
+def _log(quiet: bool):
+    def log(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+    return log
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import sklearn
+    return {"imclass": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def prepare_run_dir(out: str | Path | None, cfg: RunConfig, overwrite: bool) -> Path:
+    """The run folder; refuses to mix a new run into a folder that holds an earlier one."""
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{cfg.data.source}-{cfg.model.name}-{stamp}"
+    run_dir = Path(out)
+    if (run_dir / "config.yaml").exists() and not overwrite:
+        raise ConfigError(f"{run_dir} already holds a run; choose another --out or pass "
+                          "--overwrite to replace it")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "plots").mkdir(exist_ok=True)
+    return run_dir
+
+
+class HistoryWriter:
+    """Rewrites history.csv after every epoch, so a stopped run keeps what it did."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows = path, []
+
+    def __call__(self, event: str, info: dict):
+        if event != "epoch_end":
+            return None
+        self.rows.append({k: info[k] for k in HISTORY_COLUMNS})
+        lines = [",".join(HISTORY_COLUMNS)]
+        lines += [",".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k])
+                           for k in HISTORY_COLUMNS) for row in self.rows]
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+        return None
+
+
+class Checkpointer:
+    """Saves `last` after every epoch and `best` whenever validation loss improved."""
+
+    def __init__(self, folder: Path, model: torch.nn.Module, meta: dict):
+        self.folder, self.model, self.meta = folder, model, meta
+
+    def __call__(self, event: str, info: dict):
+        if event != "epoch_end":
+            return None
+        from imclass import checkpoint
+        metrics = {k: info[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")}
+        meta = {**self.meta, "metrics": metrics}
+        checkpoint.save(self.folder / "last", self.model, meta)
+        if info["improved"]:
+            checkpoint.save(self.folder / "best", self.model, meta)
+        return None
+
+
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def train(config: RunConfig | None = None, out: str | Path | None = None, *,
+          overwrite: bool = False, quiet: bool = False, command: str | None = None) -> Path:
+    """Train, evaluate on the test set and write the report; returns the run folder."""
+    from imclass.data import prepare
+    from imclass.data.augment import build_augment
+    from imclass.data.batches import Batches
+    from imclass.models import build_model, count_parameters, flops_per_image
+    from imclass.tasks import get_task
+    from imclass.train import EarlyStopping, OverfitWatch, Progress, fit, resolve_device
+
+    started = time.perf_counter()
+    cfg = config_mod.resolve(config_mod.validate(config or RunConfig()))
+    log = _log(quiet)
+    device = resolve_device(cfg.train.device)
+    run_dir = prepare_run_dir(out, cfg, overwrite)
+    config_mod.save_yaml(cfg, run_dir / "config.yaml")
+    torch.manual_seed(cfg.train.seed)  # weights and kornia's augmentation draws
+
+    splits = prepare(cfg.data, cfg.train.seed)
+    log(f"data: {len(splits.train)} train / {len(splits.val)} validation / {len(splits.test)} "
+        f"test images, {splits.train.channels}x{splits.train.size[0]}x{splits.train.size[1]}, "
+        f"{len(splits.train.class_names)} classes, from {splits.train.source}")
+    task = get_task("multiclass")
+    shape = (splits.train.channels, *splits.train.size)
+    model = build_model(cfg.model, shape[0], task.num_outputs(len(splits.train.class_names)))
+    model = model.to(device, memory_format=torch.channels_last)
+    params, flops = count_parameters(model), flops_per_image(model, shape)
+    log(f"model: {cfg.model.name}, {params:,} parameters, {flops / 1e6:.1f} MFLOPs per image; "
+        f"training on {hardware(device)}")
+
+    meta = {"config": config_mod.to_dict(cfg), "class_names": list(splits.train.class_names),
+            "task": task.name, "input": {"channels": shape[0], "height": shape[1],
+                                         "width": shape[2]},
+            "normalization": {"mean": list(splits.norm.mean), "std": list(splits.norm.std)},
+            "versions": versions()}
+    augment = build_augment(cfg.augment, shape[0], min(shape[1:]))
+    t = cfg.train
+    train_batches = Batches(splits.train, t.batch_size, splits.norm, shuffle=True,
+                            augment=augment, seed=t.seed, device=device,
+                            drop_last=len(splits.train) > t.batch_size)
+    val_batches = Batches(splits.val, t.eval_batch_size, splits.norm, device=device)
+    overfit = OverfitWatch(t.overfit_epochs, log)
+    callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit,
+                 HistoryWriter(run_dir / "history.csv"),
+                 Checkpointer(run_dir / "checkpoints", model, meta)]
+    result = fit(model, train_batches, val_batches, task.loss(t.loss, t.label_smoothing), t,
+                 device, callbacks)
+    train_seconds = time.perf_counter() - started
+    best = result.history[result.best_epoch - 1] if result.best_epoch else result.history[-1]
+    if result.stopped_early:
+        log(f"early stopping after epoch {len(result.history)}: no validation-loss improvement "
+            f"for {t.patience} epochs; keeping epoch {result.best_epoch}")
+    summary = {"data": splits.summary(), "model": {"name": cfg.model.name, "parameters": params,
+                                                   "flops_per_image": flops},
+               "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+               "stopped_early": result.stopped_early, "overfitting": overfit.warnings,
+               "hardware": hardware(device), "device": device.type,
+               "train_seconds": train_seconds, "command": command, "versions": versions(),
+               "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc")}}
+    _write_json(run_dir / "run.json", summary)
+    _evaluate_and_report(run_dir, model, task, splits.test, splits.norm, cfg, device, log)
+    summary["total_seconds"] = time.perf_counter() - started
+    _write_json(run_dir / "run.json", summary)
+    from imclass.report import write_report
+    write_report(run_dir)  # again, now that the total time is known
+    log(f"total {summary['total_seconds']:.0f}s; report: {(run_dir / 'report.html').resolve()}")
+    return run_dir
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2))
+
+
+def _evaluate_and_report(run_dir: Path, model, task, test_set, norm, cfg: RunConfig,
+                         device: torch.device, log) -> dict:
+    """Test-set metrics into metrics.json, the plots under plots/, and report.html."""
+    from imclass import plots
+    from imclass.data.batches import Batches
+    from imclass.evaluate import classification_metrics, predict_probabilities
+    from imclass.report import write_report
+
+    batches = Batches(test_set, cfg.train.eval_batch_size, norm, device=device)
+    probs, labels = predict_probabilities(model, batches, task, device)
+    test = classification_metrics(labels, probs, test_set.class_names)
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics["test"] = test
+    _write_json(metrics_path, metrics)
+    log(f"test: accuracy {test['accuracy']:.4f}, macro F1 {test['f1_macro']:.4f}, "
+        f"ROC AUC {test['roc_auc_macro']:.4f} on {len(labels)} images")
+    plots.write_all(run_dir / "plots", read_history(run_dir), labels, probs, test_set)
+    write_report(run_dir)
+    return test
+
+
+@dataclass
+class LoadedRun:
+    model: torch.nn.Module
+    meta: dict
+    config: RunConfig
+    device: torch.device
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta["class_names"]
+
+    @property
+    def norm(self):
+        from imclass.data.batches import Normalization
+        n = self.meta["normalization"]
+        return Normalization(tuple(n["mean"]), tuple(n["std"]))
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> LoadedRun:
+    """Rebuild a run's model from its checkpoint (safetensors + JSON sidecar; no pickle)."""
+    from imclass import checkpoint
+    from imclass.models import build_model
+    from imclass.train import resolve_device
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"run folder {run_dir} does not exist")
+    state, meta = checkpoint.load(run_dir / "checkpoints" / which)
+    cfg = config_mod.from_dict(meta["config"])
+    dev = resolve_device(device)
+    model = build_model(cfg.model, meta["input"]["channels"], len(meta["class_names"]))
+    model.load_state_dict(state)
+    model = model.to(dev, memory_format=torch.channels_last).eval()
+    return LoadedRun(model, meta, cfg, dev)
+
+
+def evaluate(run_dir: str | Path, *, quiet: bool = False) -> dict:
+    """Re-evaluate a saved run's best checkpoint on its test set; rewrites metrics and report."""
+    from imclass.data import load_source
+    from imclass.tasks import get_task
+
+    run = load_run(run_dir)
+    _, test = load_source(run.config.data)
+    if list(test.class_names) != run.class_names:
+        raise DataError(f"the test set's classes {list(test.class_names)} differ from the "
+                        f"run's {run.class_names}")
+    return _evaluate_and_report(Path(run_dir), run.model, get_task(run.meta["task"]), test,
+                                run.norm, run.config, run.device, _log(quiet))
+
+
+def read_image(path: str | Path, channels: int, height: int, width: int) -> torch.Tensor:
+    """One image file as uint8 [C, H, W], converted and resized to the model's input."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    import numpy as np
+
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img).convert("L" if channels == 1 else "RGB")
+            img = img.resize((width, height), Image.Resampling.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+    tensor = torch.from_numpy(array.copy())
+    return tensor[None] if channels == 1 else tensor.permute(2, 0, 1)
+
+
+def predict(run_dir: str | Path, images: Iterable[str | Path], top_k: int = 3) -> list[dict]:
+    """Top-k classes with probabilities for each image file."""
+    from imclass.tasks import get_task
+
+    run = load_run(run_dir)
+    spec = run.meta["input"]
+    paths = list(images)
+    if not paths:
+        raise ConfigError("give at least one image to predict")
+    x = torch.stack([read_image(p, spec["channels"], spec["height"], spec["width"])
+                     for p in paths]).float().div_(255)
+    x = run.norm.apply(x).to(run.device)
+    with torch.no_grad():
+        probs = get_task(run.meta["task"]).probabilities(run.model(x)).cpu()
+    k = min(top_k, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    return [{"image": str(p), "top": [{"class": run.class_names[i], "probability": float(v)}
+                                      for v, i in zip(vs.tolist(), ix.tolist())]}
+            for p, vs, ix in zip(paths, values, indices)]

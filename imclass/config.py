@@ -1,0 +1,288 @@
+"""The typed run configuration: every default, its documentation and its allowed range in one place.
+
+A run is described by one frozen `RunConfig` made of sections (`data`, `augment`, `model`,
+`train`). A YAML file and command-line flags only override the defaults. Every field name is
+unique across sections, so a flat key (`lr`), a dotted key (`train.lr`) and a flag (`--lr`) all
+name the same thing. Unknown keys are refused with the nearest valid name; values are checked
+against their range once, here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imclass.errors import ConfigError
+
+
+def option(default: Any, help: str, *, choices: tuple | None = None, low: float | None = None,
+           high: float | None = None, open_low: bool = False, open_high: bool = False,
+           flag: str | None = None) -> Any:
+    """A config field with its help text and its allowed values (a range or a set of choices)."""
+    meta = dict(help=help, choices=choices, low=low, high=high, open_low=open_low,
+                open_high=open_high, flag=flag)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = option("fashion-mnist", "dataset to train on", choices=("fashion-mnist",),
+                         flag="data")
+    data_dir: str | None = option(None, "folder holding the dataset files (searched first)")
+    val_fraction: float = option(0.2, "share of the training images held out for validation",
+                                 low=0.0, high=1.0, open_low=True, open_high=True)
+    subset: int | None = option(None, "train on a stratified subset of this many training images "
+                                "(validation is split from it); all when unset", low=20)
+    image_size: int | None = option(None, "resize images to this many pixels a side; native size "
+                                    "when unset", low=8, high=1024)
+    cache_dir: str | None = option(None, "where downloaded datasets are kept "
+                                   "(default ~/.cache/imclass)")
+
+
+# Each augmentation has a probability (share of the images in a batch it is applied to) and a
+# magnitude. None means "take it from the preset"; `resolve()` fills them in, so the saved
+# config.yaml always holds the concrete values that ran.
+@dataclass(frozen=True)
+class AugmentConfig:
+    preset: str = option("fashion", "augmentation preset; its values fill every field left unset",
+                         choices=("none", "fashion", "light", "strong"), flag="augment")
+    hflip_p: float | None = option(None, "probability of a horizontal flip", low=0, high=1)
+    vflip_p: float | None = option(None, "probability of a vertical flip", low=0, high=1)
+    rotate_p: float | None = option(None, "probability of a rotation", low=0, high=1)
+    rotate_degrees: float | None = option(None, "largest rotation, degrees either way",
+                                          low=0, high=180)
+    shift_p: float | None = option(None, "probability of a random scale and shift (crop)",
+                                   low=0, high=1)
+    shift: float | None = option(None, "largest shift, as a fraction of the image side",
+                                 low=0, high=0.5)
+    scale: float | None = option(None, "largest zoom in or out, as a fraction (0.1 = 0.9x to 1.1x)",
+                                 low=0, high=0.9)
+    brightness_p: float | None = option(None, "probability of a brightness change", low=0, high=1)
+    brightness: float | None = option(None, "largest brightness change (fraction)", low=0, high=1)
+    contrast_p: float | None = option(None, "probability of a contrast change", low=0, high=1)
+    contrast: float | None = option(None, "largest contrast change (fraction)", low=0, high=1)
+    saturation_p: float | None = option(None, "probability of a saturation change "
+                                        "(colour images only)", low=0, high=1)
+    saturation: float | None = option(None, "largest saturation change (fraction)", low=0, high=1)
+    noise_p: float | None = option(None, "probability of added Gaussian noise", low=0, high=1)
+    noise_std: float | None = option(None, "noise standard deviation, in [0, 1] pixel units",
+                                     low=0, high=1)
+    blur_p: float | None = option(None, "probability of a Gaussian blur", low=0, high=1)
+    blur_sigma: float | None = option(None, "largest blur sigma, pixels", low=0.1, high=10)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = option("cnn", "model architecture, looked up in the model registry", flag="model")
+    widths: tuple[int, ...] = option((32, 64, 128), "channels of each CNN stage", low=1, high=4096)
+    depths: tuple[int, ...] = option((1, 1, 1), "3x3 conv layers in each CNN stage", low=1, high=16)
+    dropout: float = option(0.2, "dropout before the classification head", low=0, high=1,
+                            open_high=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = option(10, "passes over the training split", low=1, high=10_000)
+    batch_size: int = option(256, "images per optimisation step", low=1, high=65_536)
+    lr: float = option(0.2, "peak learning rate", low=0, high=10, open_low=True)
+    optimizer: str = option("sgd", "optimiser (SGD uses Nesterov momentum)",
+                            choices=("sgd", "adam", "adamw", "rmsprop"))
+    momentum: float = option(0.9, "momentum for sgd and rmsprop", low=0, high=1, open_high=True)
+    loss: str = option("cross-entropy", "loss: cross-entropy, or mse on one-hot targets",
+                       choices=("cross-entropy", "mse"))
+    label_smoothing: float = option(0.1, "cross-entropy label smoothing", low=0, high=1,
+                                    open_high=True)
+    weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw); not applied to "
+                                 "biases and BatchNorm", low=0, high=1)
+    l1: float = option(0.0, "L1 penalty on conv and linear weights, added to the loss",
+                       low=0, high=1)
+    schedule: str = option("onecycle", "learning-rate schedule over the whole run, per step",
+                           choices=("onecycle", "cosine", "constant"))
+    warmup_fraction: float = option(0.25, "share of the run spent warming up (onecycle)",
+                                    low=0, high=1, open_low=True, open_high=True)
+    patience: int | None = option(5, "stop after this many epochs without a validation-loss "
+                                  "improvement; never when unset", low=1)
+    min_delta: float = option(0.0, "smallest fall in validation loss that counts as an "
+                              "improvement", low=0)
+    overfit_epochs: int = option(3, "warn of overfitting after this many epochs in a row of "
+                                 "rising validation loss and falling training loss", low=2)
+    seed: int = option(0, "seed for the split, the batch order, augmentation and the weights",
+                       low=0)
+    device: str = option("auto", "where to train: cuda (with mixed precision) when present, "
+                         "else cpu", choices=("auto", "cpu", "cuda"))
+    eval_batch_size: int = option(1024, "images per forward pass when evaluating", low=1)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+_SECTION_TYPES = typing.get_type_hints(RunConfig)
+
+
+def section_fields() -> dict[str, tuple[str, dataclasses.Field, Any]]:
+    """Every config key: name -> (section, dataclass field, resolved type)."""
+    keys = {}
+    for section, cls in _SECTION_TYPES.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            keys[f.name] = (section, f, hints[f.name])
+    return keys
+
+
+KEYS = section_fields()
+
+
+def _unknown(key: str, valid: list[str], what: str = "config key") -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return ConfigError(f"unknown {what} '{key}'{hint}")
+
+
+def coerce(key: str, value: Any, typ: Any) -> Any:
+    """Turn a YAML or command-line value into the field's type, or say why it cannot be."""
+    args = typing.get_args(typ)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if type(None) in args:
+            return None
+        raise ConfigError(f"'{key}' needs a value")
+    if type(None) in args:  # Optional[X]: coerce to X
+        typ = next(a for a in args if a is not type(None))
+        args = typing.get_args(typ)
+    if typing.get_origin(typ) is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"'{key}' takes a list such as 32,64,128; got {value!r}")
+        return tuple(coerce(key, v, args[0]) for v in items)
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError
+                return value.lower() in ("true", "yes", "1")
+            return bool(value)
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except ValueError:
+        raise ConfigError(f"'{key}' must be {typ.__name__}; got {value!r}") from None
+
+
+def _check_value(key: str, value: Any, meta: dict) -> None:
+    """Refuse a value outside the field's choices or range, saying which values are allowed."""
+    if value is None:
+        return
+    for v in value if isinstance(value, tuple) else (value,):
+        if meta["choices"] and v not in meta["choices"]:
+            close = difflib.get_close_matches(str(v), meta["choices"], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"'{key}' must be one of {', '.join(meta['choices'])}; "
+                              f"got '{v}'{hint}")
+        low, high = meta["low"], meta["high"]
+        too_low = low is not None and (v <= low if meta["open_low"] else v < low)
+        too_high = high is not None and (v >= high if meta["open_high"] else v > high)
+        if too_low or too_high:
+            raise ConfigError(f"'{key}' must be in {_describe_range(meta)}; got {v}")
+
+
+def _describe_range(meta: dict) -> str:
+    lo = "(" if meta["open_low"] else "["
+    hi = ")" if meta["open_high"] else "]"
+    low = "-inf" if meta["low"] is None else f"{meta['low']:g}"
+    high = "inf" if meta["high"] is None else f"{meta['high']:g}"
+    if meta["high"] is None:
+        hi = ")"
+    return f"{lo}{low}, {high}{hi}"
+
+
+def override(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """A new config with `values` applied; keys are flat (`lr`) or dotted (`train.lr`)."""
+    per_section: dict[str, dict[str, Any]] = {}
+    for key, raw in values.items():
+        name = key.split(".", 1)[1] if "." in key else key
+        if name not in KEYS or ("." in key and KEYS[name][0] != key.split(".", 1)[0]):
+            raise _unknown(key, list(KEYS))
+        section, f, typ = KEYS[name]
+        value = coerce(name, raw, typ)
+        _check_value(name, value, f.metadata)
+        per_section.setdefault(section, {})[name] = value
+    changes = {s: dataclasses.replace(getattr(cfg, s), **v) for s, v in per_section.items()}
+    return validate(dataclasses.replace(cfg, **changes))
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Checks that span fields. Returns the config unchanged so calls can be chained."""
+    m = cfg.model
+    if m.name == "cnn" and len(m.widths) != len(m.depths):
+        raise ConfigError(f"'widths' has {len(m.widths)} stages but 'depths' has "
+                          f"{len(m.depths)}; give both the same number of entries")
+    return cfg
+
+
+def from_dict(data: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+    """A config from a nested mapping (as in YAML: `train: {lr: 0.1}`) or flat keys."""
+    if not isinstance(data, dict):
+        raise ConfigError("a config file must hold a mapping of keys to values")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section '{key}' must be a mapping of keys to values")
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return override(base or RunConfig(), flat)
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The nested plain-data form (lists, not tuples) that YAML and JSON can hold."""
+    def plain(v):
+        return list(v) if isinstance(v, tuple) else v
+    return {s: {k: plain(v) for k, v in dataclasses.asdict(getattr(cfg, s)).items()}
+            for s in SECTIONS}
+
+
+def load_yaml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    try:
+        return from_dict(data, base)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def save_yaml(cfg: RunConfig, path: str | Path) -> None:
+    import yaml
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """Fill the augmentation fields left unset from the chosen preset."""
+    from imclass.data.augment import PRESETS
+    preset = PRESETS[cfg.augment.preset]
+    filled = {k: getattr(preset, k) for k in preset.__dataclass_fields__
+              if k != "preset" and getattr(cfg.augment, k) is None}
+    return dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, **filled))

@@ -1,0 +1,36 @@
+"""Seeded, stratified splits and subsets (scikit-learn), as index tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from imclass.errors import DataError
+
+
+def stratified_split(labels: torch.Tensor, held_out: float | int, seed: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (kept, held out), class proportions kept in both, the same for the same seed.
+
+    `held_out` is a fraction in (0, 1) or a number of images.
+    """
+    index = np.arange(len(labels))
+    counts = torch.bincount(labels)
+    n_classes = int((counts > 0).sum())
+    n_held = held_out if isinstance(held_out, int) else int(np.ceil(held_out * len(labels)))
+    if int(counts[counts > 0].min()) < 2 or not n_classes <= n_held <= len(labels) - n_classes:
+        raise DataError(f"cannot split {n_held} of {len(labels)} images off stratified by class "
+                        f"(the smallest class has {int(counts[counts > 0].min())} image(s)); "
+                        "use more images or a different --val-fraction / --subset")
+    kept, held = train_test_split(index, test_size=n_held, stratify=labels.numpy(),
+                                  random_state=seed)
+    return torch.from_numpy(np.sort(kept)), torch.from_numpy(np.sort(held))
+
+
+def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Indices of `n` images keeping the class proportions; all of them when n >= len."""
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    kept, _ = stratified_split(labels, len(labels) - n, seed)
+    return kept

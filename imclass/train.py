@@ -1,0 +1,233 @@
+"""The training loop: one epoch function, one validate function, and `fit` over epochs.
+
+Everything else (progress bar, early stopping, overfitting warning, checkpoints, history file)
+hangs off a small fixed set of events. A callback is called as `callback(event, info)` with
+event one of "epoch_start", "batch_end", "epoch_end", "train_end"; returning "stop" from
+"epoch_end" ends training after that epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from imclass.config import TrainConfig
+from imclass.tasks import Loss
+
+Callback = Callable[[str, dict], Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    from imclass.errors import ConfigError
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use "
+                          "--device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 mixed precision on CUDA (no loss scaling needed); full fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # Weight decay on conv and linear weights only: decaying BatchNorm scales and biases
+    # just fights the normalisation.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    optimizers = {
+        "sgd": lambda: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                       nesterov=cfg.momentum > 0),
+        "adam": lambda: torch.optim.Adam(groups, lr=cfg.lr),
+        "adamw": lambda: torch.optim.AdamW(groups, lr=cfg.lr),
+        "rmsprop": lambda: torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum),
+    }
+    return optimizers[cfg.optimizer]()
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    """A per-step learning-rate schedule over the whole run."""
+    schedules = {
+        "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_fraction),
+        "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps),
+        "constant": lambda: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+    }
+    return schedules[cfg.schedule]()
+
+
+def l1_penalty(model: nn.Module) -> torch.Tensor:
+    return sum(p.abs().sum() for p in model.parameters() if p.ndim > 1)
+
+
+def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: TrainConfig,
+                    device: torch.device, emit: Callable[[str, dict], Any] = lambda e, i: None
+                    ) -> dict[str, float]:
+    """One pass over `batches`; returns mean loss, accuracy, images/s and seconds."""
+    model.train()
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for step, (x, y) in enumerate(batches):
+        with autocast(device):
+            logits = model(x)
+            loss = loss_fn(logits.float(), y)
+        total = loss + cfg.l1 * l1_penalty(model) if cfg.l1 else loss
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        emit("batch_end", {"step": step + 1, "steps": len(batches), "seen": seen,
+                           "loss_sum": loss_sum, "correct": correct,
+                           "seconds": time.perf_counter() - start})
+    seconds = time.perf_counter() - start
+    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen,
+            "images_per_s": seen / seconds, "seconds": seconds}
+
+
+@torch.no_grad()
+def validate(model, batches, loss_fn: Loss, device: torch.device) -> dict[str, float]:
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for x, y in batches:
+        with autocast(device):
+            logits = model(x).float()
+        loss_sum += loss_fn(logits, y).item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    return {"loss": loss_sum / seen, "acc": correct / seen}
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+
+
+def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainConfig,
+        device: torch.device, callbacks: list[Callback] = ()) -> FitResult:
+    """Train for cfg.epochs (or until a callback says stop); ends holding the best weights,
+    those of the epoch with the lowest validation loss."""
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_schedule(optimizer, cfg, cfg.epochs * len(train_batches))
+    result = FitResult()
+    best_state = None
+
+    def emit(event: str, info: dict) -> list:
+        return [cb(event, info) for cb in callbacks]
+
+    for epoch in range(1, cfg.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        emit("epoch_start", {"epoch": epoch, "epochs": cfg.epochs, "steps": len(train_batches)})
+        train = train_one_epoch(model, train_batches, optimizer, scheduler, loss_fn, cfg,
+                                device, emit)
+        val = validate(model, val_batches, loss_fn, device)
+        improved = val["loss"] < result.best_val_loss - cfg.min_delta
+        if improved:
+            result.best_epoch, result.best_val_loss = epoch, val["loss"]
+            best_state = copy.deepcopy(model.state_dict())
+        record = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
+                  "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr,
+                  "seconds": train["seconds"], "images_per_s": train["images_per_s"],
+                  "improved": improved, "epochs_since_best": epoch - result.best_epoch,
+                  "epochs": cfg.epochs}
+        result.history.append(record)
+        if "stop" in emit("epoch_end", record):
+            result.stopped_early = epoch < cfg.epochs
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    emit("train_end", {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early})
+    return result
+
+
+class EarlyStopping:
+    """Says stop once validation loss has not improved for `patience` epochs."""
+
+    def __init__(self, patience: int | None):
+        self.patience = patience
+
+    def __call__(self, event: str, info: dict):
+        if event == "epoch_end" and self.patience and info["epochs_since_best"] >= self.patience:
+            return "stop"
+        return None
+
+
+class OverfitWatch:
+    """Warns when validation loss has risen while training loss fell for `epochs` epochs."""
+
+    def __init__(self, epochs: int, log: Callable[[str], None]):
+        self.epochs, self.log = epochs, log
+        self.streak = 0
+        self.previous: dict | None = None
+        self.warnings: list[dict] = []
+
+    def __call__(self, event: str, info: dict):
+        if event != "epoch_end":
+            return None
+        prev, self.previous = self.previous, info
+        diverging = (prev is not None and info["val_loss"] > prev["val_loss"]
+                     and info["train_loss"] < prev["train_loss"])
+        self.streak = self.streak + 1 if diverging else 0
+        if self.streak >= self.epochs - 1 and diverging:
+            message = (f"possible overfitting at epoch {info['epoch']}: validation loss has "
+                       f"risen for {self.streak} epochs while training loss fell; consider "
+                       "more augmentation, dropout or weight decay, or fewer epochs")
+            self.warnings.append({"epoch": info["epoch"], "message": message})
+            self.log("warning: " + message)
+        return None
+
+
+class Progress:
+    """A tqdm bar per epoch with live loss, accuracy and throughput, and a line per epoch."""
+
+    def __init__(self, enabled: bool = True, stream=sys.stderr):
+        self.enabled, self.stream = enabled, stream
+        self.bar = None
+        self.started = time.perf_counter()
+
+    def __call__(self, event: str, info: dict):
+        if not self.enabled:
+            return None
+        from tqdm import tqdm
+        if event == "epoch_start":
+            self.bar = tqdm(total=info["steps"], desc=f"epoch {info['epoch']}/{info['epochs']}",
+                            unit="batch", file=self.stream, leave=False, dynamic_ncols=True)
+        elif event == "batch_end" and self.bar is not None:
+            self.bar.update(1)
+            if info["step"] % 10 == 0 or info["step"] == info["steps"]:
+                seen = info["seen"]
+                self.bar.set_postfix(loss=f"{info['loss_sum'].item() / seen:.4f}",
+                                     acc=f"{info['correct'].item() / seen:.4f}",
+                                     img_s=f"{seen / info['seconds']:.0f}", refresh=False)
+        elif event == "epoch_end":
+            if self.bar is not None:
+                self.bar.close()
+            elapsed = time.perf_counter() - self.started
+            eta = elapsed / info["epoch"] * (info["epochs"] - info["epoch"])
+            mark = " *" if info["improved"] else ""
+            print(f"epoch {info['epoch']:>3}/{info['epochs']}  train loss {info['train_loss']:.4f}"
+                  f" acc {info['train_acc']:.4f}  val loss {info['val_loss']:.4f} acc "
+                  f"{info['val_acc']:.4f}  {info['images_per_s']:.0f} img/s  "
+                  f"{info['seconds']:.1f}s  eta {eta:.0f}s{mark}", file=self.stream, flush=True)
+        return None
