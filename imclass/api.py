@@ -43,15 +43,20 @@ def hardware(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def check_run_dir(out: str | Path | None, overwrite: bool) -> None:
+    """Refuse to mix a new run into a folder that holds an earlier one."""
+    if out is not None and (Path(out) / "config.yaml").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a run; choose another --out or pass "
+                          "--overwrite to replace it")
+
+
 def prepare_run_dir(out: str | Path | None, cfg: RunConfig, overwrite: bool) -> Path:
-    """The run folder; refuses to mix a new run into a folder that holds an earlier one."""
+    """The run folder, with checkpoints/ and plots/ inside (default: a new timestamped one)."""
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{cfg.data.source}-{cfg.model.name}-{stamp}"
     run_dir = Path(out)
-    if (run_dir / "config.yaml").exists() and not overwrite:
-        raise ConfigError(f"{run_dir} already holds a run; choose another --out or pass "
-                          "--overwrite to replace it")
+    check_run_dir(run_dir, overwrite)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     (run_dir / "plots").mkdir(exist_ok=True)
     return run_dir
@@ -114,11 +119,11 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     cfg = config_mod.resolve(config_mod.validate(config or RunConfig()))
     log = _log(quiet)
     device = resolve_device(cfg.train.device)
+    check_run_dir(out, overwrite)
+    splits = prepare(cfg.data, cfg.train.seed)  # before any file is written: bad data leaves none
     run_dir = prepare_run_dir(out, cfg, overwrite)
     config_mod.save_yaml(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.train.seed)  # weights and kornia's augmentation draws
-
-    splits = prepare(cfg.data, cfg.train.seed)
     log(f"data: {len(splits.train)} train / {len(splits.val)} validation / {len(splits.test)} "
         f"test images, {splits.train.channels}x{splits.train.size[0]}x{splits.train.size[1]}, "
         f"{len(splits.train.class_names)} classes, from {splits.train.source}")

@@ -15,7 +15,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if fig._suptitle else (0, 0, 1, 1))
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
     return path
@@ -26,7 +26,7 @@ def curves(history: list[dict], path: Path) -> Path:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     epochs = [h["epoch"] for h in history]
-    best = min(history, key=lambda h: h["val_loss"])["epoch"] if history else None
+    best = int(min(history, key=lambda h: h["val_loss"])["epoch"]) if history else None
     for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
         ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label="validation")

@@ -170,6 +170,6 @@ def load(data_dir: str | Path | None = None, cache_dir: str | Path | None = None
 
 if __name__ == "__main__":  # the set-up's "make sure the data is here" step
     try:
-        print(ensure())
+        print(ensure(allow_download="--local-only" not in sys.argv[1:]))
     except DataError as exc:
         sys.exit(f"imclass: error: {exc}")

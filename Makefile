@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set everything up.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch and torchvision at the versions this project's machines hold on disk (no download).
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test test-fast setup data bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# Fashion-MNIST: Debian's dataset-fashion-mnist when apt-get is usable (root), else imclass
+# downloads the official files into ~/.cache/imclass and checks their MD5.
+data: $(STAMP)
+	@if ! $(PY) -m imclass.data.fashion_mnist --local-only >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q dataset-fashion-mnist || \
+	     (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
+	  fi; \
+	fi
+	@echo "Fashion-MNIST: $$($(PY) -m imclass.data.fashion_mnist)"
+
+demo: data
+	$(VENV)/bin/imclass train --out runs/demo --overwrite
+
+test: data
+	$(PY) -m pytest -q
+
+test-fast: data
+	$(PY) -m pytest -q -m "not slow"
+
+bench: data
+	$(PY) bench/default_recipe.py --runs 3
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

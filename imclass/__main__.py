@@ -1,0 +1,3 @@
+from imclass.cli import main
+import sys
+sys.exit(main())

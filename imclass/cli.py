@@ -1,0 +1,155 @@
+"""The `imclass` command: a thin layer over `imclass.api`.
+
+Flags for `train` are generated from the config dataclasses, so each option's default, help
+and allowed range live in one place (imclass/config.py). Only the standard library and the
+config module are imported here; torch loads when a command runs, so --help is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import shlex
+import sys
+
+from imclass import __version__
+from imclass.config import KEYS, _describe_range
+from imclass.errors import ImclassError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that suggests the nearest flag for a mistyped one, in one line.
+
+    Abbreviated flags are refused (allow_abbrev=False): `--epoch` must not silently mean
+    `--epochs` today and something else once another flag starting with it is added.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            unknown = message.split(":", 1)[1].split()
+            known = [s for a in self._actions for s in a.option_strings]
+            for sub in self._subparsers._group_actions if self._subparsers else ():
+                for p in getattr(sub, "choices", {}).values():
+                    known += [s for a in p._actions for s in a.option_strings]
+            flag = next((u.split("=")[0] for u in unknown if u.startswith("--")), None)
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6) if flag else []
+            if close:
+                message += f" (did you mean {close[0]}?)"
+        self.exit(2, f"imclass: error: {message}\n")
+
+
+def _flag(name: str, meta: dict) -> str:
+    return "--" + (meta["flag"] or name).replace("_", "-")
+
+
+def _help(f, meta: dict) -> str:
+    text = meta["help"]
+    if meta["choices"]:
+        text += f" {{{', '.join(meta['choices'])}}}"
+    elif meta["low"] is not None or meta["high"] is not None:
+        text += f", in {_describe_range(meta)}"
+    default = f.default if f.default is not argparse.SUPPRESS else None
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default))
+    if default is not None:
+        text += f" (default {default})"
+    return text.replace("%", "%%")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    groups = {}
+    for name, (section, f, _typ) in KEYS.items():
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"{section} options")
+        meta = f.metadata
+        groups[section].add_argument(_flag(name, meta), dest=f"cfg:{name}", metavar="V",
+                                     default=argparse.SUPPRESS, help=_help(f, meta))
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="imclass", allow_abbrev=False, description="Train, evaluate and use image classifiers. "
+                    "Run 'imclass COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"imclass {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    train = sub.add_parser("train", help="train a model, evaluate it on the test set, write "
+                           "the report")
+    train.add_argument("--config", help="YAML file of config values (flags override it)")
+    train.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<time>)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out")
+    train.add_argument("--quiet", action="store_true", help="print nothing but the result")
+    _add_config_flags(train)
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="re-evaluate a saved run on its test set")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(func=_evaluate)
+
+    predict = sub.add_parser("predict", help="top-k classes for image files")
+    predict.add_argument("run_dir", metavar="RUN_DIR")
+    predict.add_argument("images", metavar="IMAGE", nargs="+")
+    predict.add_argument("--top-k", type=int, default=3, help="classes to show (default 3)")
+    predict.add_argument("--json", action="store_true", help="print JSON for machines")
+    predict.set_defaults(func=_predict)
+    return parser
+
+
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    from imclass import api
+    from imclass.config import RunConfig, load_yaml, override
+
+    cfg = load_yaml(args.config) if args.config else RunConfig()
+    flags = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("cfg:")}
+    cfg = override(cfg, flags)
+    run_dir = api.train(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet,
+                        command=shlex.join(["imclass", *argv]))
+    print(run_dir / "report.html")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
+    from imclass import api
+
+    test = api.evaluate(args.run_dir, quiet=args.quiet)
+    print(json.dumps({k: test[k] for k in ("accuracy", "f1_macro", "roc_auc_macro")}))
+    return 0
+
+
+def _predict(args: argparse.Namespace, argv: list[str]) -> int:
+    from imclass import api
+
+    if args.top_k < 1:
+        raise ImclassError("--top-k must be at least 1")
+    results = api.predict(args.run_dir, args.images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        tops = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
+        print(f"{r['image']}: {tops}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, argv)
+    except ImclassError as exc:
+        print(f"imclass: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imclass: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from imclass.config import ModelConfig
+from imclass.errors import ConfigError
+from imclass.models import MODELS, build_model, count_parameters, flops_per_image
+
+
+@pytest.mark.parametrize("widths,depths,channels,side", [
+    ((8,), (1,), 1, 28), ((8, 16), (2, 1), 3, 32), ((8, 16, 32), (1, 1, 2), 1, 64)])
+def test_cnn_outputs_one_logit_per_class_for_any_input_size(widths, depths, channels, side):
+    model = build_model(ModelConfig(widths=widths, depths=depths), channels, 7)
+    assert model(torch.zeros(5, channels, side, side)).shape == (5, 7)
+    assert model.embed(torch.zeros(2, channels, side, side)).shape == (2, widths[-1])
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == sum(depths) and all(c.kernel_size == (3, 3) for c in convs)
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == len(widths) - 1
+
+
+def test_parameter_and_flop_counts_grow_with_width():
+    small = build_model(ModelConfig(widths=(8, 16), depths=(1, 1)), 1, 10)
+    large = build_model(ModelConfig(widths=(16, 32), depths=(1, 1)), 1, 10)
+    # conv 1->8 (72 weights), BN 8 (16), conv 8->16 (1152), BN 16 (32), head 16*10+10
+    assert count_parameters(small) == 72 + 16 + 1152 + 32 + 170
+    f_small, f_large = flops_per_image(small, (1, 28, 28)), flops_per_image(large, (1, 28, 28))
+    # the two convs dominate: 2 * (28*28*8*9 + 14*14*16*8*9) multiply-adds ~ 0.56 MFLOPs
+    assert 0.5e6 < f_small < 0.7e6 and f_large > 3 * f_small
+
+
+def test_unknown_model_lists_the_registry():
+    with pytest.raises(ConfigError, match="unknown model 'resnet9000'; valid: cnn"):
+        build_model(ModelConfig(name="resnet9000"), 1, 10)
+    assert "cnn" in MODELS

@@ -1,0 +1,90 @@
+"""A short real training on Fashion-MNIST, and everything it leaves in the run folder."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import imclass
+from imclass import cli
+from imclass.config import RunConfig, override
+
+pytestmark = pytest.mark.slow
+
+
+def test_training_far_beats_chance(trained_run):
+    metrics = json.loads((trained_run / "metrics.json").read_text())["test"]
+    assert metrics["accuracy"] > 0.6, "10 classes: chance is 0.1"
+    assert metrics["roc_auc_macro"] > 0.9
+    assert len(metrics["confusion_matrix"]) == 10 and len(metrics["per_class"]) == 10
+    assert sum(map(sum, metrics["confusion_matrix"])) == 10_000
+
+
+def test_run_folder_holds_everything_a_user_needs(trained_run):
+    names = {p.relative_to(trained_run).as_posix() for p in trained_run.rglob("*") if p.is_file()}
+    expected = {"config.yaml", "history.csv", "metrics.json", "run.json", "report.html",
+                "checkpoints/best.safetensors", "checkpoints/best.json",
+                "checkpoints/last.safetensors", "checkpoints/last.json",
+                "plots/curves.png", "plots/confusion.png", "plots/confusion_normalized.png",
+                "plots/roc.png", "plots/predictions.png"}
+    assert expected <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    for png in (trained_run / "plots").glob("*.png"):
+        with Image.open(png) as img:
+            assert img.size[0] > 300 and img.size[1] > 200
+
+
+def test_history_has_one_row_per_epoch(trained_run):
+    rows = list(csv.DictReader((trained_run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert set(rows[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_saved_config_reproduces_the_run_config(trained_run):
+    saved = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert saved["data"]["subset"] == 1200 and saved["train"]["epochs"] == 4
+    assert saved["augment"]["hflip_p"] == 0.5  # the preset, resolved
+    sidecar = json.loads((trained_run / "checkpoints" / "best.json").read_text())
+    assert sidecar["config"] == saved and sidecar["task"] == "multiclass"
+    assert sidecar["input"] == {"channels": 1, "height": 28, "width": 28}
+    assert len(sidecar["normalization"]["mean"]) == 1 and len(sidecar["class_names"]) == 10
+    assert set(sidecar["versions"]) >= {"imclass", "torch", "python"}
+
+
+def test_report_is_self_contained(trained_run):
+    html = (trained_run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    assert "Ankle boot" in html and "Per class" in html and "pytest" in html
+
+
+def test_evaluate_reproduces_the_test_metrics(trained_run, capsys):
+    before = json.loads((trained_run / "metrics.json").read_text())["test"]
+    assert cli.main(["evaluate", str(trained_run), "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["accuracy"] == pytest.approx(before["accuracy"])
+
+
+def test_predict_names_the_class_of_a_test_image(trained_run, tmp_path, capsys):
+    from imclass.data import fashion_mnist
+    _, test = fashion_mnist.load()
+    label = int(test.labels[0])
+    Image.fromarray(test.images[0, 0].numpy()).save(tmp_path / "item.png")
+    assert cli.main(["predict", str(trained_run), str(tmp_path / "item.png"), "--json",
+                     "--top-k", "3"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    probs = [t["probability"] for t in result["top"]]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+    api_top = imclass.predict(trained_run, [tmp_path / "item.png"], top_k=10)[0]["top"]
+    assert {t["class"] for t in api_top} == set(fashion_mnist.CLASS_NAMES)
+    assert test.class_names[label] in [t["class"] for t in api_top[:5]]
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(trained_run, capsys):
+    assert cli.main(["train", "--out", str(trained_run), "--epochs", "1"]) == 2
+    assert "already holds a run" in capsys.readouterr().err

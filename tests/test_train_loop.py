@@ -1,0 +1,89 @@
+import csv
+
+import pytest
+import torch
+
+from imclass.config import RunConfig, TrainConfig, override
+from imclass.data.batches import Batches, Normalization
+from imclass.data.images import ImageSet
+from imclass.tasks import get_task
+from imclass.train import EarlyStopping, OverfitWatch, fit, make_optimizer
+
+
+def record(epoch, train_loss, val_loss, since_best=0):
+    return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+            "epochs_since_best": since_best}
+
+
+def test_early_stopping_waits_for_patience():
+    stop = EarlyStopping(patience=2)
+    assert stop("epoch_end", record(3, 1, 1, since_best=1)) is None
+    assert stop("epoch_end", record(4, 1, 1, since_best=2)) == "stop"
+    assert EarlyStopping(None)("epoch_end", record(9, 1, 1, since_best=50)) is None
+
+
+def test_overfit_warning_needs_rising_val_and_falling_train_loss_in_a_row():
+    messages = []
+    watch = OverfitWatch(epochs=3, log=messages.append)
+    for i, (tr, va) in enumerate([(1.0, 0.9), (0.8, 0.8), (0.7, 0.85), (0.6, 0.9)], 1):
+        watch("epoch_end", record(i, tr, va))
+    assert [w["epoch"] for w in watch.warnings] == [4] and "overfitting" in messages[0]
+    calm = OverfitWatch(epochs=3, log=messages.append)
+    for i, (tr, va) in enumerate([(1.0, 0.9), (0.8, 0.95), (0.7, 0.9), (0.6, 0.95)], 1):
+        calm("epoch_end", record(i, tr, va))
+    assert calm.warnings == []
+
+
+def test_weight_decay_spares_biases_and_batchnorm():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    groups = make_optimizer(model, TrainConfig(weight_decay=0.1)).param_groups
+    assert [len(g["params"]) for g in groups] == [1, 3]
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+
+
+def tiny_problem(seed=0):
+    """Two classes a linear model separates: bright images vs dark ones."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(64) % 2
+    images = (torch.rand(64, 1, 8, 8, generator=g) * 100 + labels.view(-1, 1, 1, 1) * 120)
+    data = ImageSet(images.to(torch.uint8), labels, ("dark", "bright"))
+    return data, Normalization.of(data.images)
+
+
+def run_fit(cfg: TrainConfig):
+    torch.manual_seed(cfg.seed)
+    data, norm = tiny_problem()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    loss = get_task("multiclass").loss(cfg.loss, cfg.label_smoothing)
+    train = Batches(data, 16, norm, shuffle=True, seed=cfg.seed, channels_last=False)
+    val = Batches(data, 64, norm, channels_last=False)
+    return fit(model, train, val, loss, cfg, torch.device("cpu")), model
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop"])
+@pytest.mark.parametrize("loss", ["cross-entropy", "mse"])
+def test_every_optimizer_and_loss_learns_a_separable_problem(optimizer, loss):
+    lr = {"sgd": 0.1, "adam": 0.05, "adamw": 0.05, "rmsprop": 0.01}[optimizer]
+    result, _ = run_fit(TrainConfig(epochs=6, lr=lr, optimizer=optimizer, loss=loss,
+                                    schedule="constant"))
+    assert result.history[-1]["val_acc"] > 0.9
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+
+
+def test_l1_shrinks_weights():
+    plain, m0 = run_fit(TrainConfig(epochs=6, lr=0.1, schedule="cosine", weight_decay=0))
+    sparse, m1 = run_fit(TrainConfig(epochs=6, lr=0.1, schedule="cosine", weight_decay=0,
+                                     l1=0.01))
+    assert m1[1].weight.abs().sum() < 0.7 * m0[1].weight.abs().sum()
+
+
+def test_same_seed_same_history_and_the_best_weights_are_restored():
+    cfg = TrainConfig(epochs=4, lr=0.3, schedule="onecycle")
+    a, model_a = run_fit(cfg)
+    b, model_b = run_fit(cfg)
+    strip = [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")}
+             for h in a.history]
+    assert strip == [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")}
+                     for h in b.history]
+    assert torch.equal(model_a[1].weight, model_b[1].weight)
+    assert a.best_epoch == min(a.history, key=lambda h: h["val_loss"])["epoch"]
