@@ -15,9 +15,10 @@ from typing import Any, Iterable
 import torch
 
 from imclass import __version__, config as config_mod
-from imclass.checkpoint import atomic_write_text
+from imclass.atomic import atomic_write_text
 from imclass.config import RunConfig
 from imclass.errors import ConfigError, DataError
+from imclass.report import write_report
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
                    "images_per_s")
@@ -37,10 +38,20 @@ def versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__, "python": platform.python_version()}
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{cpu_name()} CPU, {torch.get_num_threads()} threads"
 
 
 def check_run_dir(out: str | Path | None, overwrite: bool) -> None:
@@ -140,7 +151,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
                                          "width": shape[2]},
             "normalization": {"mean": list(splits.norm.mean), "std": list(splits.norm.std)},
             "versions": versions()}
-    augment = build_augment(cfg.augment, shape[0], min(shape[1:]))
+    augment = build_augment(cfg.augment, shape)
     t = cfg.train
     train_batches = Batches(splits.train, t.batch_size, splits.norm, shuffle=True,
                             augment=augment, seed=t.seed, device=device,
@@ -164,13 +175,11 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
                "hardware": hardware(device), "device": device.type,
                "train_seconds": train_seconds, "command": command, "versions": versions(),
                "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc")}}
+    _evaluate_on_test(run_dir, model, task, splits.test, splits.norm, cfg, device, log)
+    summary["total_seconds"] = time.perf_counter() - started  # all but writing the report
     _write_json(run_dir / "run.json", summary)
-    _evaluate_and_report(run_dir, model, task, splits.test, splits.norm, cfg, device, log)
-    summary["total_seconds"] = time.perf_counter() - started
-    _write_json(run_dir / "run.json", summary)
-    from imclass.report import write_report
-    write_report(run_dir)  # again, now that the total time is known
-    log(f"total {summary['total_seconds']:.0f}s; report: {(run_dir / 'report.html').resolve()}")
+    report = write_report(run_dir)
+    log(f"total {summary['total_seconds']:.0f}s; report: {report.resolve()}")
     return run_dir
 
 
@@ -178,13 +187,12 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 
 
-def _evaluate_and_report(run_dir: Path, model, task, test_set, norm, cfg: RunConfig,
-                         device: torch.device, log) -> dict:
-    """Test-set metrics into metrics.json, the plots under plots/, and report.html."""
+def _evaluate_on_test(run_dir: Path, model, task, test_set, norm, cfg: RunConfig,
+                      device: torch.device, log) -> dict:
+    """Test-set metrics into metrics.json and the plots under plots/."""
     from imclass import plots
     from imclass.data.batches import Batches
     from imclass.evaluate import classification_metrics, predict_probabilities
-    from imclass.report import write_report
 
     batches = Batches(test_set, cfg.train.eval_batch_size, norm, device=device)
     probs, labels = predict_probabilities(model, batches, task, device)
@@ -196,7 +204,6 @@ def _evaluate_and_report(run_dir: Path, model, task, test_set, norm, cfg: RunCon
     log(f"test: accuracy {test['accuracy']:.4f}, macro F1 {test['f1_macro']:.4f}, "
         f"ROC AUC {test['roc_auc_macro']:.4f} on {len(labels)} images")
     plots.write_all(run_dir / "plots", read_history(run_dir), labels, probs, test_set)
-    write_report(run_dir)
     return test
 
 
@@ -246,8 +253,10 @@ def evaluate(run_dir: str | Path, *, quiet: bool = False) -> dict:
     if list(test.class_names) != run.class_names:
         raise DataError(f"the test set's classes {list(test.class_names)} differ from the "
                         f"run's {run.class_names}")
-    return _evaluate_and_report(Path(run_dir), run.model, get_task(run.meta["task"]), test,
-                                run.norm, run.config, run.device, _log(quiet))
+    test_metrics = _evaluate_on_test(Path(run_dir), run.model, get_task(run.meta["task"]), test,
+                                     run.norm, run.config, run.device, _log(quiet))
+    write_report(Path(run_dir))
+    return test_metrics
 
 
 def read_image(path: str | Path, channels: int, height: int, width: int) -> torch.Tensor:

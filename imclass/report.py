@@ -11,7 +11,7 @@ import json
 from html import escape
 from pathlib import Path
 
-from imclass.checkpoint import atomic_write_text
+from imclass.atomic import atomic_write_text
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;

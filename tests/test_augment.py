@@ -18,7 +18,7 @@ def batch(n=64, c=1, side=28):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_presets_keep_shape_dtype_and_range(preset, channels):
     x = batch(c=channels)
-    out = build_augment(PRESETS[preset], channels, 28)(x)
+    out = build_augment(PRESETS[preset], (channels, 28, 28))(x)
     assert out.shape == x.shape and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 1
     assert not torch.equal(out, x)
@@ -26,14 +26,14 @@ def test_presets_keep_shape_dtype_and_range(preset, channels):
 
 @pytest.mark.parametrize("op", [
     dict(hflip_p=1.0), dict(vflip_p=1.0), dict(rotate_p=1.0, rotate_degrees=30.0),
-    dict(shift_p=1.0, shift=0.2, scale=0.1), dict(brightness_p=1.0, brightness=0.5),
+    dict(shift_p=1.0, shift=0.2, scale=0.1), dict(shift_p=1.0, shift=0.2), dict(brightness_p=1.0, brightness=0.5),
     dict(contrast_p=1.0, contrast=0.5), dict(saturation_p=1.0, saturation=0.8),
     dict(noise_p=1.0, noise_std=0.1), dict(blur_p=1.0, blur_sigma=2.0)])
 def test_each_operation_changes_images_and_draws_per_image(op):
     cfg = dataclasses.replace(PRESETS["none"], **op)
     one = torch.rand(1, 3, 28, 28)
     x = one.repeat(16, 1, 1, 1)  # 16 copies of the same image
-    out = build_augment(cfg, 3, 28)(x)
+    out = build_augment(cfg, (3, 28, 28))(x)
     assert not torch.allclose(out, x, atol=1e-4), f"{op} left the images unchanged"
     if "hflip_p" not in op and "vflip_p" not in op:  # a flip has only one outcome
         distinct = {tuple(o.flatten()[:200].round(decimals=4).tolist()) for o in out}
@@ -43,13 +43,13 @@ def test_each_operation_changes_images_and_draws_per_image(op):
 def test_probability_sets_the_share_of_images_touched():
     cfg = dataclasses.replace(PRESETS["none"], hflip_p=0.3)
     x = torch.rand(4000, 1, 8, 8)
-    flipped = (build_augment(cfg, 1, 8)(x) != x).flatten(1).any(1).float().mean()
+    flipped = (build_augment(cfg, (1, 8, 8))(x) != x).flatten(1).any(1).float().mean()
     assert 0.25 < flipped < 0.35
 
 
 def test_none_preset_is_the_identity_in_the_batch_pipeline():
     cfg = resolve(override(RunConfig(), {"augment": "none"}))
-    assert build_augment(cfg.augment, 1, 28) is None
+    assert build_augment(cfg.augment, (1, 28, 28)) is None
     images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
     data = ImageSet(images, torch.arange(10), tuple("abcdefghij"))
     norm = Normalization.of(images)
@@ -59,9 +59,20 @@ def test_none_preset_is_the_identity_in_the_batch_pipeline():
 
 
 def test_same_seed_same_augmentation():
-    aug = build_augment(PRESETS["strong"], 1, 28)
+    aug = build_augment(PRESETS["strong"], (1, 28, 28))
     x = batch()
     torch.manual_seed(5)
     a = aug(x)
     torch.manual_seed(5)
     assert torch.equal(a, aug(x))
+
+
+def test_a_pure_shift_moves_pixels_whole_without_blurring():
+    cfg = dataclasses.replace(PRESETS["none"], shift_p=1.0, shift=0.1)
+    x = torch.zeros(32, 1, 28, 28)
+    x[:, :, 14, 14] = 1.0
+    out = build_augment(cfg, (1, 28, 28))(x)
+    assert torch.equal(out.flatten(1).sum(1), torch.ones(32))  # one lit pixel each, not smeared
+    assert set(out.unique().tolist()) == {0.0, 1.0}
+    rows = out[:, 0].amax(2).argmax(1)
+    assert rows.min() >= 11 and rows.max() <= 17 and len(set(rows.tolist())) > 3

@@ -6,6 +6,7 @@ import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
 from imclass import checkpoint
+from imclass.atomic import atomic_write
 from imclass.errors import DataError
 from imclass.evaluate import classification_metrics
 
@@ -60,5 +61,5 @@ def test_a_failed_write_leaves_no_file_behind(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("disk full")
     with pytest.raises(RuntimeError):
-        checkpoint.atomic_write(tmp_path / "x.safetensors", fail)
+        atomic_write(tmp_path / "x.safetensors", fail)
     assert list(tmp_path.iterdir()) == []

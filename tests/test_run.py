@@ -88,3 +88,16 @@ def test_predict_names_the_class_of_a_test_image(trained_run, tmp_path, capsys):
 def test_an_existing_run_is_not_overwritten_by_accident(trained_run, capsys):
     assert cli.main(["train", "--out", str(trained_run), "--epochs", "1"]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_same_seed_same_numbers(tmp_path):
+    cfg = override(RunConfig(), {"subset": 300, "epochs": 2, "batch_size": 32, "augment": "strong"})
+    a = imclass.train(cfg, tmp_path / "a", quiet=True)
+    b = imclass.train(cfg, tmp_path / "b", quiet=True)
+
+    def numbers(run):
+        rows = list(csv.DictReader((run / "history.csv").open()))
+        return [(r["train_loss"], r["val_loss"], r["val_acc"]) for r in rows]
+    assert numbers(a) == numbers(b)
+    test_a, test_b = (json.loads((r / "metrics.json").read_text())["test"] for r in (a, b))
+    assert test_a == test_b

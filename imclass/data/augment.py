@@ -40,12 +40,27 @@ PRESETS = {
 }
 
 
-def _operations(cfg: AugmentConfig, channels: int, side: int) -> list[tuple[float, nn.Module]]:
+def _shift_and_scale(cfg: AugmentConfig, height: int, width: int, p: float) -> nn.Module:
+    """A random shift (and zoom, when `scale` is set). A pure shift is an integer-pixel crop of
+    the zero-padded image, so it does not blur; a zoom needs the interpolating affine warp."""
+    import kornia.augmentation as K
+
+    if cfg.scale:
+        return K.RandomAffine(degrees=0.0, translate=(cfg.shift, cfg.shift),
+                              scale=(1 - cfg.scale, 1 + cfg.scale), p=p)
+    pad = (round(cfg.shift * height), round(cfg.shift * width))
+    return K.RandomCrop((height, width), padding=(pad[1], pad[0]), p=p)
+
+
+def _operations(cfg: AugmentConfig, channels: int, height: int, width: int
+                ) -> list[tuple[float, nn.Module]]:
     """(probability, kornia module) for every operation, in the order they are applied."""
     import kornia.augmentation as K
 
     def span(m: float) -> tuple[float, float]:
         return (1 - m, 1 + m)
+
+    side = min(height, width)
 
     # Gaussian kernel covering +-3 sigma, odd, and no wider than the image.
     blur_k = min(2 * math.ceil(3 * cfg.blur_sigma) + 1, side - (1 - side % 2))
@@ -53,9 +68,8 @@ def _operations(cfg: AugmentConfig, channels: int, side: int) -> list[tuple[floa
         (cfg.hflip_p, lambda p: K.RandomHorizontalFlip(p=p)),
         (cfg.vflip_p, lambda p: K.RandomVerticalFlip(p=p)),
         (cfg.rotate_p, lambda p: K.RandomRotation(degrees=cfg.rotate_degrees, p=p)),
-        (cfg.shift_p, lambda p: K.RandomAffine(degrees=0.0, translate=(cfg.shift, cfg.shift),
-                                               scale=span(cfg.scale) if cfg.scale else None,
-                                               p=p)),
+        (cfg.shift_p if cfg.shift or cfg.scale else 0.0,
+         lambda p: _shift_and_scale(cfg, height, width, p)),
         (cfg.brightness_p, lambda p: K.RandomBrightness(span(cfg.brightness), p=p)),
         (cfg.contrast_p, lambda p: K.RandomContrast(span(cfg.contrast), p=p)),
         (cfg.saturation_p if channels == 3 else 0.0,
@@ -69,16 +83,16 @@ def _operations(cfg: AugmentConfig, channels: int, side: int) -> list[tuple[floa
 class BatchAugment(nn.Module):
     """Augments a float batch [N, C, H, W] with values in [0, 1]; returns a new batch in [0, 1]."""
 
-    def __init__(self, cfg: AugmentConfig, channels: int, side: int):
+    def __init__(self, cfg: AugmentConfig, shape: tuple[int, int, int]):
         super().__init__()
-        self.ops = nn.Sequential(*[make(p) for p, make in _operations(cfg, channels, side)
-                                   if p > 0])
+        self.ops = nn.Sequential(*[make(p) for p, make in _operations(cfg, *shape) if p > 0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ops(x).clamp_(0, 1)
 
 
-def build_augment(cfg: AugmentConfig, channels: int, side: int) -> BatchAugment | None:
-    """The augmentation for a resolved config and image shape; None when it would do nothing."""
-    augment = BatchAugment(cfg, channels, side)
+def build_augment(cfg: AugmentConfig, shape: tuple[int, int, int]) -> BatchAugment | None:
+    """The augmentation for a resolved config and image shape (C, H, W); None when it would
+    do nothing."""
+    augment = BatchAugment(cfg, shape)
     return augment if len(augment.ops) else None
