@@ -124,7 +124,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     from imclass.data.batches import Batches
     from imclass.models import build_model, count_parameters, flops_per_image
     from imclass.tasks import get_task
-    from imclass.train import EarlyStopping, OverfitWatch, Progress, fit, resolve_device
+    from imclass.training import EarlyStopping, OverfitWatch, Progress, fit, resolve_device
 
     started = time.perf_counter()
     cfg = config_mod.resolve(config_mod.validate(config or RunConfig()))
@@ -192,7 +192,7 @@ def _evaluate_on_test(run_dir: Path, model, task, test_set, norm, cfg: RunConfig
     """Test-set metrics into metrics.json and the plots under plots/."""
     from imclass import plots
     from imclass.data.batches import Batches
-    from imclass.evaluate import classification_metrics, predict_probabilities
+    from imclass.metrics import classification_metrics, predict_probabilities
 
     batches = Batches(test_set, cfg.train.eval_batch_size, norm, device=device)
     probs, labels = predict_probabilities(model, batches, task, device)
@@ -229,7 +229,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     """Rebuild a run's model from its checkpoint (safetensors + JSON sidecar; no pickle)."""
     from imclass import checkpoint
     from imclass.models import build_model
-    from imclass.train import resolve_device
+    from imclass.training import resolve_device
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

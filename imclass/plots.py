@@ -120,7 +120,7 @@ def write_all(folder: Path, history, labels: np.ndarray, probs: np.ndarray, test
     """Every evaluation figure into `folder`; returns name -> path."""
     from sklearn.metrics import confusion_matrix
 
-    from imclass.evaluate import auc_per_class, roc_curves
+    from imclass.metrics import auc_per_class, roc_curves
 
     folder.mkdir(parents=True, exist_ok=True)
     names = list(test_set.class_names)

@@ -8,7 +8,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from imclass import checkpoint
 from imclass.atomic import atomic_write
 from imclass.errors import DataError
-from imclass.evaluate import classification_metrics
+from imclass.metrics import classification_metrics
 
 
 def fake_predictions(n=300, k=4, seed=0):

@@ -7,7 +7,7 @@ from imclass.config import RunConfig, TrainConfig, override
 from imclass.data.batches import Batches, Normalization
 from imclass.data.images import ImageSet
 from imclass.tasks import get_task
-from imclass.train import EarlyStopping, OverfitWatch, fit, make_optimizer
+from imclass.training import EarlyStopping, OverfitWatch, fit, make_optimizer
 
 
 def record(epoch, train_loss, val_loss, since_best=0):

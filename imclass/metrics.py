@@ -9,7 +9,7 @@ import torch
 from sklearn import metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
 
-from imclass.train import autocast
+from imclass.training import autocast
 
 
 @torch.no_grad()
