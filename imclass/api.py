@@ -120,11 +120,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
           overwrite: bool = False, quiet: bool = False, command: str | None = None) -> Path:
     """Train, evaluate on the test set and write the report; returns the run folder."""
     from imclass.data import prepare
-    from imclass.data.augment import build_augment
-    from imclass.data.batches import Batches
-    from imclass.models import build_model, count_parameters, flops_per_image
     from imclass.tasks import get_task
-    from imclass.training import EarlyStopping, OverfitWatch, Progress, fit, resolve_device
+    from imclass.training import resolve_device
 
     started = time.perf_counter()
     cfg = config_mod.resolve(config_mod.validate(config or RunConfig()))
@@ -139,41 +136,16 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
         f"test images, {splits.train.channels}x{splits.train.size[0]}x{splits.train.size[1]}, "
         f"{len(splits.train.class_names)} classes, from {splits.train.source}")
     task = get_task("multiclass")
-    shape = (splits.train.channels, *splits.train.size)
-    model = build_model(cfg.model, shape[0], task.num_outputs(len(splits.train.class_names)))
-    model = model.to(device, memory_format=torch.channels_last)
-    params, flops = count_parameters(model), flops_per_image(model, shape)
-    log(f"model: {cfg.model.name}, {params:,} parameters, {flops / 1e6:.1f} MFLOPs per image; "
-        f"training on {hardware(device)}")
-
-    meta = {"config": config_mod.to_dict(cfg), "class_names": list(splits.train.class_names),
-            "task": task.name, "input": {"channels": shape[0], "height": shape[1],
-                                         "width": shape[2]},
-            "normalization": {"mean": list(splits.norm.mean), "std": list(splits.norm.std)},
-            "versions": versions()}
-    augment = build_augment(cfg.augment, shape)
-    t = cfg.train
-    train_batches = Batches(splits.train, t.batch_size, splits.norm, shuffle=True,
-                            augment=augment, seed=t.seed, device=device,
-                            drop_last=len(splits.train) > t.batch_size)
-    val_batches = Batches(splits.val, t.eval_batch_size, splits.norm, device=device)
-    overfit = OverfitWatch(t.overfit_epochs, log)
-    callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit,
-                 HistoryWriter(run_dir / "history.csv"),
-                 Checkpointer(run_dir / "checkpoints", model, meta)]
-    result = fit(model, train_batches, val_batches, task.loss(t.loss, t.label_smoothing), t,
-                 device, callbacks)
-    train_seconds = time.perf_counter() - started
-    best = result.history[result.best_epoch - 1] if result.best_epoch else result.history[-1]
-    if result.stopped_early:
-        log(f"early stopping after epoch {len(result.history)}: no validation-loss improvement "
-            f"for {t.patience} epochs; keeping epoch {result.best_epoch}")
-    summary = {"data": splits.summary(), "model": {"name": cfg.model.name, "parameters": params,
-                                                   "flops_per_image": flops},
-               "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-               "stopped_early": result.stopped_early, "overfitting": overfit.warnings,
-               "hardware": hardware(device), "device": device.type,
-               "train_seconds": train_seconds, "command": command, "versions": versions(),
+    model, model_info = _build_model(cfg, splits, task, device, log)
+    result, overfit_warnings = _fit(run_dir, cfg, splits, model, task, device, quiet, log)
+    best = result.history[result.best_epoch - 1]
+    _write_json(run_dir / "metrics.json", {"validation": {
+        k: best[k] for k in ("epoch", "val_loss", "val_acc", "train_loss", "train_acc")}})
+    summary = {"data": splits.summary(), "model": model_info, "best_epoch": result.best_epoch,
+               "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+               "overfitting": overfit_warnings, "hardware": hardware(device),
+               "device": device.type, "train_seconds": time.perf_counter() - started,
+               "command": command, "versions": versions(),
                "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc")}}
     _evaluate_on_test(run_dir, model, task, splits.test, splits.norm, cfg, device, log)
     summary["total_seconds"] = time.perf_counter() - started  # all but writing the report
@@ -181,6 +153,55 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     report = write_report(run_dir)
     log(f"total {summary['total_seconds']:.0f}s; report: {report.resolve()}")
     return run_dir
+
+
+def _build_model(cfg: RunConfig, splits, task, device: torch.device, log):
+    """The model on its device, and its size for the report."""
+    from imclass.models import build_model, count_parameters, flops_per_image
+
+    shape = (splits.train.channels, *splits.train.size)
+    model = build_model(cfg.model, shape[0], task.num_outputs(len(splits.train.class_names)))
+    model = model.to(device, memory_format=torch.channels_last)
+    info = {"name": cfg.model.name, "parameters": count_parameters(model),
+            "flops_per_image": flops_per_image(model, shape)}
+    log(f"model: {cfg.model.name}, {info['parameters']:,} parameters, "
+        f"{info['flops_per_image'] / 1e6:.1f} MFLOPs per image; training on {hardware(device)}")
+    return model, info
+
+
+def checkpoint_meta(cfg: RunConfig, splits, task) -> dict:
+    """What a checkpoint's sidecar holds besides its metrics: all it takes to use the weights."""
+    train = splits.train
+    return {"config": config_mod.to_dict(cfg), "class_names": list(train.class_names),
+            "task": task.name,
+            "input": {"channels": train.channels, "height": train.size[0],
+                      "width": train.size[1]},
+            "normalization": {"mean": list(splits.norm.mean), "std": list(splits.norm.std)},
+            "versions": versions()}
+
+
+def _fit(run_dir: Path, cfg: RunConfig, splits, model, task, device, quiet: bool, log):
+    """The training loop with its callbacks; returns the FitResult and overfitting warnings."""
+    from imclass.data.augment import build_augment
+    from imclass.data.batches import Batches
+    from imclass.training import EarlyStopping, OverfitWatch, Progress, fit
+
+    t = cfg.train
+    augment = build_augment(cfg.augment, (splits.train.channels, *splits.train.size))
+    train_batches = Batches(splits.train, t.batch_size, splits.norm, shuffle=True,
+                            augment=augment, seed=t.seed, device=device,
+                            drop_last=len(splits.train) > t.batch_size)
+    val_batches = Batches(splits.val, t.eval_batch_size, splits.norm, device=device)
+    overfit = OverfitWatch(t.overfit_epochs, log)
+    callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit,
+                 HistoryWriter(run_dir / "history.csv"),
+                 Checkpointer(run_dir / "checkpoints", model, checkpoint_meta(cfg, splits, task))]
+    result = fit(model, train_batches, val_batches, task.loss(t.loss, t.label_smoothing), t,
+                 device, callbacks)
+    if result.stopped_early:
+        log(f"early stopping after epoch {len(result.history)}: no validation-loss improvement "
+            f"for {t.patience} epochs; keeping epoch {result.best_epoch}")
+    return result, overfit.warnings
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -141,6 +141,11 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         emit("epoch_start", {"epoch": epoch, "epochs": cfg.epochs, "steps": len(train_batches)})
         train = train_one_epoch(model, train_batches, optimizer, scheduler, loss_fn, cfg,
                                 device, emit)
+        if not math.isfinite(train["loss"]):
+            from imclass.errors import ImclassError
+            raise ImclassError(f"training diverged at epoch {epoch} (the loss is "
+                               f"{train['loss']}); lower --lr (now {cfg.lr:g}) or use "
+                               "--optimizer adamw")
         val = validate(model, val_batches, loss_fn, device)
         improved = val["loss"] < result.best_val_loss - cfg.min_delta
         if improved:

@@ -29,11 +29,12 @@ def tiny_idx_dir(tmp_path):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """One short real training on 1,200 Fashion-MNIST images, shared by the tests that read it."""
+    """One short real training on 1,200 Fashion-MNIST images (about 5 s), shared by the tests
+    that read its run folder."""
     import imclass
     from imclass.config import RunConfig, override
 
     out = tmp_path_factory.mktemp("runs") / "small"
-    cfg = override(RunConfig(), {"subset": 1200, "epochs": 4, "batch_size": 64, "lr": 0.1})
+    cfg = override(RunConfig(), {"subset": 1200, "epochs": 6, "batch_size": 64, "lr": 0.1})
     imclass.train(cfg, out, quiet=True, command="pytest")
     return out

@@ -1,5 +1,3 @@
-import csv
-
 import pytest
 import torch
 
@@ -7,7 +5,7 @@ from imclass.config import RunConfig, TrainConfig, override
 from imclass.data.batches import Batches, Normalization
 from imclass.data.images import ImageSet
 from imclass.tasks import get_task
-from imclass.training import EarlyStopping, OverfitWatch, fit, make_optimizer
+from imclass.training import EarlyStopping, OverfitWatch, fit, make_optimizer, validate
 
 
 def record(epoch, train_loss, val_loss, since_best=0):
@@ -50,14 +48,14 @@ def tiny_problem(seed=0):
     return data, Normalization.of(data.images)
 
 
-def run_fit(cfg: TrainConfig):
+def run_fit(cfg: TrainConfig, callbacks=()):
     torch.manual_seed(cfg.seed)
     data, norm = tiny_problem()
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
     loss = get_task("multiclass").loss(cfg.loss, cfg.label_smoothing)
     train = Batches(data, 16, norm, shuffle=True, seed=cfg.seed, channels_last=False)
     val = Batches(data, 64, norm, channels_last=False)
-    return fit(model, train, val, loss, cfg, torch.device("cpu")), model
+    return fit(model, train, val, loss, cfg, torch.device("cpu"), list(callbacks)), model
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop"])
@@ -87,3 +85,33 @@ def test_same_seed_same_history_and_the_best_weights_are_restored():
                      for h in b.history]
     assert torch.equal(model_a[1].weight, model_b[1].weight)
     assert a.best_epoch == min(a.history, key=lambda h: h["val_loss"])["epoch"]
+
+
+def test_fit_ends_holding_the_weights_of_the_best_epoch():
+    # A constant, far too high learning rate makes validation loss jump about.
+    cfg = TrainConfig(epochs=8, lr=3.0, schedule="constant", patience=None)
+    result, model = run_fit(cfg)
+    assert result.best_epoch < len(result.history), "the last epoch should not be the best here"
+    data, norm = tiny_problem()
+    loss = get_task("multiclass").loss(cfg.loss, cfg.label_smoothing)
+    now = validate(model, Batches(data, 64, norm, channels_last=False), loss, torch.device("cpu"))
+    assert now["loss"] == pytest.approx(result.best_val_loss)
+
+
+def test_early_stopping_ends_fit_before_the_last_epoch():
+    cfg = TrainConfig(epochs=8, lr=3.0, schedule="constant", patience=1)
+    result, _ = run_fit(cfg, [EarlyStopping(cfg.patience)])
+    assert result.stopped_early and len(result.history) == 4  # epoch 3 was best (see above)
+    assert result.history[-1]["epochs_since_best"] == 1
+
+
+def test_a_diverging_run_stops_with_advice():
+    from imclass.errors import ImclassError
+    data, norm = tiny_problem()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    batches = Batches(data, 16, norm, channels_last=False)
+
+    def exploding(logits, target):  # what an overflowing loss looks like
+        return logits.sum() * float("inf")
+    with pytest.raises(ImclassError, match="training diverged at epoch 1.*lower --lr"):
+        fit(model, batches, batches, exploding, TrainConfig(epochs=3), torch.device("cpu"))
