@@ -24,16 +24,91 @@ def predict_probabilities(model, batches, task, device) -> tuple[np.ndarray, np.
     return torch.cat(probs).numpy().astype(np.float64), torch.cat(labels).numpy()
 
 
-def auc_per_class(y_true: np.ndarray, probs: np.ndarray) -> list[float | None]:
-    """One-vs-rest ROC AUC per class; None where the class has no positives or no negatives."""
+def _one_vs_rest(y_true: np.ndarray, probs: np.ndarray, fn) -> list:
+    """fn(is_class_k, score_k) for each class k; None where class k has no positives or no
+    negatives, since neither an AUC nor a ROC curve is defined there."""
     out = []
     for k in range(probs.shape[1]):
         positives = y_true == k
-        if positives.all() or not positives.any():
-            out.append(None)
-        else:
-            out.append(float(skm.roc_auc_score(positives, probs[:, k])))
+        defined = positives.any() and not positives.all()
+        out.append(fn(positives, probs[:, k]) if defined else None)
     return out
+
+
+def auc_per_class(y_true: np.ndarray, probs: np.ndarray) -> list[float | None]:
+    """One-vs-rest ROC AUC per class."""
+    return _one_vs_rest(y_true, probs, lambda pos, score: float(skm.roc_auc_score(pos, score)))
+
+
+def roc_curves(y_true: np.ndarray, probs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """(false positive rate, true positive rate) per class, one-vs-rest."""
+    return _one_vs_rest(y_true, probs, lambda pos, score: skm.roc_curve(pos, score)[:2])
+
+
+def pr_curves(y_true: np.ndarray, probs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """(recall, precision) per class, one-vs-rest."""
+    def curve(pos, score):
+        precision, recall, _ = skm.precision_recall_curve(pos, score)
+        return recall, precision
+    return _one_vs_rest(y_true, probs, curve)
+
+
+def average_precision_per_class(y_true: np.ndarray, probs: np.ndarray) -> list[float | None]:
+    return _one_vs_rest(y_true, probs,
+                        lambda pos, score: float(skm.average_precision_score(pos, score)))
+
+
+def averaged_roc(y_true: np.ndarray, probs: np.ndarray) -> dict[str, tuple]:
+    """Micro-averaged (every image-class pair pooled) and macro-averaged (the mean of the
+    per-class curves on a common false-positive grid) ROC curves, each (fpr, tpr, auc)."""
+    k = probs.shape[1]
+    one_hot = np.eye(k, dtype=bool)[y_true]
+    fpr, tpr, _ = skm.roc_curve(one_hot.ravel(), probs.ravel())
+    out = {"micro": (fpr, tpr, float(skm.auc(fpr, tpr)))}
+    curves = [c for c in roc_curves(y_true, probs) if c is not None]
+    if curves:
+        grid = np.linspace(0, 1, 201)
+        mean_tpr = np.mean([np.interp(grid, f, t) for f, t in curves], axis=0)
+        out["macro"] = (grid, mean_tpr, float(skm.auc(grid, mean_tpr)))
+    return out
+
+
+def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, ks=(1, 3, 5)) -> dict[str, float]:
+    """Share of images whose true class is among the k most probable, for each k < classes."""
+    k_all = probs.shape[1]
+    return {f"top_{k}": float(skm.top_k_accuracy_score(y_true, probs, k=k,
+                                                        labels=list(range(k_all))))
+            for k in ks if k < k_all or k == 1}
+
+
+def calibration(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
+    """Top-label calibration: in equal-width confidence bins, mean confidence against accuracy.
+    The expected calibration error (ECE) is their gap, weighted by the share of images per bin.
+    Written here because scikit-learn's calibration_curve covers one binary score, not the
+    top label of a multiclass model, and gives no bin counts for the ECE."""
+    confidence = probs.max(1)
+    correct = probs.argmax(1) == y_true
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        members = which == b
+        if not members.any():
+            continue
+        conf, acc = float(confidence[members].mean()), float(correct[members].mean())
+        table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "confidence": conf,
+                      "accuracy": acc, "count": int(members.sum())})
+        ece += members.mean() * abs(acc - conf)
+    return {"ece": float(ece), "bins": table}
+
+
+def most_confused(matrix: np.ndarray, class_names, n: int = 10) -> list[dict]:
+    """The off-diagonal cells of the confusion matrix with the most images, largest first."""
+    pairs = [(int(matrix[i, j]), i, j) for i in range(len(class_names))
+             for j in range(len(class_names)) if i != j and matrix[i, j] > 0]
+    pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
+    return [{"true": class_names[i], "predicted": class_names[j], "count": c}
+            for c, i, j in pairs[:n]]
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names) -> dict:
@@ -51,25 +126,25 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names) -
         p, r, f, support = skm.precision_recall_fscore_support(
             y_true, y_pred, labels=labels, average=None, zero_division=0)
     aucs = auc_per_class(y_true, probs)
-    present = [a for a in aucs if a is not None]
-    # Macro one-vs-rest AUC over the classes that occur (sklearn's own refuses missing ones).
-    out["roc_auc_macro"] = float(np.mean(present)) if present else None
+    aps = average_precision_per_class(y_true, probs)
+    # Macro averages over the classes that occur (sklearn's own refuses missing ones).
+    out["roc_auc_macro"] = _mean_defined(aucs)
+    out["roc_auc_micro"] = averaged_roc(y_true, probs)["micro"][2]
+    out["average_precision_macro"] = _mean_defined(aps)
+    out |= top_k_accuracy(y_true, probs)
+    calib = calibration(y_true, probs)
+    out["ece"] = calib["ece"]
+    out["calibration"] = calib["bins"]
     out["per_class"] = {
         name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-               "support": int(support[i]), "auc": aucs[i]}
+               "support": int(support[i]), "auc": aucs[i], "average_precision": aps[i]}
         for i, name in enumerate(class_names)}
-    out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    matrix = skm.confusion_matrix(y_true, y_pred, labels=labels)
+    out["confusion_matrix"] = matrix.tolist()
+    out["most_confused"] = most_confused(matrix, list(class_names))
     return out
 
 
-def roc_curves(y_true: np.ndarray, probs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray] | None]:
-    """(false positive rate, true positive rate) per class, one-vs-rest."""
-    curves = []
-    for k in range(probs.shape[1]):
-        positives = y_true == k
-        if positives.all() or not positives.any():
-            curves.append(None)
-        else:
-            fpr, tpr, _ = skm.roc_curve(positives, probs[:, k])
-            curves.append((fpr, tpr))
-    return curves
+def _mean_defined(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None

@@ -76,3 +76,13 @@ def test_a_pure_shift_moves_pixels_whole_without_blurring():
     assert set(out.unique().tolist()) == {0.0, 1.0}
     rows = out[:, 0].amax(2).argmax(1)
     assert rows.min() >= 11 and rows.max() <= 17 and len(set(rows.tolist())) > 3
+
+
+def test_resize_keeps_uint8_and_labels():
+    images = torch.zeros(3, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, :14] = 200  # top half bright
+    data = ImageSet(images, torch.tensor([0, 1, 2]), ("a", "b", "c"))
+    big = data.resized(56)
+    assert big.images.shape == (3, 1, 56, 56) and big.images.dtype == torch.uint8
+    assert big.images[0, 0, 5, 5] == 200 and big.images[0, 0, 50, 5] == 0
+    assert torch.equal(big.labels, data.labels) and data.resized(None) is data

@@ -63,3 +63,29 @@ def test_a_failed_write_leaves_no_file_behind(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(tmp_path / "x.safetensors", fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_top_k_calibration_and_most_confused():
+    from sklearn.metrics import top_k_accuracy_score
+
+    from imclass.metrics import averaged_roc, calibration, most_confused
+    y, probs = fake_predictions(n=500, k=6)
+    m = classification_metrics(y, probs, list("abcdef"))
+    assert m["top_1"] == pytest.approx(m["accuracy"])
+    assert m["top_3"] == pytest.approx(top_k_accuracy_score(y, probs, k=3))
+    assert m["top_1"] <= m["top_3"] <= m["top_5"] <= 1
+    assert sum(b["count"] for b in m["calibration"]) == 500 and 0 <= m["ece"] < 1
+    # a model that is always right with full confidence is perfectly calibrated
+    sure = np.eye(6)[y]
+    assert calibration(y, sure)["ece"] == pytest.approx(0.0)
+    # ... and one always 90% sure but right half the time is off by 0.4
+    half = np.full((500, 6), 0.02)
+    half[np.arange(500), np.where(np.arange(500) % 2 == 0, y, (y + 1) % 6)] = 0.9
+    assert calibration(y, half)["ece"] == pytest.approx(0.4, abs=0.01)
+    cm = np.array([[5, 3, 0], [1, 7, 4], [0, 0, 9]])
+    assert most_confused(cm, ["x", "y", "z"], n=2) == [
+        {"true": "y", "predicted": "z", "count": 4}, {"true": "x", "predicted": "y", "count": 3}]
+    curves = averaged_roc(y, probs)
+    assert curves["micro"][2] == pytest.approx(m["roc_auc_micro"])
+    assert abs(curves["macro"][2] - m["roc_auc_macro"]) < 0.01
+    assert m["average_precision_macro"] > 1 / 6  # better than a random ranking

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from imclass.config import RunConfig, TrainConfig, override
+from imclass.config import TrainConfig
 from imclass.data.batches import Batches, Normalization
 from imclass.data.images import ImageSet
 from imclass.tasks import get_task

@@ -20,7 +20,7 @@ class CNN(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
-        for stage, (width, depth) in enumerate(zip(widths, depths)):
+        for stage, (width, depth) in enumerate(zip(widths, depths, strict=True)):
             if stage:
                 layers.append(nn.MaxPool2d(2))  # halves the side between stages
             for _ in range(depth):
