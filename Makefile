@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch and torchvision at the versions this project's machines hold on disk (no download).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-fast setup data bench clean
+.PHONY: demo test test-fast setup data browser bench clean
 
 setup: $(STAMP)
 
@@ -28,10 +28,18 @@ data: $(STAMP)
 	fi
 	@echo "Fashion-MNIST: $$($(PY) -m imclass.data.fashion_mnist)"
 
+# Debian's chromium and chromedriver, for the test that opens report.html in a real browser.
+browser:
+	@if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+	    && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q chromium chromium-driver || \
+	   (apt-get update -q && apt-get install -y -q chromium chromium-driver)) >/dev/null; \
+	fi
+
 demo: data
 	$(VENV)/bin/imclass train --out runs/demo --overwrite
 
-test: data
+test: data browser
 	$(PY) -m pytest -q
 
 test-fast: data

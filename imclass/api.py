@@ -180,6 +180,20 @@ def checkpoint_meta(cfg: RunConfig, splits, task) -> dict:
             "versions": versions()}
 
 
+def _plot_augmented(path: Path, train, augment, seed: int, count: int = 24) -> None:
+    """A few training images as the model sees them after augmentation, for the report. Drawn
+    from a forked generator so the training run's random stream is the same with or without."""
+    from imclass import plots
+
+    x = train.images[:count].float().div(255)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1)
+        if augment is not None:
+            x = augment(x)
+    title = "training images after augmentation" if augment else "training images (no augmentation)"
+    plots.image_grid((x * 255).round().to(torch.uint8).numpy(), title, path)
+
+
 def _fit(run_dir: Path, cfg: RunConfig, splits, model, task, device, quiet: bool, log):
     """The training loop with its callbacks; returns the FitResult and overfitting warnings."""
     from imclass.data.augment import build_augment
@@ -192,6 +206,7 @@ def _fit(run_dir: Path, cfg: RunConfig, splits, model, task, device, quiet: bool
                             augment=augment, seed=t.seed, device=device,
                             drop_last=len(splits.train) > t.batch_size)
     val_batches = Batches(splits.val, t.eval_batch_size, splits.norm, device=device)
+    _plot_augmented(run_dir / "plots" / "augmented.png", splits.train, augment, t.seed)
     overfit = OverfitWatch(t.overfit_epochs, log)
     callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit,
                  HistoryWriter(run_dir / "history.csv"),
@@ -209,23 +224,40 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _evaluate_on_test(run_dir: Path, model, task, test_set, norm, cfg: RunConfig,
-                      device: torch.device, log) -> dict:
-    """Test-set metrics into metrics.json and the plots under plots/."""
-    from imclass import plots
-    from imclass.data.batches import Batches
-    from imclass.metrics import classification_metrics, predict_probabilities
+                      device: torch.device, log, *, split: str = "test", tta: bool = False
+                      ) -> dict:
+    """Metrics into metrics.json under `split` (and `split`_tta), figures under plots/."""
+    from imclass.evaluation import evaluate_model
 
-    batches = Batches(test_set, cfg.train.eval_batch_size, norm, device=device)
-    probs, labels = predict_probabilities(model, batches, task, device)
-    test = classification_metrics(labels, probs, test_set.class_names)
+    flips = tta_flips(cfg) if tta else ()
+    folder = run_dir / "plots" if split == "test" else run_dir / "plots" / split
+    history = read_history(run_dir) if split == "test" else None
+    result = evaluate_model(model, task, test_set, norm, device, folder, history=history,
+                            tta_flips=flips, batch_size=cfg.train.eval_batch_size,
+                            seed=cfg.train.seed)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics["test"] = test
+    for m in result.values():
+        m["source"] = test_set.source
+    metrics[split] = result["plain"]
+    metrics.pop(f"{split}_tta", None)
+    if "tta" in result:
+        metrics[f"{split}_tta"] = result["tta"]
     _write_json(metrics_path, metrics)
-    log(f"test: accuracy {test['accuracy']:.4f}, macro F1 {test['f1_macro']:.4f}, "
-        f"ROC AUC {test['roc_auc_macro']:.4f} on {len(labels)} images")
-    plots.write_all(run_dir / "plots", read_history(run_dir), labels, probs, test_set)
-    return test
+    for key, m in ((split, result["plain"]), (f"{split} with TTA", result.get("tta"))):
+        if m:
+            log(f"{key}: accuracy {m['accuracy']:.4f}, macro F1 {m['f1_macro']:.4f}, "
+                f"ROC AUC {m['roc_auc_macro']:.4f} on {m['count']} images")
+    return result
+
+
+def tta_flips(cfg: RunConfig) -> tuple[int, ...]:
+    """The flips the model was trained to be indifferent to: only those are fair at test time."""
+    flips = tuple(dim for dim, p in ((-1, cfg.augment.hflip_p), (-2, cfg.augment.vflip_p)) if p)
+    if not flips:
+        raise ConfigError("--tta averages over the flips the run was trained with, and this "
+                          "run used none; train with --hflip-p or --vflip-p above 0")
+    return flips
 
 
 @dataclass
@@ -264,20 +296,35 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     return LoadedRun(model, meta, cfg, dev)
 
 
-def evaluate(run_dir: str | Path, *, quiet: bool = False) -> dict:
-    """Re-evaluate a saved run's best checkpoint on its test set; rewrites metrics and report."""
-    from imclass.data import load_source
+def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: str = "test",
+             tta: bool = False, quiet: bool = False) -> dict:
+    """Re-evaluate a run's best checkpoint on its test (or validation) split, or on the same
+    kind of dataset in another folder; rewrites that split's metrics, the plots and the
+    report. Returns {"plain": metrics, "tta": metrics (with tta)}."""
+    import dataclasses
+
+    from imclass.data import load_source, prepare
     from imclass.tasks import get_task
 
+    if split not in ("test", "val"):
+        raise ConfigError(f"--split must be test or val; got '{split}'")
     run = load_run(run_dir)
-    _, test = load_source(run.config.data)
-    if list(test.class_names) != run.class_names:
-        raise DataError(f"the test set's classes {list(test.class_names)} differ from the "
-                        f"run's {run.class_names}")
-    test_metrics = _evaluate_on_test(Path(run_dir), run.model, get_task(run.meta["task"]), test,
-                                     run.norm, run.config, run.device, _log(quiet))
+    data_cfg = run.config.data
+    if data_dir is not None:
+        data_cfg = dataclasses.replace(data_cfg, data_dir=str(data_dir))
+    data = (load_source(data_cfg)[1] if split == "test"
+            else prepare(data_cfg, run.config.train.seed).val)
+    if data_dir is not None and Path(data.source).resolve() != Path(data_dir).resolve():
+        raise DataError(f"{data_dir} holds no {data_cfg.source} dataset (found one only in "
+                        f"{data.source}); check the folder")
+    if list(data.class_names) != run.class_names:
+        raise DataError(f"the classes of {data.source} {list(data.class_names)} differ from "
+                        f"the run's {run.class_names}; evaluate on data with the same classes")
+    result = _evaluate_on_test(Path(run_dir), run.model, get_task(run.meta["task"]), data,
+                               run.norm, run.config, run.device, _log(quiet), split=split,
+                               tta=tta)
     write_report(Path(run_dir))
-    return test_metrics
+    return result
 
 
 def read_image(path: str | Path, channels: int, height: int, width: int) -> torch.Tensor:

@@ -90,8 +90,22 @@ def build_parser() -> Parser:
 
     evaluate = sub.add_parser("evaluate", help="re-evaluate a saved run on its test set")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--data-dir", help="the same kind of dataset in another folder "
+                          "(a new test set with the same classes)")
+    evaluate.add_argument("--split", choices=("test", "val"), default="test",
+                          help="which split to evaluate (default test)")
+    evaluate.add_argument("--tta", action="store_true",
+                          help="also report test-time augmentation: probabilities averaged "
+                          "over the flips the run was trained with")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=_evaluate)
+
+    compare = sub.add_parser("compare", help="key figures, differing configs and overlaid "
+                             "curves of several runs")
+    compare.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
+    compare.add_argument("--out", default="compare.html",
+                         help="the HTML page to write (default compare.html)")
+    compare.set_defaults(func=_compare)
 
     predict = sub.add_parser("predict", help="top-k classes for image files")
     predict.add_argument("run_dir", metavar="RUN_DIR")
@@ -118,8 +132,19 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     from imclass import api
 
-    test = api.evaluate(args.run_dir, quiet=args.quiet)
-    print(json.dumps({k: test[k] for k in ("accuracy", "f1_macro", "roc_auc_macro")}))
+    result = api.evaluate(args.run_dir, data_dir=args.data_dir, split=args.split, tta=args.tta,
+                          quiet=args.quiet)
+    keys = ("accuracy", "top_3", "f1_macro", "roc_auc_macro", "ece", "count")
+    print(json.dumps({kind: {k: m.get(k) for k in keys} for kind, m in result.items()}))
+    return 0
+
+
+def _compare(args: argparse.Namespace, argv: list[str]) -> int:
+    from imclass.compare import compare
+
+    text, page = compare(args.run_dirs, args.out)
+    print(text)
+    print(f"\ncurves: {page}")
     return 0
 
 

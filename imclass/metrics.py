@@ -13,13 +13,19 @@ from imclass.training import autocast
 
 
 @torch.no_grad()
-def predict_probabilities(model, batches, task, device) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [N, K], true labels [N]) over every batch, in order."""
+def predict_probabilities(model, batches, task, device, flips=()) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities [N, K], true labels [N]) over every batch, in order.
+
+    With `flips` (tensor dims, -1 horizontal, -2 vertical), test-time augmentation: the
+    probabilities are averaged over the image and each flipped copy.
+    """
     model.eval()
     probs, labels = [], []
     for x, y in batches:
         with autocast(device):
-            probs.append(task.probabilities(model(x)).cpu())
+            views = [x] + [x.flip(dim) for dim in flips]
+            p = sum(task.probabilities(model(v)) for v in views) / len(views)
+        probs.append(p.cpu())
         labels.append(y.cpu())
     return torch.cat(probs).numpy().astype(np.float64), torch.cat(labels).numpy()
 

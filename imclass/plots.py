@@ -64,18 +64,129 @@ def confusion(matrix: np.ndarray, class_names, path: Path, normalize: bool) -> P
     return _save(fig, path)
 
 
-def roc(curves_per_class, aucs, class_names, path: Path) -> Path:
-    """One-vs-rest ROC curve per class with its AUC."""
+def roc(curves_per_class, aucs, averaged: dict, class_names, path: Path) -> Path:
+    """One-vs-rest ROC curve per class with its AUC, and the micro and macro averages."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     for name, curve, auc in zip(class_names, curves_per_class, aucs):
         if curve is not None:
-            ax.plot(curve[0], curve[1], label=f"{name} (AUC {auc:.3f})", linewidth=1.2)
+            ax.plot(curve[0], curve[1], label=f"{name} (AUC {auc:.3f})", linewidth=1.0)
+    for kind, style in (("micro", "--"), ("macro", "-.")):
+        if kind in averaged:
+            fpr, tpr, auc = averaged[kind]
+            ax.plot(fpr, tpr, style, color="black", linewidth=2,
+                    label=f"{kind}-average (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate",
            title="ROC, one class vs the rest", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def precision_recall(curves_per_class, aps, class_names, path: Path) -> Path:
+    """One-vs-rest precision-recall curve per class with its average precision (AP)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    for name, curve, ap in zip(class_names, curves_per_class, aps):
+        if curve is not None:
+            ax.plot(curve[0], curve[1], label=f"{name} (AP {ap:.3f})", linewidth=1.0)
+    ax.set(xlabel="recall", ylabel="precision", title="precision-recall, one class vs the rest",
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def reliability(bins: list[dict], ece: float, path: Path) -> Path:
+    """Reliability diagram: accuracy against confidence per bin; the diagonal is perfect."""
+    plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    centres = [(b["low"] + b["high"]) / 2 for b in bins]
+    width = bins[0]["high"] - bins[0]["low"] if bins else 0.1
+    ax.bar(centres, [b["accuracy"] for b in bins], width=width * 0.9, color="tab:blue",
+           edgecolor="black", label="accuracy")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="tab:red",
+            label="mean confidence")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set(ylabel="accuracy", title=f"calibration (ECE {ece:.3f})", ylim=(0, 1))
+    ax.legend(fontsize=8, loc="upper left")
+    hist.bar(centres, [b["count"] for b in bins], width=width * 0.9, color="grey")
+    hist.set(xlabel="confidence of the predicted class", ylabel="images", xlim=(0, 1))
+    return _save(fig, path)
+
+
+def _show(ax, img: np.ndarray, title: str, wrong: bool, heat: np.ndarray | None = None) -> None:
+    """One uint8 [C, H, W] image with a title; a red frame when the prediction is wrong."""
+    ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0),
+              cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=255)
+    if heat is not None:
+        ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8, color="red" if wrong else "black")
+    ax.set_xticks([]), ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set(color="red" if wrong else "white", linewidth=3 if wrong else 0)
+
+
+def gallery(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names,
+            indices: np.ndarray, title: str, path: Path, columns: int = 8,
+            heat: np.ndarray | None = None) -> Path:
+    """The chosen images in a grid with true and predicted label and confidence; with `heat`
+    ([len(indices), H, W] in [0, 1]), each image is shown beside its heatmap overlay."""
+    plt = _pyplot()
+    per_item = 2 if heat is not None else 1
+    rows = max(1, -(-len(indices) * per_item // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.75 * columns, 2.3 * rows + 0.4),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    predicted = probs.argmax(1)
+    for n, i in enumerate(indices):
+        wrong = predicted[i] != labels[i]
+        text = (f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} "
+                f"{probs[i].max():.0%}")
+        cell = axes.flat[n * per_item]
+        cell.axis("on")
+        _show(cell, images[i], text, wrong)
+        if heat is not None:
+            axes.flat[n * per_item + 1].axis("on")
+            _show(axes.flat[n * per_item + 1], images[i], "Grad-CAM", wrong, heat[n])
+    if not len(indices):
+        axes.flat[0].text(0.5, 0.5, "none", ha="center", va="center")
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def embedding(points: np.ndarray, labels: np.ndarray, wrong: np.ndarray, class_names,
+              method: str, path: Path) -> Path:
+    """Penultimate-layer features in 2-D, coloured by true class; mistakes as black crosses."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for c, name in enumerate(class_names):
+        members = (labels == c) & ~wrong
+        ax.scatter(points[members, 0], points[members, 1], s=6, color=cmap(c % cmap.N),
+                   label=name, alpha=0.7)
+    ax.scatter(points[wrong, 0], points[wrong, 1], s=14, marker="x", color="black",
+               linewidths=0.8, label="misclassified")
+    ax.set(title=f"test-set features ({method} of the penultimate layer)", xticks=[], yticks=[])
+    ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _save(fig, path)
+
+
+def image_grid(images: np.ndarray, title: str, path: Path, columns: int = 8) -> Path:
+    """Plain images (uint8 [N, C, H, W]) in a grid, e.g. training images after augmentation."""
+    plt = _pyplot()
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.4 * columns, 1.4 * rows + 0.4),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img in zip(axes.flat, images):
+        ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0),
+                  cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=255)
+    fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
 
@@ -88,51 +199,17 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, c
     """
     plt = _pyplot()
     k = len(class_names)
-    predicted, confidence = probs.argmax(1), probs.max(1)
+    predicted = probs.argmax(1)
     fig, axes = plt.subplots(k, per_class, figsize=(2.0 * per_class, 2.1 * k), squeeze=False)
     for c in range(k):
         members = np.flatnonzero(labels == c)
         wrong = members[predicted[members] != c][:1]
         right = members[predicted[members] == c][:per_class - len(wrong)]
-        chosen = list(wrong) + list(right)
-        for col in range(per_class):
-            ax = axes[c, col]
+        for ax in axes[c]:
             ax.axis("off")
-            if col >= len(chosen):
-                continue
-            i = chosen[col]
-            img = images[i]
-            ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0),
-                      cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=255)
-            ok = predicted[i] == labels[i]
-            ax.set_title(f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} "
-                         f"{confidence[i]:.0%}", fontsize=8, color="black" if ok else "red")
-            if not ok:
-                ax.axis("on")
-                ax.set_xticks([]), ax.set_yticks([])
-                for spine in ax.spines.values():
-                    spine.set(color="red", linewidth=3)
+        for ax, i in zip(axes[c], list(wrong) + list(right)):
+            ax.axis("on")
+            _show(ax, images[i], f"true: {class_names[labels[i]]}\npred: "
+                  f"{class_names[predicted[i]]} {probs[i].max():.0%}", predicted[i] != labels[i])
     fig.suptitle("sample test predictions (red: wrong)", fontsize=11)
     return _save(fig, path)
-
-
-def write_all(folder: Path, history, labels: np.ndarray, probs: np.ndarray, test_set) -> dict:
-    """Every evaluation figure into `folder`; returns name -> path."""
-    from sklearn.metrics import confusion_matrix
-
-    from imclass.metrics import auc_per_class, roc_curves
-
-    folder.mkdir(parents=True, exist_ok=True)
-    names = list(test_set.class_names)
-    matrix = confusion_matrix(labels, probs.argmax(1), labels=list(range(len(names))))
-    out = {}
-    if history:
-        out["curves"] = curves(history, folder / "curves.png")
-    out["confusion"] = confusion(matrix, names, folder / "confusion.png", normalize=False)
-    out["confusion_normalized"] = confusion(matrix, names, folder / "confusion_normalized.png",
-                                            normalize=True)
-    out["roc"] = roc(roc_curves(labels, probs), auc_per_class(labels, probs), names,
-                     folder / "roc.png")
-    out["predictions"] = prediction_grid(test_set.images.numpy(), labels, probs, names,
-                                         folder / "predictions.png")
-    return out

@@ -24,7 +24,8 @@ td:first-child,th:first-child{text-align:left} .cards{display:flex;gap:1em;flex-
 .card b{display:block;font-size:1.5em} img{max-width:100%;border:1px solid #e3e7ec;
 border-radius:4px;margin:.4em 0} .warn{background:#fff4e0;border-left:4px solid #f0a020;
 padding:.5em .9em;margin:.5em 0} pre{background:#f3f5f8;padding:.8em;overflow-x:auto;
-font-size:.85em}
+font-size:.85em} a{color:#1f5fa8}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:1em;align-items:start}
 """
 
 
@@ -48,27 +49,34 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _fmt(v, pct: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.2%}" if pct else f"{v:.4f}"
+
+
 def _summary(run: dict, test: dict) -> str:
     val = run.get("validation", {})
-    cards = [("test accuracy", f"{test.get('accuracy', float('nan')):.2%}"),
-             ("test macro F1", f"{test.get('f1_macro', float('nan')):.4f}"),
-             ("test ROC AUC", f"{test.get('roc_auc_macro') or float('nan'):.4f}"),
-             ("best val accuracy", f"{val.get('val_acc', float('nan')):.2%}"),
+    cards = [("test accuracy", _fmt(test.get("accuracy"), True)),
+             ("test top-3 accuracy", _fmt(test.get("top_3"), True)),
+             ("test macro F1", _fmt(test.get("f1_macro"))),
+             ("test ROC AUC", _fmt(test.get("roc_auc_macro"))),
+             ("best validation accuracy", _fmt(val.get("val_acc"), True)),
              ("run time", f"{run.get('total_seconds', run.get('train_seconds', 0)):.0f} s")]
     html = '<div class="cards">' + "".join(
         f'<div class="card">{escape(k)}<b>{escape(v)}</b></div>' for k, v in cards) + "</div>"
-    model = run.get("model", {})
-    data = run.get("data", {})
-    html += (f"<p>Model <b>{escape(str(model.get('name')))}</b> "
+    model, data = run.get("model", {}), run.get("data", {})
+    html += (f"<p>A <b>multiclass</b> classifier of {len(data.get('classes', []))} classes, "
+             f"model <b>{escape(str(model.get('name')))}</b> "
              f"({model.get('parameters', 0):,} parameters, "
              f"{model.get('flops_per_image', 0) / 1e6:.1f} MFLOPs per image), trained on "
-             f"{escape(str(run.get('hardware')))}. Dataset: {escape(str(data.get('source')))}. "
+             f"{escape(str(run.get('hardware')))} from {escape(str(data.get('source')))}. "
              f"Best epoch {run.get('best_epoch')} of {run.get('epochs_run')}"
              f"{' (stopped early)' if run.get('stopped_early') else ''}.</p>")
     return html
 
 
-def _data_section(data: dict) -> str:
+def _data_section(data: dict, plots: Path) -> str:
     counts = data.get("counts", {})
     names = data.get("classes", [])
     rows = [[name] + [counts.get(s, {}).get(name, 0) for s in ("train", "val", "test")]
@@ -77,49 +85,96 @@ def _data_section(data: dict) -> str:
     size = data.get("size", ["?", "?"])
     return (f"<p>{len(names)} classes, images {data.get('channels')} channel(s) of "
             f"{size[0]}x{size[1]} pixels. The validation split is held out from the training "
-            "images (stratified); the test set is used only for the figures below.</p>"
-            + _table(["class", "train", "validation", "test"], rows))
+            "images (stratified); it picks the best epoch. The test set is used only for the "
+            "results below.</p>"
+            + _table(["class", "train", "validation", "test"], rows)
+            + _img(plots / "augmented.png", "training images after augmentation"))
 
 
-def _results(test: dict) -> str:
-    keys = ["accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",
-            "recall_weighted", "f1_weighted", "roc_auc_macro"]
-    html = _table(["metric", "value"], [[k, test[k]] for k in keys if test.get(k) is not None])
+def _training_section(run: dict, plots: Path) -> str:
+    warnings = "".join(f'<div class="warn">{escape(w["message"])}</div>'
+                       for w in run.get("overfitting", []))
+    stop = (f"Early stopping ended training after epoch {run.get('epochs_run')}; "
+            if run.get("stopped_early") else f"Training ran all {run.get('epochs_run')} epochs; ")
+    return (f"<p>{stop}the weights kept are those of epoch {run.get('best_epoch')}, the lowest "
+            "validation loss (dashed line).</p>"
+            + (warnings or "<p>No overfitting warning was raised.</p>")
+            + _img(plots / "curves.png", "loss, accuracy and learning-rate curves"))
+
+
+METRIC_ROWS = [("accuracy", "accuracy"), ("top_3", "top-3 accuracy"),
+               ("top_5", "top-5 accuracy"), ("precision_macro", "precision (macro)"),
+               ("recall_macro", "recall (macro)"), ("f1_macro", "F1 (macro)"),
+               ("precision_weighted", "precision (weighted)"),
+               ("recall_weighted", "recall (weighted)"), ("f1_weighted", "F1 (weighted)"),
+               ("roc_auc_macro", "ROC AUC (macro, one-vs-rest)"),
+               ("roc_auc_micro", "ROC AUC (micro)"),
+               ("average_precision_macro", "average precision (macro)"),
+               ("ece", "expected calibration error")]
+
+
+def _results(test: dict, tta: dict, plots: Path) -> str:
+    header = ["metric", "value"] + (["with flip TTA"] if tta else [])
+    rows = [[label, test[key]] + ([tta.get(key)] if tta else [])
+            for key, label in METRIC_ROWS if test.get(key) is not None]
+    html = _table(header, rows)
     per_class = test.get("per_class", {})
-    rows = [[name, m["precision"], m["recall"], m["f1"], m["support"],
-             m["auc"] if m["auc"] is not None else "n/a"] for name, m in per_class.items()]
-    return html + "<h3>Per class</h3>" + _table(
-        ["class", "precision", "recall", "F1", "support", "ROC AUC"], rows)
+    html += "<h3>Per class</h3>" + _table(
+        ["class", "precision", "recall", "F1", "support", "ROC AUC", "AP"],
+        [[name, m["precision"], m["recall"], m["f1"], m["support"],
+          m["auc"] if m["auc"] is not None else "n/a",
+          m.get("average_precision") if m.get("average_precision") is not None else "n/a"]
+         for name, m in per_class.items()])
+    confused = test.get("most_confused", [])
+    if confused:
+        html += "<h3>Most confused pairs</h3>" + _table(
+            ["true class", "predicted as", "images"],
+            [[c["true"], c["predicted"], c["count"]] for c in confused])
+    pairs = [(("confusion", "confusion matrix"),
+              ("confusion_normalized", "normalized confusion matrix")),
+             (("roc", "ROC curves"), ("pr", "precision-recall curves")),
+             (("calibration", "reliability diagram"),)]
+    for pair in pairs:
+        html += '<div class="pair">' + "".join(_img(plots / f"{name}.png", alt)
+                                               for name, alt in pair) + "</div>"
+    return html
+
+
+def _interpretation(plots: Path) -> str:
+    return "".join(_img(plots / f"{name}.png", alt) for name, alt in (
+        ("predictions", "sample predictions per class"), ("mistakes", "worst mistakes"),
+        ("unsure", "least confident right answers"), ("gradcam", "Grad-CAM heatmaps"),
+        ("embedding", "embedding of the test set")))
 
 
 def build_report(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     run = _read_json(run_dir / "run.json")
-    test = _read_json(run_dir / "metrics.json").get("test", {})
+    metrics = _read_json(run_dir / "metrics.json")
+    test, tta = metrics.get("test", {}), metrics.get("test_tta", {})
     plots = run_dir / "plots"
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
-    warnings = "".join(f'<div class="warn">{escape(w["message"])}</div>'
-                       for w in run.get("overfitting", []))
+    config_path = run_dir / "config.yaml"
+    config_text = config_path.read_text() if config_path.is_file() else ""
     versions = ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items())
-    parts = [
-        f"<h1>imclass run: {escape(run_dir.name)}</h1>",
-        f'<p class="sub">{escape(str(run.get("data", {}).get("source", "")))}</p>',
-        "<h2>Summary</h2>", _summary(run, test),
-        "<h2>Data</h2>", _data_section(run.get("data", {})),
-        "<h2>Training</h2>", warnings or "<p>No overfitting warning was raised.</p>",
-        _img(plots / "curves.png", "training curves"),
-        "<h2>Results on the test set</h2>", _results(test) if test else "<p>Not evaluated.</p>",
-        _img(plots / "confusion.png", "confusion matrix"),
-        _img(plots / "confusion_normalized.png", "normalized confusion matrix"),
-        _img(plots / "roc.png", "ROC curves"),
-        _img(plots / "predictions.png", "sample predictions"),
-        "<h2>Reproduce</h2>",
-        f"<p>Command: <code>{escape(str(run.get('command') or 'imclass train --config config.yaml'))}"
-        f"</code></p><p>Versions: {escape(versions)}</p><pre>{escape(config_text)}</pre>",
+    sections = [
+        ("summary", "Summary", _summary(run, test)),
+        ("data", "Data", _data_section(run.get("data", {}), plots)),
+        ("training", "Training", _training_section(run, plots)),
+        ("results", "Results on the test set",
+         _results(test, tta, plots) if test else "<p>Not evaluated.</p>"),
+        ("interpretation", "Interpretation", _interpretation(plots)),
+        ("reproduce", "Reproduce",
+         f"<p>Command: <code>{escape(str(run.get('command') or 'imclass train --config config.yaml'))}"
+         f"</code> (or <code>imclass train --config config.yaml</code> with this folder's "
+         f"config).</p><p>Versions: {escape(versions)}. Hardware: "
+         f"{escape(str(run.get('hardware')))}.</p><pre>{escape(config_text)}</pre>"),
     ]
+    nav = " · ".join(f'<a href="#{key}">{escape(title)}</a>' for key, title, _ in sections)
+    body = "\n".join(f'<h2 id="{key}">{escape(title)}</h2>{html}' for key, title, html in sections)
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>imclass report: {escape(run_dir.name)}</title><style>{STYLE}</style>"
-            "</head><body>" + "\n".join(parts) + "</body></html>\n")
+            f"</head><body><h1>imclass run: {escape(run_dir.name)}</h1>"
+            f'<p class="sub">{nav}</p>{body}</body></html>\n')
 
 
 def write_report(run_dir: Path) -> Path:

@@ -29,7 +29,9 @@ def test_run_folder_holds_everything_a_user_needs(trained_run):
                 "checkpoints/best.safetensors", "checkpoints/best.json",
                 "checkpoints/last.safetensors", "checkpoints/last.json",
                 "plots/curves.png", "plots/confusion.png", "plots/confusion_normalized.png",
-                "plots/roc.png", "plots/predictions.png"}
+                "plots/roc.png", "plots/predictions.png", "plots/augmented.png", "plots/pr.png",
+                "plots/calibration.png", "plots/mistakes.png", "plots/unsure.png",
+                "plots/gradcam.png", "plots/embedding.png"}
     assert expected <= names
     assert not [n for n in names if n.endswith(".tmp")]
     for png in (trained_run / "plots").glob("*.png"):
@@ -57,16 +59,22 @@ def test_saved_config_reproduces_the_run_config(trained_run):
 
 def test_report_is_self_contained(trained_run):
     html = (trained_run / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5
+    assert html.count("data:image/png;base64,") == len(list((trained_run / "plots").glob("*.png")))
+    assert html.count("data:image/png;base64,") == 12
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert "Ankle boot" in html and "Per class" in html and "pytest" in html
 
 
 def test_evaluate_reproduces_the_test_metrics(trained_run, capsys):
     before = json.loads((trained_run / "metrics.json").read_text())["test"]
-    assert cli.main(["evaluate", str(trained_run), "--quiet"]) == 0
+    assert cli.main(["evaluate", str(trained_run), "--quiet", "--tta"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["accuracy"] == pytest.approx(before["accuracy"])
+    assert printed["plain"]["accuracy"] == pytest.approx(before["accuracy"])
+    after = json.loads((trained_run / "metrics.json").read_text())
+    assert after["test"]["accuracy"] == pytest.approx(before["accuracy"])
+    tta = after["test_tta"]
+    assert tta["count"] == 10_000 and abs(tta["accuracy"] - before["accuracy"]) < 0.05
+    assert tta["accuracy"] != before["accuracy"], "flip TTA changes some predictions"
 
 
 def test_predict_names_the_class_of_a_test_image(trained_run, tmp_path, capsys):
@@ -100,3 +108,54 @@ def test_same_seed_same_numbers(tmp_path):
     assert numbers(a) == numbers(b)
     test_a, test_b = (json.loads((r / "metrics.json").read_text())["test"] for r in (a, b))
     assert test_a == test_b
+
+
+def test_evaluate_on_another_folder_and_on_validation(trained_run, tiny_idx_dir, tmp_path,
+                                                      monkeypatch):
+    import gzip
+    import hashlib
+    import shutil
+    from imclass.data import fashion_mnist
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    for name in fashion_mnist.FILES.values():  # the tiny files are not the official ones
+        digest = hashlib.md5(gzip.open(tiny_idx_dir / name).read()).hexdigest()
+        monkeypatch.setitem(fashion_mnist.RAW_MD5, name, digest)
+    result = imclass.evaluate(run, data_dir=tiny_idx_dir, quiet=True)
+    monkeypatch.undo()
+    assert result["plain"]["count"] == 20 and result["plain"]["source"] == str(tiny_idx_dir)
+    val = imclass.evaluate(run, split="val", quiet=True)["plain"]
+    saved = json.loads((run / "metrics.json").read_text())
+    assert val["count"] == 240 and saved["val"]["count"] == 240 and saved["test"]["count"] == 20
+    assert (run / "plots" / "val" / "confusion.png").is_file()
+
+
+def test_evaluate_refuses_data_with_other_classes(trained_run, tmp_path):
+    import shutil
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    for name in ("best.json",):
+        sidecar = json.loads((run / "checkpoints" / name).read_text())
+        sidecar["class_names"] = [f"class {i}" for i in range(10)]
+        (run / "checkpoints" / name).write_text(json.dumps(sidecar))
+    with pytest.raises(imclass.api.DataError, match="differ from the run's"):
+        imclass.evaluate(run, quiet=True)
+
+
+def test_compare_lists_figures_and_the_config_that_differs(trained_run, tmp_path, capsys):
+    import shutil
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["train"]["lr"] = 0.05
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    assert cli.main(["compare", str(trained_run), str(other), "--out",
+                     str(tmp_path / "cmp.html")]) == 0
+    out = capsys.readouterr().out
+    assert "train.lr" in out and "0.05" in out and "train.epochs" not in out
+    assert "test accuracy" in out and "small" in out and "other" in out
+    html = (tmp_path / "cmp.html").read_text()
+    assert html.count("data:image/png;base64,") == 1 and "train.lr" in html
+    assert not (tmp_path / "cmp.png").exists()
+    code = cli.main(["compare", str(trained_run), str(tmp_path / "nothing")])
+    assert code == 2 and "not a finished imclass run" in capsys.readouterr().err

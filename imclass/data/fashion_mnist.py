@@ -145,6 +145,7 @@ def ensure(data_dir: str | Path | None = None, cache_dir: str | Path | None = No
 
 def load(data_dir: str | Path | None = None, cache_dir: str | Path | None = None, *,
          checksums: dict[str, str] | None = RAW_MD5, allow_download: bool = True):
+    # `checksums` defaults to the RAW_MD5 table itself (not a copy), read at call time.
     """Train and test `ImageSet`s, uint8 [N, 1, 28, 28], with the ten class names."""
     import torch
 

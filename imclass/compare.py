@@ -1,0 +1,96 @@
+"""Compare finished runs: their key figures, the config values that differ, overlaid curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from imclass.api import read_history
+from imclass.atomic import atomic_write_text
+from imclass.errors import DataError
+from imclass.report import STYLE, _img, _read_json, _table
+
+FIGURES = [("test accuracy", "test", "accuracy"), ("test macro F1", "test", "f1_macro"),
+           ("test ROC AUC", "test", "roc_auc_macro"), ("best val accuracy", "validation", "val_acc"),
+           ("best val loss", "validation", "val_loss")]
+
+
+def _flat(config: dict) -> dict:
+    return {f"{section}.{key}": value for section, values in config.items()
+            for key, value in values.items()}
+
+
+def load_runs(run_dirs: list[Path]) -> list[dict]:
+    runs = []
+    for d in map(Path, run_dirs):
+        if not (d / "config.yaml").is_file() or not (d / "metrics.json").is_file():
+            raise DataError(f"{d} is not a finished imclass run (no config.yaml or metrics.json)")
+        runs.append({"name": d.name, "dir": d, "metrics": _read_json(d / "metrics.json"),
+                     "run": _read_json(d / "run.json"), "history": read_history(d),
+                     "config": _flat(yaml.safe_load((d / "config.yaml").read_text()))})
+    names = [r["name"] for r in runs]
+    for r in runs:  # runs from different parents may share a folder name
+        if names.count(r["name"]) > 1:
+            r["name"] = str(r["dir"])
+    return runs
+
+
+def figures_table(runs: list[dict]) -> tuple[list[str], list[list]]:
+    header = ["run"] + [label for label, _, _ in FIGURES] + ["epochs", "seconds"]
+    rows = [[r["name"]] + [r["metrics"].get(block, {}).get(key) for _, block, key in FIGURES]
+            + [r["run"].get("epochs_run"), round(r["run"].get("total_seconds", 0))]
+            for r in runs]
+    return header, rows
+
+
+def differing_config(runs: list[dict]) -> tuple[list[str], list[list]]:
+    keys = sorted({k for r in runs for k in r["config"]})
+    differ = [k for k in keys if len({repr(r["config"].get(k)) for r in runs}) > 1]
+    return ["key"] + [r["name"] for r in runs], [[k] + [r["config"].get(k) for r in runs]
+                                                 for k in differ]
+
+
+def _text_table(header: list[str], rows: list[list]) -> str:
+    def cell(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+    cells = [header] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells)
+
+
+def curves_plot(runs: list[dict], path: Path) -> Path:
+    from imclass.plots import _pyplot, _save
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for r in runs:
+        epochs = [h["epoch"] for h in r["history"]]
+        axes[0].plot(epochs, [h["val_loss"] for h in r["history"]], "o-", label=r["name"])
+        axes[1].plot(epochs, [h["val_acc"] for h in r["history"]], "o-", label=r["name"])
+    for ax, title in zip(axes, ("validation loss", "validation accuracy")):
+        ax.set(title=title, xlabel="epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def compare(run_dirs: list[str | Path], out: str | Path = "compare.html") -> tuple[str, Path]:
+    """(console text, path of the HTML page) comparing the runs."""
+    if len(run_dirs) < 2:
+        raise DataError("give at least two run folders to compare")
+    runs = load_runs(run_dirs)
+    figures, config = figures_table(runs), differing_config(runs)
+    text = (_text_table(*figures) + "\n\nconfig values that differ:\n"
+            + (_text_table(*config) if config[1] else "(none)"))
+    out = Path(out)
+    plot = curves_plot(runs, out.with_suffix(".png"))
+    html = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>imclass: comparing {len(runs)} runs</title><style>{STYLE}</style></head>"
+            f"<body><h1>Comparing {len(runs)} runs</h1><h2>Key figures</h2>{_table(*figures)}"
+            f"<h2>Config values that differ</h2>"
+            f"{_table(*config) if config[1] else '<p>None: the configs are the same.</p>'}"
+            f"<h2>Validation curves</h2>{_img(plot, 'validation curves of every run')}"
+            "</body></html>\n")
+    atomic_write_text(out, html)
+    plot.unlink()  # embedded in the page
+    return text, out

@@ -1,0 +1,83 @@
+"""Evaluate a trained model on one labelled set: the metrics and every figure of the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imclass import interpret, plots
+from imclass.data.batches import Batches, Normalization
+from imclass.data.images import ImageSet
+from imclass.metrics import (auc_per_class, average_precision_per_class, averaged_roc,
+                             classification_metrics, pr_curves, predict_probabilities, roc_curves)
+
+GALLERY_SIZE = 16  # images in each of the worst-mistakes and least-confident galleries
+CAM_IMAGES = 8     # images with a Grad-CAM overlay: half right, half wrong
+EMBED_PER_CLASS = 60  # points per class in the t-SNE view (t-SNE grows fast with points)
+
+
+def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: torch.device,
+                   folder: Path, *, history: list[dict] | None = None, tta_flips=(),
+                   batch_size: int = 1024, seed: int = 0) -> dict:
+    """Metrics of `model` on `data` ({"plain": ..., "tta": ... when tta_flips}) and the
+    figures in `folder`."""
+    batches = Batches(data, batch_size, norm, device=device)
+    probs, labels = predict_probabilities(model, batches, task, device)
+    names = list(data.class_names)
+    result = {"plain": classification_metrics(labels, probs, names)}
+    if tta_flips:
+        tta_probs, _ = predict_probabilities(model, batches, task, device, flips=tta_flips)
+        result["tta"] = classification_metrics(labels, tta_probs, names)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_figures(folder, model, data, norm, device, labels, probs, result["plain"], history,
+                  seed)
+    return result
+
+
+def write_figures(folder: Path, model, data: ImageSet, norm, device, labels: np.ndarray,
+                  probs: np.ndarray, metrics: dict, history, seed: int) -> None:
+    names = list(data.class_names)
+    images = data.images.numpy()
+    matrix = np.array(metrics["confusion_matrix"])
+    if history:
+        plots.curves(history, folder / "curves.png")
+    plots.confusion(matrix, names, folder / "confusion.png", normalize=False)
+    plots.confusion(matrix, names, folder / "confusion_normalized.png", normalize=True)
+    plots.roc(roc_curves(labels, probs), auc_per_class(labels, probs),
+              averaged_roc(labels, probs), names, folder / "roc.png")
+    plots.precision_recall(pr_curves(labels, probs), average_precision_per_class(labels, probs),
+                           names, folder / "pr.png")
+    plots.reliability(metrics["calibration"], metrics["ece"], folder / "calibration.png")
+    plots.prediction_grid(images, labels, probs, names, folder / "predictions.png")
+    plots.gallery(images, labels, probs, names,
+                  interpret.worst_mistakes(labels, probs, GALLERY_SIZE),
+                  "worst mistakes: wrong with the highest confidence", folder / "mistakes.png")
+    plots.gallery(images, labels, probs, names,
+                  interpret.least_confident_right(labels, probs, GALLERY_SIZE),
+                  "least confident right answers", folder / "unsure.png")
+    _heatmaps(folder / "gradcam.png", model, data, norm, device, labels, probs)
+    _embedding(folder / "embedding.png", model, data, norm, device, labels, probs, seed)
+
+
+def _heatmaps(path: Path, model, data: ImageSet, norm, device, labels, probs) -> None:
+    """Grad-CAM for the predicted class over a few right and a few wrong test images."""
+    half = CAM_IMAGES // 2
+    right = np.flatnonzero(probs.argmax(1) == labels)
+    right = right[interpret.sample_per_class(labels[right], 1, seed=0)][:half]  # distinct classes
+    chosen = np.concatenate([right, interpret.worst_mistakes(labels, probs, half)]).astype(int)
+    x = norm.apply(data.images[chosen].float().div(255)).to(device)
+    targets = torch.as_tensor(probs[chosen].argmax(1), device=device)
+    heat = interpret.gradcam(model, x, targets)
+    plots.gallery(data.images.numpy(), labels, probs, list(data.class_names), chosen,
+                  "where the model looked (Grad-CAM of the predicted class)", path, heat=heat)
+
+
+def _embedding(path: Path, model, data: ImageSet, norm, device, labels, probs, seed) -> None:
+    chosen = interpret.sample_per_class(labels, EMBED_PER_CLASS, seed)
+    subset = data.take(torch.as_tensor(chosen))
+    features = interpret.embeddings(model, Batches(subset, 1024, norm, device=device))
+    points, method = interpret.project_2d(features, seed)
+    wrong = probs[chosen].argmax(1) != labels[chosen]
+    plots.embedding(points, labels[chosen], wrong, list(data.class_names), method, path)
