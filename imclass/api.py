@@ -117,8 +117,14 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
 
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, *,
-          overwrite: bool = False, quiet: bool = False, command: str | None = None) -> Path:
-    """Train, evaluate on the test set and write the report; returns the run folder."""
+          overwrite: bool = False, quiet: bool = False, command: str | None = None,
+          callbacks: list | None = None, evaluate_test: bool = True) -> Path:
+    """Train, evaluate on the test set and write the report; returns the run folder.
+
+    `callbacks` are called with the training loop's events after the built-in ones (a
+    hyperparameter search's pruner is one). With `evaluate_test=False` the test set is never
+    looked at: model selection (a search, say) must work from validation figures alone.
+    """
     from imclass.data import prepare
     from imclass.tasks import get_task
     from imclass.training import resolve_device
@@ -137,7 +143,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
         f"{len(splits.train.class_names)} classes, from {splits.train.source}")
     task = get_task("multiclass")
     model, model_info = _build_model(cfg, splits, task, device, log)
-    result, overfit_warnings = _fit(run_dir, cfg, splits, model, task, device, quiet, log)
+    result, overfit_warnings = _fit(run_dir, cfg, splits, model, task, device, quiet, log,
+                                    list(callbacks or []))
     best = result.history[result.best_epoch - 1]
     _write_json(run_dir / "metrics.json", {"validation": {
         k: best[k] for k in ("epoch", "val_loss", "val_acc", "train_loss", "train_acc")}})
@@ -147,7 +154,11 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
                "device": device.type, "train_seconds": time.perf_counter() - started,
                "command": command, "versions": versions(),
                "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc")}}
-    _evaluate_on_test(run_dir, model, task, splits.test, splits.norm, cfg, device, log)
+    if evaluate_test:
+        _evaluate_on_test(run_dir, model, task, splits.test, splits.norm, cfg, device, log)
+    else:
+        from imclass import plots
+        plots.curves(result.history, run_dir / "plots" / "curves.png")
     summary["total_seconds"] = time.perf_counter() - started  # all but writing the report
     _write_json(run_dir / "run.json", summary)
     report = write_report(run_dir)
@@ -194,7 +205,8 @@ def _plot_augmented(path: Path, train, augment, seed: int, count: int = 24) -> N
     plots.image_grid((x * 255).round().to(torch.uint8).numpy(), title, path)
 
 
-def _fit(run_dir: Path, cfg: RunConfig, splits, model, task, device, quiet: bool, log):
+def _fit(run_dir: Path, cfg: RunConfig, splits, model, task, device, quiet: bool, log,
+         extra_callbacks: list):
     """The training loop with its callbacks; returns the FitResult and overfitting warnings."""
     from imclass.data.augment import build_augment
     from imclass.data.batches import Batches
@@ -210,7 +222,8 @@ def _fit(run_dir: Path, cfg: RunConfig, splits, model, task, device, quiet: bool
     overfit = OverfitWatch(t.overfit_epochs, log)
     callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit,
                  HistoryWriter(run_dir / "history.csv"),
-                 Checkpointer(run_dir / "checkpoints", model, checkpoint_meta(cfg, splits, task))]
+                 Checkpointer(run_dir / "checkpoints", model, checkpoint_meta(cfg, splits, task)),
+                 *extra_callbacks]
     result = fit(model, train_batches, val_batches, task.loss(t.loss, t.label_smoothing), t,
                  device, callbacks)
     if result.stopped_early:

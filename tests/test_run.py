@@ -159,3 +159,15 @@ def test_compare_lists_figures_and_the_config_that_differs(trained_run, tmp_path
     assert not (tmp_path / "cmp.png").exists()
     code = cli.main(["compare", str(trained_run), str(tmp_path / "nothing")])
     assert code == 2 and "not a finished imclass run" in capsys.readouterr().err
+
+
+def test_train_without_the_test_set_and_with_extra_callbacks(tmp_path):
+    seen = []
+    cfg = override(RunConfig(), {"subset": 300, "epochs": 2, "batch_size": 32})
+    run = imclass.train(cfg, tmp_path / "trial", quiet=True, evaluate_test=False,
+                        callbacks=[lambda event, info: seen.append((event, info.get("epoch")))])
+    assert [e for e in seen if e[0] == "epoch_end"] == [("epoch_end", 1), ("epoch_end", 2)]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "test" not in metrics and metrics["validation"]["epoch"] in (1, 2)
+    assert "Not evaluated" in (run / "report.html").read_text()
+    assert not (run / "plots" / "confusion.png").exists()
