@@ -14,7 +14,7 @@ import shlex
 import sys
 
 from imclass import __version__
-from imclass.config import KEYS, _describe_range
+from imclass.config import KEYS, describe_range
 from imclass.errors import ImclassError
 
 
@@ -52,7 +52,7 @@ def _help(f, meta: dict) -> str:
     if meta["choices"]:
         text += f" {{{', '.join(meta['choices'])}}}"
     elif meta["low"] is not None or meta["high"] is not None:
-        text += f", in {_describe_range(meta)}"
+        text += f", in {describe_range(meta)}"
     default = f.default if f.default is not argparse.SUPPRESS else None
     if isinstance(default, tuple):
         default = ",".join(map(str, default))

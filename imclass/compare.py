@@ -9,7 +9,7 @@ import yaml
 from imclass.api import read_history
 from imclass.atomic import atomic_write_text
 from imclass.errors import DataError
-from imclass.report import STYLE, _img, _read_json, _table
+from imclass.report import STYLE, html_table, img_tag, read_json
 
 FIGURES = [("test accuracy", "test", "accuracy"), ("test macro F1", "test", "f1_macro"),
            ("test ROC AUC", "test", "roc_auc_macro"), ("best val accuracy", "validation", "val_acc"),
@@ -26,8 +26,8 @@ def load_runs(run_dirs: list[Path]) -> list[dict]:
     for d in map(Path, run_dirs):
         if not (d / "config.yaml").is_file() or not (d / "metrics.json").is_file():
             raise DataError(f"{d} is not a finished imclass run (no config.yaml or metrics.json)")
-        runs.append({"name": d.name, "dir": d, "metrics": _read_json(d / "metrics.json"),
-                     "run": _read_json(d / "run.json"), "history": read_history(d),
+        runs.append({"name": d.name, "dir": d, "metrics": read_json(d / "metrics.json"),
+                     "run": read_json(d / "run.json"), "history": read_history(d),
                      "config": _flat(yaml.safe_load((d / "config.yaml").read_text()))})
     names = [r["name"] for r in runs]
     for r in runs:  # runs from different parents may share a folder name
@@ -60,8 +60,8 @@ def _text_table(header: list[str], rows: list[list]) -> str:
 
 
 def curves_plot(runs: list[dict], path: Path) -> Path:
-    from imclass.plots import _pyplot, _save
-    plt = _pyplot()
+    from imclass.plots import pyplot, save_figure
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for r in runs:
         epochs = [h["epoch"] for h in r["history"]]
@@ -71,7 +71,7 @@ def curves_plot(runs: list[dict], path: Path) -> Path:
         ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def compare(run_dirs: list[str | Path], out: str | Path = "compare.html") -> tuple[str, Path]:
@@ -86,10 +86,10 @@ def compare(run_dirs: list[str | Path], out: str | Path = "compare.html") -> tup
     plot = curves_plot(runs, out.with_suffix(".png"))
     html = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>imclass: comparing {len(runs)} runs</title><style>{STYLE}</style></head>"
-            f"<body><h1>Comparing {len(runs)} runs</h1><h2>Key figures</h2>{_table(*figures)}"
+            f"<body><h1>Comparing {len(runs)} runs</h1><h2>Key figures</h2>{html_table(*figures)}"
             f"<h2>Config values that differ</h2>"
-            f"{_table(*config) if config[1] else '<p>None: the configs are the same.</p>'}"
-            f"<h2>Validation curves</h2>{_img(plot, 'validation curves of every run')}"
+            f"{html_table(*config) if config[1] else '<p>None: the configs are the same.</p>'}"
+            f"<h2>Validation curves</h2>{img_tag(plot, 'validation curves of every run')}"
             "</body></html>\n")
     atomic_write_text(out, html)
     plot.unlink()  # embedded in the page

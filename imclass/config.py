@@ -208,10 +208,10 @@ def _check_value(key: str, value: Any, meta: dict) -> None:
         too_low = low is not None and (v <= low if meta["open_low"] else v < low)
         too_high = high is not None and (v >= high if meta["open_high"] else v > high)
         if too_low or too_high:
-            raise ConfigError(f"'{key}' must be in {_describe_range(meta)}; got {v}")
+            raise ConfigError(f"'{key}' must be in {describe_range(meta)}; got {v}")
 
 
-def _describe_range(meta: dict) -> str:
+def describe_range(meta: dict) -> str:
     lo = "(" if meta["open_low"] else "["
     hi = ")" if meta["open_high"] else "]"
     low = "-inf" if meta["low"] is None else f"{meta['low']:g}"
@@ -312,7 +312,7 @@ def reference_markdown() -> str:
             meta = f.metadata
             default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
             allowed = (", ".join(meta["choices"]) if meta["choices"] else
-                       _describe_range(meta) if meta["low"] is not None or meta["high"] is not None
+                       describe_range(meta) if meta["low"] is not None or meta["high"] is not None
                        else "")
             flag = "--" + (meta["flag"] or name).replace("_", "-")
             lines.append(f"| `{name}` | `{flag}` | {default} | {allowed} | {meta['help']} |")

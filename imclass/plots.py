@@ -7,23 +7,23 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")  # headless: no display needed
     import matplotlib.pyplot as plt
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout(rect=(0, 0, 1, 0.97) if fig._suptitle else (0, 0, 1, 1))
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def curves(history: list[dict], path: Path) -> Path:
     """Loss and accuracy per epoch, train and validation; the best epoch marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     epochs = [h["epoch"] for h in history]
     best = int(min(history, key=lambda h: h["val_loss"])["epoch"]) if history else None
@@ -38,12 +38,12 @@ def curves(history: list[dict], path: Path) -> Path:
     axes[2].plot(epochs, [h["lr"] for h in history], "o-", color="tab:purple")
     axes[2].set(title="learning rate at epoch start", xlabel="epoch")
     axes[2].grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion(matrix: np.ndarray, class_names, path: Path, normalize: bool) -> Path:
     """Rows are true classes, columns predicted; normalized rows sum to 1 (recall on the diagonal)."""
-    plt = _pyplot()
+    plt = pyplot()
     m = matrix.astype(float)
     if normalize:
         m = m / np.maximum(m.sum(1, keepdims=True), 1)
@@ -61,12 +61,12 @@ def confusion(matrix: np.ndarray, class_names, path: Path, normalize: bool) -> P
             text = f"{m[i, j]:.2f}" if normalize else f"{int(m[i, j])}"
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="white" if m[i, j] > threshold else "black")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def roc(curves_per_class, aucs, averaged: dict, class_names, path: Path) -> Path:
     """One-vs-rest ROC curve per class with its AUC, and the micro and macro averages."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     for name, curve, auc in zip(class_names, curves_per_class, aucs):
         if curve is not None:
@@ -81,12 +81,12 @@ def roc(curves_per_class, aucs, averaged: dict, class_names, path: Path) -> Path
            title="ROC, one class vs the rest", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def precision_recall(curves_per_class, aps, class_names, path: Path) -> Path:
     """One-vs-rest precision-recall curve per class with its average precision (AP)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     for name, curve, ap in zip(class_names, curves_per_class, aps):
         if curve is not None:
@@ -95,12 +95,12 @@ def precision_recall(curves_per_class, aps, class_names, path: Path) -> Path:
            xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability(bins: list[dict], ece: float, path: Path) -> Path:
     """Reliability diagram: accuracy against confidence per bin; the diagonal is perfect."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True,
                                    gridspec_kw={"height_ratios": [3, 1]})
     centres = [(b["low"] + b["high"]) / 2 for b in bins]
@@ -114,7 +114,7 @@ def reliability(bins: list[dict], ece: float, path: Path) -> Path:
     ax.legend(fontsize=8, loc="upper left")
     hist.bar(centres, [b["count"] for b in bins], width=width * 0.9, color="grey")
     hist.set(xlabel="confidence of the predicted class", ylabel="images", xlim=(0, 1))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _show(ax, img: np.ndarray, title: str, wrong: bool, heat: np.ndarray | None = None) -> None:
@@ -134,7 +134,7 @@ def gallery(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_nam
             heat: np.ndarray | None = None) -> Path:
     """The chosen images in a grid with true and predicted label and confidence; with `heat`
     ([len(indices), H, W] in [0, 1]), each image is shown beside its heatmap overlay."""
-    plt = _pyplot()
+    plt = pyplot()
     per_item = 2 if heat is not None else 1
     rows = max(1, -(-len(indices) * per_item // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(1.75 * columns, 2.3 * rows + 0.4),
@@ -155,13 +155,13 @@ def gallery(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_nam
     if not len(indices):
         axes.flat[0].text(0.5, 0.5, "none", ha="center", va="center")
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def embedding(points: np.ndarray, labels: np.ndarray, wrong: np.ndarray, class_names,
               method: str, path: Path) -> Path:
     """Penultimate-layer features in 2-D, coloured by true class; mistakes as black crosses."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 6))
     cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
     for c, name in enumerate(class_names):
@@ -172,12 +172,12 @@ def embedding(points: np.ndarray, labels: np.ndarray, wrong: np.ndarray, class_n
                linewidths=0.8, label="misclassified")
     ax.set(title=f"test-set features ({method} of the penultimate layer)", xticks=[], yticks=[])
     ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def image_grid(images: np.ndarray, title: str, path: Path, columns: int = 8) -> Path:
     """Plain images (uint8 [N, C, H, W]) in a grid, e.g. training images after augmentation."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = max(1, -(-len(images) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(1.4 * columns, 1.4 * rows + 0.4),
                              squeeze=False)
@@ -187,7 +187,7 @@ def image_grid(images: np.ndarray, title: str, path: Path, columns: int = 8) -> 
         ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0),
                   cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=255)
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names,
@@ -197,7 +197,7 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, c
     Each row shows the first misclassified image of that class (when there is one) and then
     correct ones, so both kinds are always visible.
     """
-    plt = _pyplot()
+    plt = pyplot()
     k = len(class_names)
     predicted = probs.argmax(1)
     fig, axes = plt.subplots(k, per_class, figsize=(2.0 * per_class, 2.1 * k), squeeze=False)
@@ -212,4 +212,4 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, c
             _show(ax, images[i], f"true: {class_names[labels[i]]}\npred: "
                   f"{class_names[predicted[i]]} {probs[i].max():.0%}", predicted[i] != labels[i])
     fig.suptitle("sample test predictions (red: wrong)", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)

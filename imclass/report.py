@@ -29,14 +29,14 @@ font-size:.85em} a{color:#1f5fa8}
 """
 
 
-def _img(path: Path, alt: str) -> str:
+def img_tag(path: Path, alt: str) -> str:
     if not path.is_file():
         return ""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def html_table(header: list[str], rows: list[list]) -> str:
     def cell(v):
         return f"{v:.4f}" if isinstance(v, float) else escape(str(v))
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
@@ -45,7 +45,7 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -87,8 +87,8 @@ def _data_section(data: dict, plots: Path) -> str:
             f"{size[0]}x{size[1]} pixels. The validation split is held out from the training "
             "images (stratified); it picks the best epoch. The test set is used only for the "
             "results below.</p>"
-            + _table(["class", "train", "validation", "test"], rows)
-            + _img(plots / "augmented.png", "training images after augmentation"))
+            + html_table(["class", "train", "validation", "test"], rows)
+            + img_tag(plots / "augmented.png", "training images after augmentation"))
 
 
 def _training_section(run: dict, plots: Path) -> str:
@@ -99,7 +99,7 @@ def _training_section(run: dict, plots: Path) -> str:
     return (f"<p>{stop}the weights kept are those of epoch {run.get('best_epoch')}, the lowest "
             "validation loss (dashed line).</p>"
             + (warnings or "<p>No overfitting warning was raised.</p>")
-            + _img(plots / "curves.png", "loss, accuracy and learning-rate curves"))
+            + img_tag(plots / "curves.png", "loss, accuracy and learning-rate curves"))
 
 
 METRIC_ROWS = [("accuracy", "accuracy"), ("top_3", "top-3 accuracy"),
@@ -117,9 +117,9 @@ def _results(test: dict, tta: dict, plots: Path) -> str:
     header = ["metric", "value"] + (["with flip TTA"] if tta else [])
     rows = [[label, test[key]] + ([tta.get(key)] if tta else [])
             for key, label in METRIC_ROWS if test.get(key) is not None]
-    html = _table(header, rows)
+    html = html_table(header, rows)
     per_class = test.get("per_class", {})
-    html += "<h3>Per class</h3>" + _table(
+    html += "<h3>Per class</h3>" + html_table(
         ["class", "precision", "recall", "F1", "support", "ROC AUC", "AP"],
         [[name, m["precision"], m["recall"], m["f1"], m["support"],
           m["auc"] if m["auc"] is not None else "n/a",
@@ -127,7 +127,7 @@ def _results(test: dict, tta: dict, plots: Path) -> str:
          for name, m in per_class.items()])
     confused = test.get("most_confused", [])
     if confused:
-        html += "<h3>Most confused pairs</h3>" + _table(
+        html += "<h3>Most confused pairs</h3>" + html_table(
             ["true class", "predicted as", "images"],
             [[c["true"], c["predicted"], c["count"]] for c in confused])
     pairs = [(("confusion", "confusion matrix"),
@@ -135,13 +135,13 @@ def _results(test: dict, tta: dict, plots: Path) -> str:
              (("roc", "ROC curves"), ("pr", "precision-recall curves")),
              (("calibration", "reliability diagram"),)]
     for pair in pairs:
-        html += '<div class="pair">' + "".join(_img(plots / f"{name}.png", alt)
+        html += '<div class="pair">' + "".join(img_tag(plots / f"{name}.png", alt)
                                                for name, alt in pair) + "</div>"
     return html
 
 
 def _interpretation(plots: Path) -> str:
-    return "".join(_img(plots / f"{name}.png", alt) for name, alt in (
+    return "".join(img_tag(plots / f"{name}.png", alt) for name, alt in (
         ("predictions", "sample predictions per class"), ("mistakes", "worst mistakes"),
         ("unsure", "least confident right answers"), ("gradcam", "Grad-CAM heatmaps"),
         ("embedding", "embedding of the test set")))
@@ -149,8 +149,8 @@ def _interpretation(plots: Path) -> str:
 
 def build_report(run_dir: Path) -> str:
     run_dir = Path(run_dir)
-    run = _read_json(run_dir / "run.json")
-    metrics = _read_json(run_dir / "metrics.json")
+    run = read_json(run_dir / "run.json")
+    metrics = read_json(run_dir / "metrics.json")
     test, tta = metrics.get("test", {}), metrics.get("test_tta", {})
     plots = run_dir / "plots"
     config_path = run_dir / "config.yaml"
