@@ -100,6 +100,29 @@ def build_parser() -> Parser:
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=_evaluate)
 
+    tune = sub.add_parser("tune", help="search hyperparameters (Optuna): grid, random or TPE, "
+                          "with pruning, resumable")
+    tune.add_argument("--space", required=True, help="YAML search space: config key -> list of "
+                      "choices or {low, high, log, type}")
+    tune.add_argument("--method", choices=("grid", "random", "tpe"), default="tpe")
+    tune.add_argument("--trials", type=int, default=20, help="trials to finish (default 20)")
+    tune.add_argument("--timeout", type=float, help="stop starting trials after this many "
+                      "seconds")
+    tune.add_argument("--pruner", choices=("median", "halving", "none"), default="median")
+    tune.add_argument("--storage", help="Optuna storage URL shared by several workers "
+                      "(default: study.db, SQLite, in --out)")
+    tune.add_argument("--out", default="studies/study", help="study folder (default "
+                      "studies/study); running again resumes it")
+    tune.add_argument("--heartbeat", type=int, default=10, help="seconds between a running "
+                      "trial's signs of life; one silent for 3x this (its process was killed) "
+                      "is marked failed and its point is tried again (default 10)")
+    tune.add_argument("--no-final-run", action="store_true",
+                      help="skip training the best configuration on the test set")
+    tune.add_argument("--config", help="YAML file of the fixed config values")
+    tune.add_argument("--quiet", action="store_true")
+    _add_config_flags(tune)
+    tune.set_defaults(func=_tune)
+
     compare = sub.add_parser("compare", help="key figures, differing configs and overlaid "
                              "curves of several runs")
     compare.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
@@ -118,11 +141,8 @@ def build_parser() -> Parser:
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     from imclass import api
-    from imclass.config import RunConfig, load_yaml, override
 
-    cfg = load_yaml(args.config) if args.config else RunConfig()
-    flags = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("cfg:")}
-    cfg = override(cfg, flags)
+    cfg = _base_config(args)
     run_dir = api.train(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet,
                         command=shlex.join(["imclass", *argv]))
     print(run_dir / "report.html")
@@ -136,6 +156,40 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
                           quiet=args.quiet)
     keys = ("accuracy", "top_3", "f1_macro", "roc_auc_macro", "ece", "count")
     print(json.dumps({kind: {k: m.get(k) for k in keys} for kind, m in result.items()}))
+    return 0
+
+
+def _base_config(args: argparse.Namespace):
+    from imclass.config import RunConfig, load_yaml, override
+
+    cfg = load_yaml(args.config) if args.config else RunConfig()
+    flags = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("cfg:")}
+    return override(cfg, flags)
+
+
+def _tune(args: argparse.Namespace, argv: list[str]) -> int:
+    from pathlib import Path
+
+    from imclass import tune
+
+    if args.trials < 1:
+        raise ImclassError("--trials must be at least 1")
+    base = _base_config(args)
+    params = tune.load_space(args.space, base)
+    out = Path(args.out)
+    study = tune.run_study(base, params, out, method=args.method, trials=args.trials,
+                           timeout=args.timeout, pruner=args.pruner, storage=args.storage,
+                           seed=base.train.seed, heartbeat_s=args.heartbeat)
+    header, rows = tune.trial_rows(study)
+    from imclass.compare import _text_table
+    print(_text_table(header, rows))
+    summary = tune.write_outputs(study, base, params, out, final_run=not args.no_final_run,
+                                 quiet=args.quiet)
+    print(f"\nbest trial {summary['best_trial']}: validation accuracy "
+          f"{summary['best_val_acc']:.4f} with {summary['best_params']}")
+    if summary["test"]:
+        print(f"final run of the best config, test accuracy {summary['test']['accuracy']:.4f}")
+    print(f"best config: {out / 'best.yaml'}; page: {out / 'study.html'}")
     return 0
 
 

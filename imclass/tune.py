@@ -1,0 +1,373 @@
+"""Hyperparameter search over any config key, on Optuna (samplers, pruners, storage).
+
+A search space is a YAML mapping from config keys to a list of choices or a range:
+
+    lr: {low: 0.01, high: 0.5, log: true}
+    batch_size: [128, 256]
+    dropout: {low: 0.0, high: 0.4}
+    epochs: {low: 3, high: 8, type: int}
+
+Trials are scored on validation accuracy only (never the test set) and are pruned from the
+per-epoch validation accuracy through the training loop's events. The study lives in a SQLite
+file in the study folder, so a stopped search resumes where it left off.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imclass import config as config_mod
+from imclass.config import KEYS, RunConfig
+from imclass.errors import ConfigError
+
+METHODS = ("grid", "random", "tpe")
+PRUNERS = ("median", "halving", "none")
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    choices: tuple | None = None  # a list of values, or:
+    low: float | None = None      # a range [low, high]
+    high: float | None = None
+    log: bool = False             # sampled uniformly in log space
+    integer: bool = False
+
+
+def _range_param(key: str, spec: dict, typ) -> Param:
+    unknown = set(spec) - {"low", "high", "log", "type"}
+    if unknown:
+        raise ConfigError(f"search space '{key}': unknown field(s) {sorted(unknown)}; a range "
+                          "takes low, high, log and type (int or float)")
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"search space '{key}': a range needs both low and high")
+    low, high = spec["low"], spec["high"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise ConfigError(f"search space '{key}': low and high must be numbers")
+    if not low < high:
+        raise ConfigError(f"search space '{key}': low ({low}) must be below high ({high})")
+    log = bool(spec.get("log", False))
+    if log and low <= 0:
+        raise ConfigError(f"search space '{key}': a log range needs low > 0; got {low}")
+    integer = spec.get("type", "int" if typ is int or int in _args(typ) else "float") == "int"
+    return Param(key, low=low, high=high, log=log, integer=integer)
+
+
+def _args(typ) -> tuple:
+    import typing
+    return typing.get_args(typ)
+
+
+def parse_space(space: dict[str, Any], base: RunConfig) -> list[Param]:
+    """Validate a space against the config (keys, types, allowed ranges) before any trial."""
+    if not isinstance(space, dict) or not space:
+        raise ConfigError("the search space must be a non-empty mapping of config keys")
+    params = []
+    for key, spec in space.items():
+        name = config_mod.ALIASES.get(key.split(".")[-1], key.split(".")[-1])
+        if name not in KEYS:
+            raise config_mod._unknown(key, list(KEYS), "search-space key")
+        typ = KEYS[name][2]
+        if isinstance(spec, list):
+            param = Param(name, choices=tuple(tuple(v) if isinstance(v, list) else v
+                                              for v in spec))
+            values = param.choices
+        elif isinstance(spec, dict) and "choices" in spec:
+            param = Param(name, choices=tuple(spec["choices"]))
+            values = param.choices
+        elif isinstance(spec, dict):
+            param = _range_param(key, spec, typ)
+            values = (param.low, param.high)
+        else:
+            raise ConfigError(f"search space '{key}': give a list of choices or "
+                              "{low: ..., high: ...}")
+        if not values:
+            raise ConfigError(f"search space '{key}': no choices given")
+        for value in values:  # each end of a range, each choice: allowed for this key?
+            try:
+                config_mod.override(base, {name: value})
+            except ConfigError as exc:
+                raise ConfigError(f"search space '{key}': {exc}") from None
+        params.append(param)
+    return params
+
+
+def load_space(path: str | Path, base: RunConfig) -> list[Param]:
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search space file {path} does not exist")
+    try:
+        return parse_space(yaml.safe_load(path.read_text(encoding="utf-8-sig")), base)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def suggest(trial, p: Param):
+    if p.choices is not None:
+        # Optuna stores categorical values as JSON scalars: a tuple choice goes by index.
+        if any(isinstance(c, tuple) for c in p.choices):
+            return p.choices[trial.suggest_categorical(p.key, list(range(len(p.choices))))]
+        return trial.suggest_categorical(p.key, list(p.choices))
+    if p.integer:
+        return trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log)
+    return trial.suggest_float(p.key, float(p.low), float(p.high), log=p.log)
+
+
+def grid_of(params: list[Param]) -> dict[str, list]:
+    """The grid for GridSampler: every choice; a range is refused (it has no grid)."""
+    grid = {}
+    for p in params:
+        if p.choices is None:
+            raise ConfigError(f"--method grid needs a list of choices for '{p.key}', not a "
+                              "range; use --method random or tpe for ranges")
+        grid[p.key] = (list(range(len(p.choices))) if any(isinstance(c, tuple) for c in p.choices)
+                       else list(p.choices))
+    return grid
+
+
+class DuplicatePoint(Exception):
+    """A grid point another worker already took: the trial is dropped (failed), not run."""
+
+
+def _locked_grid_sampler(grid: dict, seed: int, lock_path: Path | None):
+    """Optuna's GridSampler, choosing each trial's grid point under a file lock.
+
+    Optuna picks an unvisited point at random, so two workers asking at the same instant can
+    pick the same one; with the lock, the second sees the first's choice. (A file lock covers
+    workers sharing a SQLite study on one machine; workers on several machines need a lock
+    in the shared database server.)
+    """
+    import fcntl
+
+    import optuna
+
+    class LockedGridSampler(optuna.samplers.GridSampler):
+        def before_trial(self, study, trial):
+            if lock_path is None:
+                return super().before_trial(study, trial)
+            with open(lock_path, "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    return super().before_trial(study, trial)
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+    return LockedGridSampler(grid, seed=seed)
+
+
+def make_sampler(method: str, params: list[Param], seed: int, lock_path: Path | None = None):
+    import optuna
+    if method == "grid":
+        return _locked_grid_sampler(grid_of(params), seed, lock_path)
+    if method == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if method == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    raise ConfigError(f"unknown --method '{method}'; valid: {', '.join(METHODS)}")
+
+
+def make_pruner(name: str):
+    import optuna
+    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3,
+                                                             n_warmup_steps=1),
+               "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
+               "none": lambda: optuna.pruners.NopPruner()}
+    if name not in pruners:
+        raise ConfigError(f"unknown --pruner '{name}'; valid: {', '.join(PRUNERS)}")
+    return pruners[name]()
+
+
+class PruneOnValidation:
+    """Reports each epoch's validation accuracy to the trial; stops a hopeless one."""
+
+    def __init__(self, trial):
+        self.trial = trial
+
+    def __call__(self, event: str, info: dict):
+        import optuna
+        if event == "epoch_end":
+            self.trial.report(info["val_acc"], info["epoch"])
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {info['epoch']}")
+        return None
+
+
+def trial_objective(base: RunConfig, params: list[Param], out: Path):
+    from imclass import api
+
+    def objective(trial) -> float:
+        values = {p.key: suggest(trial, p) for p in params}
+        if _taken_elsewhere(trial):
+            trial.study.stop()
+            raise DuplicatePoint(f"grid point {trial.params} is already taken")
+        cfg = config_mod.override(base, values)
+        run_dir = api.train(cfg, out / "trials" / f"trial-{trial.number:03d}", overwrite=True,
+                            quiet=True, evaluate_test=False,
+                            callbacks=[PruneOnValidation(trial)])
+        import json
+        best = json.loads((run_dir / "metrics.json").read_text())["validation"]
+        trial.set_user_attr("run_dir", str(run_dir))
+        return best["val_acc"]
+    return objective
+
+
+def _taken_elsewhere(trial) -> bool:
+    """Whether an earlier live or finished trial holds the same parameters (only a grid whose
+    points are all taken hands one out again). The earlier trial owns the point, so of two
+    such trials exactly one runs."""
+    import optuna
+    live = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+            optuna.trial.TrialState.RUNNING)
+    return any(t.number < trial.number and t.state in live and t.params == trial.params
+               for t in trial.study.get_trials(deepcopy=False))
+
+
+def finished(study) -> int:
+    import optuna
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return sum(t.state in done for t in study.get_trials(deepcopy=False))
+
+
+def best_config(base: RunConfig, params: list[Param], best_params: dict) -> RunConfig:
+    values = {}
+    for p in params:
+        v = best_params[p.key]
+        values[p.key] = p.choices[v] if p.choices and any(isinstance(c, tuple)
+                                                          for c in p.choices) else v
+    return config_mod.resolve(config_mod.override(base, values))
+
+
+def open_storage(url: str, heartbeat_s: int):
+    """RDB storage with a heartbeat: a trial whose process died (killed, machine asleep) is
+    marked failed once it has missed three heartbeats, and Optuna's retry callback queues the
+    same parameters again, so a resumed grid still covers every point."""
+    import optuna
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s,
+                                      grace_period=3 * heartbeat_s,
+                                      heartbeat_stale_trial_callback=retry)
+
+
+def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = "tpe",
+              trials: int = 20, timeout: float | None = None, pruner: str = "median",
+              storage: str | None = None, seed: int = 0, heartbeat_s: int = 10):
+    """Run (or resume) the study until `trials` trials are finished; returns the study."""
+    import warnings
+
+    import optuna
+
+    # The heartbeat and the matplotlib figures are marked experimental; they work as documented.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    lock = out / ".grid.lock" if url.startswith("sqlite:") else None
+    study = optuna.create_study(storage=open_storage(url, heartbeat_s),
+                                sampler=make_sampler(method, params, seed, lock),
+                                pruner=make_pruner(pruner), study_name=out.name,
+                                direction="maximize", load_if_exists=True)
+    remaining = max(0, trials - finished(study))
+    grid_size = math.prod(len(v) for v in grid_of(params).values()) if method == "grid" else 0
+    if method == "grid" and trials >= grid_size:
+        # The whole grid: GridSampler stops the study once every point is done (a killed
+        # trial's point is retried first); a finished grid is left alone.
+        remaining = None if finished(study) < grid_size else 0
+    if remaining is None or remaining > 0:
+        study.optimize(trial_objective(base, params, out), n_trials=remaining, timeout=timeout,
+                       gc_after_trial=True, catch=(DuplicatePoint,))
+    return study
+
+
+def trial_rows(study) -> tuple[list[str], list[list]]:
+    """Every trial: number, state, validation accuracy, seconds, parameters."""
+    keys = sorted({k for t in study.trials for k in t.params})
+    header = ["trial", "state", "val_acc", "seconds"] + keys
+    rows = []
+    for t in study.trials:
+        seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
+                   if t.datetime_complete and t.datetime_start else None)
+        value = t.value if t.value is not None else (
+            max(t.intermediate_values.values()) if t.intermediate_values else None)
+        rows.append([t.number, t.state.name.lower(), value,
+                     round(seconds, 1) if seconds is not None else None]
+                    + [t.params.get(k) for k in keys])
+    return header, rows
+
+
+def _plots(study, folder: Path) -> dict[str, Path]:
+    """Optuna's own matplotlib figures; one that cannot be drawn yet (too few trials) is left
+    out rather than failing the study."""
+    import optuna.visualization.matplotlib as vis
+
+    from imclass.plots import pyplot
+    pyplot()  # headless backend
+    made = {}
+    for name, draw in (("history", vis.plot_optimization_history),
+                       ("importances", vis.plot_param_importances),
+                       ("parallel", vis.plot_parallel_coordinate)):
+        try:
+            ax = draw(study)
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            continue
+        figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        figure.set_size_inches(9, 5)
+        figure.tight_layout()
+        figure.savefig(folder / f"{name}.png", dpi=100)
+        pyplot().close(figure)
+        made[name] = folder / f"{name}.png"
+    return made
+
+
+def write_outputs(study, base: RunConfig, params: list[Param], out: Path, *,
+                  final_run: bool = True, quiet: bool = False) -> dict:
+    """trials.csv, plots/, best.yaml, the final labelled test run, and study.html."""
+    import csv
+
+    from imclass import api
+    from imclass.atomic import atomic_write_text
+
+    header, rows = trial_rows(study)
+    with (out / "trials.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([header] + rows)
+    (out / "plots").mkdir(exist_ok=True)
+    plots = _plots(study, out / "plots")
+    complete = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
+    if not complete:
+        raise ConfigError(f"no trial of {out} finished (all pruned or failed); widen the "
+                          "space or use --pruner none")
+    best = study.best_trial
+    cfg = best_config(base, params, best.params)
+    config_mod.save_yaml(cfg, out / "best.yaml")
+    test = None
+    if final_run:
+        run = api.train(cfg, out / "best-run", overwrite=True, quiet=quiet,
+                        command=f"imclass train --config {out / 'best.yaml'}")
+        import json
+        test = json.loads((run / "metrics.json").read_text())["test"]
+    atomic_write_text(out / "study.html", study_html(out, header, rows, best, plots, test))
+    return {"best_trial": best.number, "best_val_acc": best.value, "best_params": best.params,
+            "test": test}
+
+
+def study_html(out: Path, header, rows, best, plots: dict, test: dict | None) -> str:
+    from html import escape
+
+    from imclass.report import STYLE, html_table, img_tag
+    final = ("<p>Not run.</p>" if test is None else
+             "<p>One final training run of the best configuration, scored on the test set "
+             "(the search itself saw validation figures only):</p>" + html_table(
+                 ["metric", "value"], [[k, test[k]] for k in ("accuracy", "f1_macro",
+                                                               "roc_auc_macro")]))
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>imclass study: {escape(out.name)}</title><style>{STYLE}</style></head>"
+            f"<body><h1>imclass study: {escape(out.name)}</h1>"
+            f"<p>Best trial {best.number}: validation accuracy {best.value:.4f} with "
+            f"<code>{escape(str(best.params))}</code>; ready to train: "
+            f"<code>imclass train --config {escape(str(out / 'best.yaml'))}</code>.</p>"
+            f"<h2>Best configuration on the test set</h2>{final}"
+            f"<h2>Trials</h2>{html_table(header, rows)}"
+            "<h2>Search</h2>" + "".join(img_tag(p, n) for n, p in plots.items())
+            + "</body></html>\n")

@@ -1,0 +1,129 @@
+"""imclass tune: search spaces, samplers, pruning, outputs, resuming a killed study."""
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from imclass import cli, tune
+from imclass.config import RunConfig, load_yaml, override
+from imclass.errors import ConfigError
+
+TINY = ["--subset", "300", "--epochs", "2", "--batch-size", "32"]
+
+
+def test_space_errors_name_the_key_and_what_is_allowed():
+    base = RunConfig()
+    with pytest.raises(ConfigError, match="did you mean 'dropout'"):
+        tune.parse_space({"dropuot": [0.1]}, base)
+    with pytest.raises(ConfigError, match="low .* must be below high"):
+        tune.parse_space({"lr": {"low": 0.5, "high": 0.1}}, base)
+    with pytest.raises(ConfigError, match="log range needs low > 0"):
+        tune.parse_space({"weight_decay": {"low": 0, "high": 0.1, "log": True}}, base)
+    with pytest.raises(ConfigError, match=r"'dropout' must be in \[0, 1\)"):
+        tune.parse_space({"dropout": [0.2, 1.5]}, base)
+    with pytest.raises(ConfigError, match="needs a list of choices for 'lr'"):
+        tune.grid_of(tune.parse_space({"lr": {"low": 0.01, "high": 0.1}}, base))
+
+
+@pytest.mark.parametrize("method", ["random", "tpe"])
+def test_samplers_respect_ranges_and_log_scale(method):
+    params = tune.parse_space({"lr": {"low": 1e-4, "high": 1.0, "log": True},
+                               "epochs": {"low": 2, "high": 5},
+                               "optimizer": ["sgd", "adamw"], "widths": [[8, 16, 32, 64]]},
+                              override(RunConfig(), {"depths": "1,1,1,1"}))
+    study = optuna.create_study(sampler=tune.make_sampler(method, params, seed=0),
+                                direction="maximize")
+    lrs, epochs = [], []
+    for _ in range(60):
+        trial = study.ask()
+        values = {p.key: tune.suggest(trial, p) for p in params}
+        assert values["optimizer"] in ("sgd", "adamw") and values["widths"] == (8, 16, 32, 64)
+        lrs.append(values["lr"])
+        epochs.append(values["epochs"])
+        study.tell(trial, -abs(math.log10(values["lr"]) + 2))  # best near lr = 0.01
+    assert all(1e-4 <= v <= 1.0 for v in lrs) and set(epochs) <= {2, 3, 4, 5}
+    assert all(isinstance(e, int) for e in epochs)
+    # log scale: about a quarter of the draws fall in each decade, not 90% in the top one
+    assert np.mean(np.array(lrs[:20]) < 1e-2) > 0.2
+
+
+def grid_points(db):
+    study = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}")
+    done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    return study, sorted((t.params["lr"], t.params["dropout"]) for t in done)
+
+
+@pytest.mark.slow
+def test_a_two_by_two_grid_runs_four_trials_and_picks_the_best(tmp_path, capsys):
+    (tmp_path / "space.yaml").write_text("lr: [0.05, 0.2]\ndropout: [0.0, 0.3]\n")
+    out = tmp_path / "grid"
+    assert cli.main(["tune", "--space", str(tmp_path / "space.yaml"), "--method", "grid",
+                     "--trials", "10", "--pruner", "none", "--out", str(out), "--quiet",
+                     *TINY]) == 0
+    study, points = grid_points(out / "study.db")
+    assert points == [(0.05, 0.0), (0.05, 0.3), (0.2, 0.0), (0.2, 0.3)]
+    best = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
+    assert study.best_trial.number == best.number
+    cfg = load_yaml(out / "best.yaml")
+    assert (cfg.train.lr, cfg.model.dropout) == (best.params["lr"], best.params["dropout"])
+    assert cfg.data.subset == 300  # the fixed flags are kept
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("trial,state,val_acc,seconds")
+    assert {"history.png", "parallel.png"} <= {p.name for p in (out / "plots").iterdir()}
+    html = (out / "study.html").read_text()
+    assert "test set" in html and "validation figures only" in html
+    assert "test" not in (out / "trials" / "trial-000" / "metrics.json").read_text()
+    assert "final run of the best config, test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path):
+    (tmp_path / "space.yaml").write_text("lr: [0.05, 0.1, 0.2]\ndropout: [0.0, 0.3]\n")
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "imclass", "tune", "--space", str(tmp_path / "space.yaml"),
+               "--method", "grid", "--trials", "6", "--pruner", "none", "--out", str(out),
+               "--heartbeat", "1", "--no-final-run", "--quiet", *TINY]
+    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if (out / "study.db").exists() and len(grid_points(out / "study.db")[1]) >= 2:
+            break
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    study, before = grid_points(out / "study.db")
+    finished_before = {t.number: t.params for t in study.trials
+                       if t.state.name in ("COMPLETE", "PRUNED")}
+    assert 2 <= len(finished_before) < 6
+    time.sleep(3.5)  # past the killed trial's grace period (3 missed heartbeats)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    study, after = grid_points(out / "study.db")
+    assert len(after) == 6 and len(set(after)) == 6, "every grid point exactly once"
+    for number, params in finished_before.items():  # the finished ones were not run again
+        assert study.trials[number].params == params
+        assert study.trials[number].state.name in ("COMPLETE", "PRUNED")
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_grid_without_duplicates(tmp_path):
+    (tmp_path / "space.yaml").write_text("lr: [0.05, 0.1, 0.2]\ndropout: [0.0, 0.3]\n")
+    out = tmp_path / "shared"
+    out.mkdir()
+    command = [sys.executable, "-m", "imclass", "tune", "--space", str(tmp_path / "space.yaml"),
+               "--method", "grid", "--trials", "6", "--pruner", "none", "--out", str(out),
+               "--no-final-run", "--quiet", *TINY]
+    # create the study first so both workers open the same one
+    optuna.create_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}",
+                        direction="maximize")
+    workers = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+               for _ in range(2)]
+    for w in workers:
+        assert w.wait(timeout=300) == 0, w.stderr.read().decode()[-2000:]
+    study, points = grid_points(out / "study.db")
+    assert len(points) == 6 and len(set(points)) == 6, points
