@@ -253,8 +253,10 @@ def open_storage(url: str, heartbeat_s: int):
 
 def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = "tpe",
               trials: int = 20, timeout: float | None = None, pruner: str = "median",
-              storage: str | None = None, seed: int = 0, heartbeat_s: int = 10):
-    """Run (or resume) the study until `trials` trials are finished; returns the study."""
+              storage: str | None = None, seed: int = 0, heartbeat_s: int = 10,
+              callbacks: list | None = None):
+    """Run (or resume) the study until `trials` trials are finished; returns the study.
+    `callbacks` are Optuna's: called as callback(study, frozen_trial) after each trial."""
     import warnings
 
     import optuna
@@ -277,7 +279,7 @@ def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = 
         remaining = None if finished(study) < grid_size else 0
     if remaining is None or remaining > 0:
         study.optimize(trial_objective(base, params, out), n_trials=remaining, timeout=timeout,
-                       gc_after_trial=True, catch=(DuplicatePoint,))
+                       gc_after_trial=True, catch=(DuplicatePoint,), callbacks=callbacks)
     return study
 
 
