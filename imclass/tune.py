@@ -15,6 +15,7 @@ file in the study folder, so a stopped search resumes where it left off.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,8 +258,6 @@ def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = 
               callbacks: list | None = None):
     """Run (or resume) the study until `trials` trials are finished; returns the study.
     `callbacks` are Optuna's: called as callback(study, frozen_trial) after each trial."""
-    import warnings
-
     import optuna
 
     # The heartbeat and the matplotlib figures are marked experimental; they work as documented.
@@ -311,7 +310,9 @@ def _plots(study, folder: Path) -> dict[str, Path]:
                        ("importances", vis.plot_param_importances),
                        ("parallel", vis.plot_parallel_coordinate)):
         try:
-            ax = draw(study)
+            with warnings.catch_warnings():  # e.g. a parameter with one value so far
+                warnings.simplefilter("ignore")
+                ax = draw(study)
         except (ValueError, RuntimeError, ZeroDivisionError):
             continue
         figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
