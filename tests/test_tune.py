@@ -8,7 +8,6 @@ import time
 import numpy as np
 import optuna
 import pytest
-import yaml
 
 from imclass import cli, tune
 from imclass.config import RunConfig, load_yaml, override
