@@ -181,8 +181,8 @@ def _tune(args: argparse.Namespace, argv: list[str]) -> int:
                            timeout=args.timeout, pruner=args.pruner, storage=args.storage,
                            seed=base.train.seed, heartbeat_s=args.heartbeat)
     header, rows = tune.trial_rows(study)
-    from imclass.compare import _text_table
-    print(_text_table(header, rows))
+    from imclass.compare import text_table
+    print(text_table(header, rows))
     summary = tune.write_outputs(study, base, params, out, final_run=not args.no_final_run,
                                  quiet=args.quiet)
     print(f"\nbest trial {summary['best_trial']}: validation accuracy "

@@ -51,7 +51,7 @@ def differing_config(runs: list[dict]) -> tuple[list[str], list[list]]:
                                                  for k in differ]
 
 
-def _text_table(header: list[str], rows: list[list]) -> str:
+def text_table(header: list[str], rows: list[list]) -> str:
     def cell(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
     cells = [header] + [[cell(v) for v in row] for row in rows]
@@ -80,8 +80,8 @@ def compare(run_dirs: list[str | Path], out: str | Path = "compare.html") -> tup
         raise DataError("give at least two run folders to compare")
     runs = load_runs(run_dirs)
     figures, config = figures_table(runs), differing_config(runs)
-    text = (_text_table(*figures) + "\n\nconfig values that differ:\n"
-            + (_text_table(*config) if config[1] else "(none)"))
+    text = (text_table(*figures) + "\n\nconfig values that differ:\n"
+            + (text_table(*config) if config[1] else "(none)"))
     out = Path(out)
     plot = curves_plot(runs, out.with_suffix(".png"))
     html = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"

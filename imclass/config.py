@@ -149,7 +149,7 @@ KEYS = section_fields()
 ALIASES = {f.metadata["flag"]: name for name, (_s, f, _t) in KEYS.items() if f.metadata["flag"]}
 
 
-def _unknown(key: str, valid: list[str], what: str = "config key") -> ConfigError:
+def unknown_key_error(key: str, valid: list[str], what: str = "config key") -> ConfigError:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
     return ConfigError(f"unknown {what} '{key}'{hint}")
@@ -227,7 +227,7 @@ def override(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
     for key, raw in values.items():
         name = key.split(".", 1)[1] if "." in key else ALIASES.get(key, key)
         if name not in KEYS or ("." in key and KEYS[name][0] != key.split(".", 1)[0]):
-            raise _unknown(key, list(KEYS))
+            raise unknown_key_error(key, list(KEYS))
         section, f, typ = KEYS[name]
         value = coerce(key, raw, typ)  # messages name the key as the user wrote it
         _check_value(key, value, f.metadata)

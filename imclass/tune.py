@@ -70,7 +70,7 @@ def parse_space(space: dict[str, Any], base: RunConfig) -> list[Param]:
     for key, spec in space.items():
         name = config_mod.ALIASES.get(key.split(".")[-1], key.split(".")[-1])
         if name not in KEYS:
-            raise config_mod._unknown(key, list(KEYS), "search-space key")
+            raise config_mod.unknown_key_error(key, list(KEYS), "search-space key")
         typ = KEYS[name][2]
         if isinstance(spec, list):
             param = Param(name, choices=tuple(tuple(v) if isinstance(v, list) else v
