@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch and torchvision at the versions this project's machines hold on disk (no download).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-fast setup data browser bench clean
+.PHONY: demo test test-fast setup data browser postgres bench clean
 
 setup: $(STAMP)
 
@@ -36,11 +36,27 @@ browser:
 	   (apt-get update -q && apt-get install -y -q chromium chromium-driver)) >/dev/null; \
 	fi
 
+# A PostgreSQL server on loopback for the test of `imclass tune` workers sharing one study
+# (Debian's postgresql; started here because CI starts no services of its own).
+PG_URL := postgresql://imclass:imclass@127.0.0.1:5432/imclass_test
+postgres:
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  if ! command -v pg_lsclusters >/dev/null 2>&1; then \
+	    (apt-get install -y -q postgresql || \
+	     (apt-get update -q && apt-get install -y -q postgresql)) >/dev/null; \
+	  fi; \
+	  service postgresql start >/dev/null; \
+	  su postgres -c "psql -tAc \"SELECT 1 FROM pg_roles WHERE rolname='imclass'\" | grep -q 1 || \
+	    psql -qc \"CREATE ROLE imclass LOGIN PASSWORD 'imclass'\""; \
+	  su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname='imclass_test'\" | \
+	    grep -q 1 || createdb -O imclass imclass_test"; \
+	fi
+
 demo: data
 	$(VENV)/bin/imclass train --out runs/demo --overwrite
 
-test: data browser
-	$(PY) -m pytest -q
+test: data browser postgres
+	IMCLASS_TEST_POSTGRES=$(PG_URL) $(PY) -m pytest -q
 
 test-fast: data
 	$(PY) -m pytest -q -m "not slow"

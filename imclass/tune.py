@@ -134,35 +134,59 @@ class DuplicatePoint(Exception):
     """A grid point another worker already took: the trial is dropped (failed), not run."""
 
 
-def _locked_grid_sampler(grid: dict, seed: int, lock_path: Path | None):
-    """Optuna's GridSampler, choosing each trial's grid point under a file lock.
-
-    Optuna picks an unvisited point at random, so two workers asking at the same instant can
-    pick the same one; with the lock, the second sees the first's choice. (A file lock covers
-    workers sharing a SQLite study on one machine; workers on several machines need a lock
-    in the shared database server.)
-    """
+def grid_lock(url: str, out: Path, study_name: str):
+    """A context-manager factory that serialises grid-point choices across workers: a file
+    lock beside a SQLite study (its workers share one machine), a PostgreSQL advisory lock
+    for a study on a server (workers on several machines)."""
+    import contextlib
     import fcntl
+    import zlib
 
+    if url.startswith("postgresql"):
+        import sqlalchemy
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        key = zlib.crc32(f"imclass-grid:{study_name}".encode())
+
+        @contextlib.contextmanager
+        def locked():
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        return locked
+
+    @contextlib.contextmanager
+    def file_locked():
+        with open(out / ".grid.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_locked
+
+
+def _locked_grid_sampler(grid: dict, seed: int, lock):
+    """Optuna's GridSampler, choosing each trial's grid point under `lock`: Optuna picks an
+    unvisited point at random, so two workers asking at the same instant could pick the same
+    one; under the lock the second sees the first's choice."""
     import optuna
 
     class LockedGridSampler(optuna.samplers.GridSampler):
         def before_trial(self, study, trial):
-            if lock_path is None:
+            if lock is None:
                 return super().before_trial(study, trial)
-            with open(lock_path, "a") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                try:
-                    return super().before_trial(study, trial)
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
+            with lock():
+                return super().before_trial(study, trial)
     return LockedGridSampler(grid, seed=seed)
 
 
-def make_sampler(method: str, params: list[Param], seed: int, lock_path: Path | None = None):
+def make_sampler(method: str, params: list[Param], seed: int, lock=None):
     import optuna
     if method == "grid":
-        return _locked_grid_sampler(grid_of(params), seed, lock_path)
+        return _locked_grid_sampler(grid_of(params), seed, lock)
     if method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if method == "tpe":
@@ -265,7 +289,7 @@ def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = 
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    lock = out / ".grid.lock" if url.startswith("sqlite:") else None
+    lock = grid_lock(url, out, out.name) if method == "grid" else None
     study = optuna.create_study(storage=open_storage(url, heartbeat_s),
                                 sampler=make_sampler(method, params, seed, lock),
                                 pruner=make_pruner(pruner), study_name=out.name,

@@ -1,9 +1,11 @@
 """imclass tune: search spaces, samplers, pruning, outputs, resuming a killed study."""
 import math
+import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import numpy as np
 import optuna
@@ -109,20 +111,34 @@ def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path):
         assert study.trials[number].state.name in ("COMPLETE", "PRUNED")
 
 
+def storage_url(kind: str, out) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{out / 'study.db'}"
+    url = os.environ.get("IMCLASS_TEST_POSTGRES")
+    assert url, ("IMCLASS_TEST_POSTGRES is unset: `make test` starts a PostgreSQL server on "
+                 "loopback and sets it")
+    return url
+
+
 @pytest.mark.slow
-def test_two_workers_share_one_grid_without_duplicates(tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_two_workers_share_one_grid_without_duplicates(tmp_path, kind):
     (tmp_path / "space.yaml").write_text("lr: [0.05, 0.1, 0.2]\ndropout: [0.0, 0.3]\n")
-    out = tmp_path / "shared"
+    out = tmp_path / f"shared-{uuid.uuid4().hex[:8]}"  # the study's name: unique on a server
     out.mkdir()
+    url = storage_url(kind, out)
     command = [sys.executable, "-m", "imclass", "tune", "--space", str(tmp_path / "space.yaml"),
                "--method", "grid", "--trials", "6", "--pruner", "none", "--out", str(out),
-               "--no-final-run", "--quiet", *TINY]
+               "--storage", url, "--no-final-run", "--quiet", *TINY]
     # create the study first so both workers open the same one
-    optuna.create_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}",
-                        direction="maximize")
+    optuna.create_study(study_name=out.name, storage=url, direction="maximize")
     workers = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                for _ in range(2)]
     for w in workers:
         assert w.wait(timeout=300) == 0, w.stderr.read().decode()[-2000:]
-    study, points = grid_points(out / "study.db")
+    study = optuna.load_study(study_name=out.name, storage=url)
+    done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    points = sorted((t.params["lr"], t.params["dropout"]) for t in done)
     assert len(points) == 6 and len(set(points)) == 6, points
+    assert {t.user_attrs["run_dir"] for t in done} == {
+        str(p) for p in (out / "trials").iterdir()}, "each trial wrote its own run folder"
