@@ -15,6 +15,7 @@ file in the study folder, so a stopped search resumes where it left off.
 from __future__ import annotations
 
 import math
+import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +54,11 @@ def _range_param(key: str, spec: dict, typ) -> Param:
     log = bool(spec.get("log", False))
     if log and low <= 0:
         raise ConfigError(f"search space '{key}': a log range needs low > 0; got {low}")
-    integer = spec.get("type", "int" if typ is int or int in _args(typ) else "float") == "int"
-    return Param(key, low=low, high=high, log=log, integer=integer)
-
-
-def _args(typ) -> tuple:
-    import typing
-    return typing.get_args(typ)
+    default_type = "int" if typ is int or int in typing.get_args(typ) else "float"
+    kind = spec.get("type", default_type)
+    if kind not in ("int", "float"):
+        raise ConfigError(f"search space '{key}': type must be int or float; got '{kind}'")
+    return Param(key, low=low, high=high, log=log, integer=kind == "int")
 
 
 def parse_space(space: dict[str, Any], base: RunConfig) -> list[Param]:

@@ -28,6 +28,8 @@ def test_space_errors_name_the_key_and_what_is_allowed():
         tune.parse_space({"weight_decay": {"low": 0, "high": 0.1, "log": True}}, base)
     with pytest.raises(ConfigError, match=r"'dropout' must be in \[0, 1\)"):
         tune.parse_space({"dropout": [0.2, 1.5]}, base)
+    with pytest.raises(ConfigError, match="type must be int or float; got 'bool'"):
+        tune.parse_space({"epochs": {"low": 1, "high": 3, "type": "bool"}}, base)
     with pytest.raises(ConfigError, match="needs a list of choices for 'lr'"):
         tune.grid_of(tune.parse_space({"lr": {"low": 0.01, "high": 0.1}}, base))
 
