@@ -9,6 +9,7 @@ import uuid
 
 import numpy as np
 import optuna
+import sqlalchemy.exc
 import pytest
 
 from imclass import cli, tune
@@ -62,6 +63,15 @@ def grid_points(db):
     return study, sorted((t.params["lr"], t.params["dropout"]) for t in done)
 
 
+def finished_count(db) -> int:
+    """Trials finished so far; 0 while the worker has not yet created the file or the study
+    row (sqlite creates study.db before its tables and the study row are in it)."""
+    try:
+        return len(grid_points(db)[1]) if db.exists() else 0
+    except (KeyError, sqlalchemy.exc.OperationalError):
+        return 0
+
+
 @pytest.mark.slow
 def test_a_two_by_two_grid_runs_four_trials_and_picks_the_best(tmp_path, capsys):
     (tmp_path / "space.yaml").write_text("lr: [0.05, 0.2]\ndropout: [0.0, 0.3]\n")
@@ -96,7 +106,7 @@ def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.5)
-        if (out / "study.db").exists() and len(grid_points(out / "study.db")[1]) >= 2:
+        if finished_count(out / "study.db") >= 2:
             break
     worker.send_signal(signal.SIGKILL)
     worker.wait()
