@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 
 from imclass import __version__, config as config_mod
@@ -65,7 +66,8 @@ def prepare_run_dir(out: str | Path | None, cfg: RunConfig, overwrite: bool) -> 
     """The run folder, with checkpoints/ and plots/ inside (default: a new timestamped one)."""
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{cfg.data.source}-{cfg.model.name}-{stamp}"
+        dataset = Path(cfg.data.source).name or "data"
+        out = Path("runs") / f"{dataset}-{cfg.model.name}-{stamp}"
     run_dir = Path(out)
     check_run_dir(run_dir, overwrite)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -140,11 +142,14 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     torch.manual_seed(cfg.train.seed)  # weights and kornia's augmentation draws
     log(f"data: {len(splits.train)} train / {len(splits.val)} validation / {len(splits.test)} "
         f"test images, {splits.train.channels}x{splits.train.size[0]}x{splits.train.size[1]}, "
-        f"{len(splits.train.class_names)} classes, from {splits.train.source}")
-    task = get_task("multiclass")
+        f"{len(splits.train.class_names)} classes ({splits.task}), from {splits.train.source}")
+    _record_analysis(run_dir, splits.analysis, log)
+    task = get_task(splits.task, cfg.data.hierarchy_sep)
     model, model_info = _build_model(cfg, splits, task, device, log)
+    meta = checkpoint_meta(cfg, splits, task)
     result, overfit_warnings = _fit(run_dir, cfg, splits, model, task, device, quiet, log,
-                                    list(callbacks or []))
+                                    list(callbacks or []), meta)
+    thresholds = _tune_thresholds(run_dir, model, task, splits, device, cfg, meta, log)
     best = result.history[result.best_epoch - 1]
     _write_json(run_dir / "metrics.json", {"validation": {
         k: best[k] for k in ("epoch", "val_loss", "val_acc", "train_loss", "train_acc")}})
@@ -152,10 +157,12 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
                "epochs_run": len(result.history), "stopped_early": result.stopped_early,
                "overfitting": overfit_warnings, "hardware": hardware(device),
                "device": device.type, "train_seconds": time.perf_counter() - started,
-               "command": command, "versions": versions(),
+               "command": command, "versions": versions(), "task": task.name,
+               "thresholds": thresholds,
                "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc")}}
     if evaluate_test:
-        _evaluate_on_test(run_dir, model, task, splits.test, splits.norm, cfg, device, log)
+        _evaluate_on_test(run_dir, model, task, splits.test, splits.norm, cfg, device, log,
+                          thresholds=thresholds)
     else:
         from imclass import plots
         plots.curves(result.history, run_dir / "plots" / "curves.png")
@@ -164,6 +171,45 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     report = write_report(run_dir)
     log(f"total {summary['total_seconds']:.0f}s; report: {report.resolve()}")
     return run_dir
+
+
+def _record_analysis(run_dir: Path, analysis: dict | None, log) -> None:
+    """A folder dataset's findings: analysis.json and the class-count plot in the run folder,
+    a one-line count (and the skipped images) on the console."""
+    if analysis is None:
+        return
+    from imclass.analyze import write_analysis
+
+    write_analysis(analysis, run_dir)
+    levels = analysis["counts_by_level"]
+    if levels.get("warning"):
+        codes = sorted({f["code"] for f in analysis["findings"] if f["level"] == "warning"})
+        log(f"dataset: {levels['warning']} warning(s) ({', '.join(codes)}); see "
+            f"{run_dir / 'analysis.json'} or run imclass analyze {analysis['root']}")
+    for s in analysis["skipped"][:5]:
+        log(f"skipped {s['split']}/{s['file']}: {s['reason']}")
+
+
+def _tune_thresholds(run_dir: Path, model, task, splits, device, cfg: RunConfig, meta: dict,
+                     log) -> list[float] | None:
+    """Binary and multilabel decision thresholds with the best validation F1, saved into the
+    best checkpoint's sidecar so evaluate and predict decide the same way."""
+    from imclass import checkpoint
+    from imclass.data.batches import Batches
+    from imclass.metrics import predict_probabilities
+
+    batches = Batches(splits.val, cfg.train.eval_batch_size, splits.norm, device=device)
+    probs, labels = predict_probabilities(model, batches, task, device)
+    thresholds = task.tune_thresholds(labels, probs)
+    if thresholds is None:
+        return None
+    best = run_dir / "checkpoints" / "best"
+    _, saved = checkpoint.load(best)
+    checkpoint.save(best, model, {**saved, "thresholds": thresholds})
+    log("decision threshold(s) tuned on validation for the best F1: "
+        + ", ".join(f"{n} {t:.3f}" for n, t in zip(
+            splits.train.class_names[-len(thresholds):], thresholds)))
+    return thresholds
 
 
 def _build_model(cfg: RunConfig, splits, task, device: torch.device, log):
@@ -184,7 +230,7 @@ def checkpoint_meta(cfg: RunConfig, splits, task) -> dict:
     """What a checkpoint's sidecar holds besides its metrics: all it takes to use the weights."""
     train = splits.train
     return {"config": config_mod.to_dict(cfg), "class_names": list(train.class_names),
-            "task": task.name,
+            "task": task.name, "hierarchy_sep": cfg.data.hierarchy_sep,
             "input": {"channels": train.channels, "height": train.size[0],
                       "width": train.size[1]},
             "normalization": {"mean": list(splits.norm.mean), "std": list(splits.norm.std)},
@@ -206,7 +252,7 @@ def _plot_augmented(path: Path, train, augment, seed: int, count: int = 24) -> N
 
 
 def _fit(run_dir: Path, cfg: RunConfig, splits, model, task, device, quiet: bool, log,
-         extra_callbacks: list):
+         extra_callbacks: list, meta: dict):
     """The training loop with its callbacks; returns the FitResult and overfitting warnings."""
     from imclass.data.augment import build_augment
     from imclass.data.batches import Batches
@@ -222,10 +268,10 @@ def _fit(run_dir: Path, cfg: RunConfig, splits, model, task, device, quiet: bool
     overfit = OverfitWatch(t.overfit_epochs, log)
     callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit,
                  HistoryWriter(run_dir / "history.csv"),
-                 Checkpointer(run_dir / "checkpoints", model, checkpoint_meta(cfg, splits, task)),
+                 Checkpointer(run_dir / "checkpoints", model, meta),
                  *extra_callbacks]
     result = fit(model, train_batches, val_batches, task.loss(t.loss, t.label_smoothing), t,
-                 device, callbacks)
+                 device, callbacks, hits=task.hits)
     if result.stopped_early:
         log(f"early stopping after epoch {len(result.history)}: no validation-loss improvement "
             f"for {t.patience} epochs; keeping epoch {result.best_epoch}")
@@ -237,8 +283,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _evaluate_on_test(run_dir: Path, model, task, test_set, norm, cfg: RunConfig,
-                      device: torch.device, log, *, split: str = "test", tta: bool = False
-                      ) -> dict:
+                      device: torch.device, log, *, split: str = "test", tta: bool = False,
+                      thresholds=None) -> dict:
     """Metrics into metrics.json under `split` (and `split`_tta), figures under plots/."""
     from imclass.evaluation import evaluate_model
 
@@ -247,7 +293,7 @@ def _evaluate_on_test(run_dir: Path, model, task, test_set, norm, cfg: RunConfig
     history = read_history(run_dir) if split == "test" else None
     result = evaluate_model(model, task, test_set, norm, device, folder, history=history,
                             tta_flips=flips, batch_size=cfg.train.eval_batch_size,
-                            seed=cfg.train.seed)
+                            seed=cfg.train.seed, thresholds=thresholds)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     for m in result.values():
@@ -259,9 +305,25 @@ def _evaluate_on_test(run_dir: Path, model, task, test_set, norm, cfg: RunConfig
     _write_json(metrics_path, metrics)
     for key, m in ((split, result["plain"]), (f"{split} with TTA", result.get("tta"))):
         if m:
-            log(f"{key}: accuracy {m['accuracy']:.4f}, macro F1 {m['f1_macro']:.4f}, "
-                f"ROC AUC {m['roc_auc_macro']:.4f} on {m['count']} images")
+            log(f"{key}: {headline(m)} on {m['count']} images")
     return result
+
+
+HEADLINES = {  # the figures a console line and the report's cards lead with, per task
+    "multiclass": (("accuracy", "accuracy"), ("f1_macro", "macro F1"),
+                   ("roc_auc_macro", "ROC AUC")),
+    "binary": (("accuracy_at_threshold", "accuracy"), ("f1_at_threshold", "F1"),
+               ("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC")),
+    "multilabel": (("f1_micro", "micro F1"), ("f1_macro", "macro F1"),
+                   ("mean_average_precision", "mAP"), ("subset_accuracy", "subset accuracy")),
+    "hierarchical": (("accuracy", "leaf accuracy"), ("hierarchical_f1", "hierarchical F1"),
+                     ("f1_macro", "leaf macro F1")),
+}
+
+
+def headline(m: dict) -> str:
+    return ", ".join(f"{label} {m[key]:.4f}" for key, label in HEADLINES[m.get("task",
+                     "multiclass")] if m.get(key) is not None)
 
 
 def tta_flips(cfg: RunConfig) -> tuple[int, ...]:
@@ -290,6 +352,15 @@ class LoadedRun:
         n = self.meta["normalization"]
         return Normalization(tuple(n["mean"]), tuple(n["std"]))
 
+    @property
+    def task(self):
+        from imclass.tasks import get_task
+        return get_task(self.meta["task"], self.meta.get("hierarchy_sep", "/"))
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        return self.meta.get("thresholds")
+
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> LoadedRun:
     """Rebuild a run's model from its checkpoint (safetensors + JSON sidecar; no pickle)."""
@@ -303,10 +374,12 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     state, meta = checkpoint.load(run_dir / "checkpoints" / which)
     cfg = config_mod.from_dict(meta["config"])
     dev = resolve_device(device)
-    model = build_model(cfg.model, meta["input"]["channels"], len(meta["class_names"]))
+    run = LoadedRun(None, meta, cfg, dev)
+    model = build_model(cfg.model, meta["input"]["channels"],
+                        run.task.num_outputs(len(meta["class_names"])))
     model.load_state_dict(state)
-    model = model.to(dev, memory_format=torch.channels_last).eval()
-    return LoadedRun(model, meta, cfg, dev)
+    run.model = model.to(dev, memory_format=torch.channels_last).eval()
+    return run
 
 
 def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: str = "test",
@@ -316,52 +389,53 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     report. Returns {"plain": metrics, "tta": metrics (with tta)}."""
     import dataclasses
 
-    from imclass.data import load_source, prepare
-    from imclass.tasks import get_task
+    from imclass.data import SOURCES, load_source, prepare
 
     if split not in ("test", "val"):
         raise ConfigError(f"--split must be test or val; got '{split}'")
     run = load_run(run_dir)
-    data_cfg = run.config.data
+    builtin = run.config.data.source in SOURCES
+    # the size the model was trained at (a folder dataset's default is measured, not saved)
+    data_cfg = dataclasses.replace(run.config.data, image_size=run.meta["input"]["height"])
     if data_dir is not None:
-        data_cfg = dataclasses.replace(data_cfg, data_dir=str(data_dir))
-    data = (load_source(data_cfg)[1] if split == "test"
+        data_cfg = dataclasses.replace(data_cfg, **({"data_dir": str(data_dir)} if builtin
+                                                    else {"source": str(data_dir)}))
+    data = (load_source(data_cfg).test if split == "test"
             else prepare(data_cfg, run.config.train.seed).val)
-    if data_dir is not None and Path(data.source).resolve() != Path(data_dir).resolve():
+    if (builtin and data_dir is not None
+            and Path(data.source).resolve() != Path(data_dir).resolve()):
         raise DataError(f"{data_dir} holds no {data_cfg.source} dataset (found one only in "
                         f"{data.source}); check the folder")
     if list(data.class_names) != run.class_names:
         raise DataError(f"the classes of {data.source} {list(data.class_names)} differ from "
                         f"the run's {run.class_names}; evaluate on data with the same classes")
-    result = _evaluate_on_test(Path(run_dir), run.model, get_task(run.meta["task"]), data,
-                               run.norm, run.config, run.device, _log(quiet), split=split,
-                               tta=tta)
+    result = _evaluate_on_test(Path(run_dir), run.model, run.task, data, run.norm, run.config,
+                               run.device, _log(quiet), split=split, tta=tta,
+                               thresholds=run.thresholds)
     write_report(Path(run_dir))
     return result
 
 
 def read_image(path: str | Path, channels: int, height: int, width: int) -> torch.Tensor:
-    """One image file as uint8 [C, H, W], converted and resized to the model's input."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-    import numpy as np
+    """One image file as uint8 [C, H, W], converted and resized the way training images were."""
+    from imclass.data.decode import read_pixels
 
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("L" if channels == 1 else "RGB")
-            img = img.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
-    tensor = torch.from_numpy(array.copy())
-    return tensor[None] if channels == 1 else tensor.permute(2, 0, 1)
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    array, error = read_pixels(data, (width, height), channels)
+    if array is None:
+        raise DataError(f"cannot read image {path}: {error}")
+    return torch.from_numpy(array)
 
 
 def predict(run_dir: str | Path, images: Iterable[str | Path], top_k: int = 3) -> list[dict]:
-    """Top-k classes with probabilities for each image file."""
-    from imclass.tasks import get_task
-
+    """For each image file: the top-k classes with probabilities, and the task's decision
+    (binary: the class at the tuned threshold; multilabel: every label over its threshold;
+    hierarchical: the path down the tree with each node's probability)."""
     run = load_run(run_dir)
     spec = run.meta["input"]
     paths = list(images)
@@ -370,10 +444,24 @@ def predict(run_dir: str | Path, images: Iterable[str | Path], top_k: int = 3) -
     x = torch.stack([read_image(p, spec["channels"], spec["height"], spec["width"])
                      for p in paths]).float().div_(255)
     x = run.norm.apply(x).to(run.device)
+    task = run.task
     with torch.no_grad():
-        probs = get_task(run.meta["task"]).probabilities(run.model(x)).cpu()
-    k = min(top_k, probs.shape[1])
-    values, indices = probs.topk(k, dim=1)
-    return [{"image": str(p), "top": [{"class": run.class_names[i], "probability": float(v)}
-                                      for v, i in zip(vs.tolist(), ix.tolist())]}
-            for p, vs, ix in zip(paths, values, indices)]
+        probs = task.probabilities(run.model(x)).cpu().numpy()
+    names = run.class_names
+    out = []
+    for p, row in zip(paths, probs):
+        top = row.argsort()[::-1][:min(top_k, len(names))]
+        item = {"image": str(p), "top": [{"class": names[i], "probability": float(row[i])}
+                                         for i in top]}
+        decided = task.predictions(row[None], run.thresholds)[0]
+        if task.name == "multilabel":
+            item["labels"] = [names[k] for k in np.flatnonzero(decided)]
+        elif task.name == "binary":
+            item["decision"] = names[int(decided)]
+        elif task.name == "hierarchical":
+            from imclass.data.labels import ancestors, node_probabilities
+            nodes = node_probabilities(row[None], names, task.sep)
+            item["path"] = [{"node": n, "probability": float(nodes[n][0])}
+                            for n in ancestors(names[int(decided)], task.sep)]
+        out.append(item)
+    return out

@@ -61,9 +61,11 @@ def _help(f, meta: dict) -> str:
     return text.replace("%", "%%")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, sections=None, skip=()) -> None:
     groups = {}
     for name, (section, f, _typ) in KEYS.items():
+        if (sections and section not in sections) or name in skip:
+            continue
         if section not in groups:
             groups[section] = parser.add_argument_group(f"{section} options")
         meta = f.metadata
@@ -87,6 +89,18 @@ def build_parser() -> Parser:
     train.add_argument("--quiet", action="store_true", help="print nothing but the result")
     _add_config_flags(train)
     train.set_defaults(func=_train)
+
+    analyze = sub.add_parser("analyze", help="check a folder dataset before training: counts, "
+                             "formats, sizes, broken files, duplicates, leakage")
+    analyze.add_argument("path", metavar="PATH", help="the dataset folder (train/ and test/, or "
+                         "one folder)")
+    analyze.add_argument("--out", help="where analysis.json and plots/ go (default "
+                         "analysis/<dataset folder name>)")
+    analyze.add_argument("--strict", action="store_true",
+                         help="exit non-zero on warnings too, not only on errors")
+    _add_config_flags(analyze, sections=("data",), skip=("source", "data_dir", "val_fraction",
+                                                          "subset"))
+    analyze.set_defaults(func=_analyze)
 
     evaluate = sub.add_parser("evaluate", help="re-evaluate a saved run on its test set")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
@@ -154,16 +168,33 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
 
     result = api.evaluate(args.run_dir, data_dir=args.data_dir, split=args.split, tta=args.tta,
                           quiet=args.quiet)
-    keys = ("accuracy", "top_3", "f1_macro", "roc_auc_macro", "ece", "count")
-    print(json.dumps({kind: {k: m.get(k) for k in keys} for kind, m in result.items()}))
+    def key_figures(m):
+        keys = [k for k, _ in api.HEADLINES[m["task"]]] + ["top_3", "ece", "threshold", "count"]
+        return {k: m[k] for k in keys if k in m}
+    print(json.dumps({kind: key_figures(m) for kind, m in result.items()}))
     return 0
 
 
-def _base_config(args: argparse.Namespace):
+def _analyze(args: argparse.Namespace, argv: list[str]) -> int:
+    from pathlib import Path
+
+    from imclass.analyze import analyze, summary_text
+
+    cfg = _base_config(args, source=args.path).data
+    out = Path(args.out) if args.out else Path("analysis") / (Path(args.path).resolve().name)
+    analysis = analyze(cfg, out)
+    print(summary_text(analysis))
+    print(f"details: {out / 'analysis.json'}")
+    levels = analysis["counts_by_level"]
+    return 1 if levels.get("error") or (args.strict and levels.get("warning")) else 0
+
+
+def _base_config(args: argparse.Namespace, **fixed):
     from imclass.config import RunConfig, load_yaml, override
 
-    cfg = load_yaml(args.config) if args.config else RunConfig()
+    cfg = load_yaml(args.config) if getattr(args, "config", None) else RunConfig()
     flags = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("cfg:")}
+    flags |= fixed
     return override(cfg, flags)
 
 
@@ -213,6 +244,12 @@ def _predict(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     for r in results:
         tops = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
+        if "labels" in r:
+            tops = f"labels {', '.join(r['labels']) or 'none'} ({tops})"
+        elif "decision" in r:
+            tops = f"{r['decision']} ({tops})"
+        elif "path" in r:
+            tops = " > ".join(f"{n['node']} {n['probability']:.1%}" for n in r["path"])
         print(f"{r['image']}: {tops}")
     return 0
 

@@ -30,16 +30,33 @@ def option(default: Any, help: str, *, choices: tuple | None = None, low: float 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = option("fashion-mnist", "dataset to train on", choices=("fashion-mnist",),
-                         flag="data")
-    data_dir: str | None = option(None, "folder holding the dataset files (searched first)")
+    source: str = option("fashion-mnist", "dataset: a built-in name (fashion-mnist) or a folder "
+                         "of your images (CSV + images/, or one folder per class)", flag="data")
+    data_dir: str | None = option(None, "folder holding the built-in dataset's files (searched "
+                                  "first)")
+    task: str = option("auto", "kind of classification; auto reads it from the labels",
+                       choices=("auto", "multiclass", "binary", "multilabel", "hierarchical"))
+    image_column: str | None = option(None, "CSV column of image file names (default: the first "
+                                      "of image, filename, file, path, ...)")
+    label_column: str | None = option(None, "CSV column of labels (default: the first of label, "
+                                      "labels, class, tags, ...)")
+    label_sep: str = option(";|", "characters that separate several labels of one image "
+                            "(multilabel)")
+    hierarchy_sep: str = option("/", "separator of path labels such as footwear/sneaker "
+                                "(hierarchical)")
+    test_fraction: float = option(0.2, "share of the images held out as the test set when a "
+                                  "folder dataset has no test/ folder", low=0.0, high=1.0,
+                                  open_low=True, open_high=True)
     val_fraction: float = option(0.2, "share of the training images held out for validation",
                                  low=0.0, high=1.0, open_low=True, open_high=True)
     subset: int | None = option(None, "train on a stratified subset of this many training images "
                                 "(validation is split from it); all when unset", low=20)
-    image_size: int | None = option(None, "resize images to this many pixels a side; native size "
-                                    "when unset", low=8, high=1024)
-    cache_dir: str | None = option(None, "where downloaded datasets are kept "
+    image_size: int | None = option(None, "resize images to this many pixels a side; when unset, "
+                                    "native size (Fashion-MNIST) or the median shortest edge of "
+                                    "a folder dataset, at most 128", low=8, high=1024)
+    workers: int | None = option(None, "processes decoding a folder dataset's images (default: "
+                                 "every core)", low=1, high=256)
+    cache_dir: str | None = option(None, "where downloaded datasets and decoded images are kept "
                                    "(default ~/.cache/imclass)")
 
 
@@ -238,6 +255,11 @@ def override(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Checks that span fields. Returns the config unchanged so calls can be chained."""
+    from imclass.data import check_source
+    check_source(cfg.data.source)
+    if not cfg.data.label_sep or cfg.data.hierarchy_sep in cfg.data.label_sep:
+        raise ConfigError("'label_sep' needs at least one character, none of them the "
+                          f"hierarchy separator '{cfg.data.hierarchy_sep}'")
     m = cfg.model
     if m.name == "cnn" and len(m.widths) != len(m.depths):
         raise ConfigError(f"'widths' has {len(m.widths)} stages but 'depths' has "

@@ -11,7 +11,7 @@ from imclass import interpret, plots
 from imclass.data.batches import Batches, Normalization
 from imclass.data.images import ImageSet
 from imclass.metrics import (auc_per_class, average_precision_per_class, averaged_roc,
-                             classification_metrics, pr_curves, predict_probabilities, roc_curves)
+                             pr_curves, predict_probabilities, roc_curves)
 
 GALLERY_SIZE = 16  # images in each of the worst-mistakes and least-confident galleries
 CAM_IMAGES = 8     # images with a Grad-CAM overlay: half right, half wrong
@@ -20,20 +20,40 @@ EMBED_PER_CLASS = 60  # points per class in the t-SNE view (t-SNE grows fast wit
 
 def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: torch.device,
                    folder: Path, *, history: list[dict] | None = None, tta_flips=(),
-                   batch_size: int = 1024, seed: int = 0) -> dict:
+                   batch_size: int = 1024, seed: int = 0, thresholds=None) -> dict:
     """Metrics of `model` on `data` ({"plain": ..., "tta": ... when tta_flips}) and the
-    figures in `folder`."""
+    figures in `folder`. `thresholds` (binary, multilabel) come from the validation split."""
     batches = Batches(data, batch_size, norm, device=device)
     probs, labels = predict_probabilities(model, batches, task, device)
     names = list(data.class_names)
-    result = {"plain": classification_metrics(labels, probs, names)}
+    result = {"plain": task.metrics(labels, probs, names, thresholds)}
     if tta_flips:
         tta_probs, _ = predict_probabilities(model, batches, task, device, flips=tta_flips)
-        result["tta"] = classification_metrics(labels, tta_probs, names)
+        result["tta"] = task.metrics(labels, tta_probs, names, thresholds)
     folder.mkdir(parents=True, exist_ok=True)
-    write_figures(folder, model, data, norm, device, labels, probs, result["plain"], history,
-                  seed)
+    if task.name == "multilabel":
+        write_multilabel_figures(folder, data, labels, probs, result["plain"], history)
+    else:
+        write_figures(folder, model, data, norm, device, labels, probs, result["plain"],
+                      history, seed)
     return result
+
+
+def write_multilabel_figures(folder: Path, data: ImageSet, labels: np.ndarray,
+                             probs: np.ndarray, metrics: dict, history) -> None:
+    """Curves, per-label ROC and PR, per-label scores and sample label sets. The single-label
+    views (confusion matrix, calibration of the top class, galleries) have no multilabel form."""
+    names = list(data.class_names)
+    if history:
+        plots.curves(history, folder / "curves.png")
+    plots.roc(roc_curves(labels, probs), auc_per_class(labels, probs),
+              averaged_roc(labels, probs), names, folder / "roc.png")
+    plots.precision_recall(pr_curves(labels, probs), average_precision_per_class(labels, probs),
+                           names, folder / "pr.png")
+    plots.per_label_scores(metrics["per_class"], folder / "labels.png")
+    decided = probs >= np.asarray(metrics["thresholds"])[None, :]
+    plots.label_set_grid(data.images.numpy(), labels > 0.5, decided, names,
+                         folder / "predictions.png")
 
 
 def write_figures(folder: Path, model, data: ImageSet, norm, device, labels: np.ndarray,

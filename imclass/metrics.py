@@ -14,7 +14,7 @@ from imclass.training import autocast
 
 @torch.no_grad()
 def predict_probabilities(model, batches, task, device, flips=()) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [N, K], true labels [N]) over every batch, in order.
+    """(probabilities [N, K], true labels [N] or multi-hot [N, K]) over every batch, in order.
 
     With `flips` (tensor dims, -1 horizontal, -2 vertical), test-time augmentation: the
     probabilities are averaged over the image and each flipped copy.
@@ -32,10 +32,11 @@ def predict_probabilities(model, batches, task, device, flips=()) -> tuple[np.nd
 
 def _one_vs_rest(y_true: np.ndarray, probs: np.ndarray, fn) -> list:
     """fn(is_class_k, score_k) for each class k; None where class k has no positives or no
-    negatives, since neither an AUC nor a ROC curve is defined there."""
+    negatives, since neither an AUC nor a ROC curve is defined there. `y_true` is class
+    indices [N] or, for multilabel, multi-hot rows [N, K]."""
     out = []
     for k in range(probs.shape[1]):
-        positives = y_true == k
+        positives = y_true[:, k] > 0.5 if y_true.ndim == 2 else y_true == k
         defined = positives.any() and not positives.all()
         out.append(fn(positives, probs[:, k]) if defined else None)
     return out
@@ -68,7 +69,7 @@ def averaged_roc(y_true: np.ndarray, probs: np.ndarray) -> dict[str, tuple]:
     """Micro-averaged (every image-class pair pooled) and macro-averaged (the mean of the
     per-class curves on a common false-positive grid) ROC curves, each (fpr, tpr, auc)."""
     k = probs.shape[1]
-    one_hot = np.eye(k, dtype=bool)[y_true]
+    one_hot = y_true > 0.5 if y_true.ndim == 2 else np.eye(k, dtype=bool)[y_true]
     fpr, tpr, _ = skm.roc_curve(one_hot.ravel(), probs.ravel())
     out = {"micro": (fpr, tpr, float(skm.auc(fpr, tpr)))}
     curves = [c for c in roc_curves(y_true, probs) if c is not None]
@@ -82,9 +83,10 @@ def averaged_roc(y_true: np.ndarray, probs: np.ndarray) -> dict[str, tuple]:
 def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, ks=(1, 3, 5)) -> dict[str, float]:
     """Share of images whose true class is among the k most probable, for each k < classes."""
     k_all = probs.shape[1]
-    return {f"top_{k}": float(skm.top_k_accuracy_score(y_true, probs, k=k,
-                                                        labels=list(range(k_all))))
-            for k in ks if k < k_all or k == 1}
+    top = {"top_1": float((probs.argmax(1) == y_true).mean())}  # sklearn wants 1-D for 2 classes
+    return top | {f"top_{k}": float(skm.top_k_accuracy_score(y_true, probs, k=k,
+                                                              labels=list(range(k_all))))
+                  for k in ks if 1 < k < k_all}
 
 
 def calibration(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
@@ -154,3 +156,90 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names) -
 def _mean_defined(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if present else None
+
+
+def best_f1_threshold(positives: np.ndarray, score: np.ndarray) -> float:
+    """The decision threshold on `score` with the highest F1 (0.5 when F1 is undefined:
+    no positive, or no negative, among the images)."""
+    if not positives.any() or positives.all():
+        return 0.5
+    precision, recall, thresholds = skm.precision_recall_curve(positives, score)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def _at_threshold(positives: np.ndarray, decided: np.ndarray) -> dict:
+    tp = int((decided & positives).sum())
+    fp = int((decided & ~positives).sum())
+    fn = int((~decided & positives).sum())
+    tn = int((~decided & ~positives).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn,
+            "tn": tn}
+
+
+def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float, class_names) -> dict:
+    """The positive class's figures at the threshold tuned on validation, and its ROC/PR AUC."""
+    positives = y_true == 1
+    at = _at_threshold(positives, score >= threshold)
+    defined = positives.any() and not positives.all()
+    return {"positive_class": class_names[1], "threshold": float(threshold),
+            "accuracy_at_threshold": float(((score >= threshold) == positives).mean()),
+            **{f"{k}_at_threshold": v for k, v in at.items()},
+            "roc_auc": float(skm.roc_auc_score(positives, score)) if defined else None,
+            "pr_auc": float(skm.average_precision_score(positives, score)) if defined else None}
+
+
+def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, class_names,
+                       thresholds) -> dict:
+    """Per-label and averaged figures of a multilabel model, each label decided at its own
+    threshold (tuned on validation)."""
+    truth = y_true > 0.5
+    decided = probs >= np.asarray(thresholds)[None, :]
+    aucs = auc_per_class(y_true, probs)
+    aps = average_precision_per_class(y_true, probs)
+    per_label = {name: {**_at_threshold(truth[:, k], decided[:, k]), "support": int(truth[:, k].sum()),
+                        "threshold": float(thresholds[k]), "auc": aucs[k],
+                        "average_precision": aps[k]}
+                 for k, name in enumerate(class_names)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        averaged = {f"{m}_{avg}": float(fn(truth, decided, average=avg, zero_division=0))
+                    for avg in ("micro", "macro") for m, fn in (
+                        ("precision", skm.precision_score), ("recall", skm.recall_score),
+                        ("f1", skm.f1_score))}
+    return {"count": int(len(truth)), "subset_accuracy": float((decided == truth).all(1).mean()),
+            "hamming_loss": float(skm.hamming_loss(truth, decided)),
+            "label_accuracy": float((decided == truth).mean()), **averaged,
+            "mean_average_precision": _mean_defined(aps), "roc_auc_macro": _mean_defined(aucs),
+            "roc_auc_micro": averaged_roc(y_true, probs)["micro"][2],
+            "thresholds": [float(t) for t in thresholds], "per_class": per_label}
+
+
+def hierarchical_metrics(y_true: np.ndarray, probs: np.ndarray, class_names, sep: str) -> dict:
+    """Accuracy and macro F1 at every level of the tree (a parent's probability is the sum of
+    its leaves', and the predicted node at a level is the predicted leaf's ancestor, so
+    levels never contradict each other), and hierarchical precision / recall / F1: the
+    overlap of the true and predicted ancestor sets (Kiritchenko et al. 2005)."""
+    from imclass.data.labels import ancestors, at_level, depth
+
+    y_pred = probs.argmax(1)
+    per_level = {}
+    for level in range(1, depth(class_names, sep) + 1):
+        nodes = at_level(class_names, level, sep)
+        true_nodes = [nodes[i] for i in y_true]
+        pred_nodes = [nodes[i] for i in y_pred]
+        per_level[str(level)] = {
+            "accuracy": float(np.mean([a == b for a, b in zip(true_nodes, pred_nodes)])),
+            "f1_macro": float(skm.f1_score(true_nodes, pred_nodes, average="macro",
+                                           labels=sorted(set(nodes)), zero_division=0)),
+            "nodes": len(set(nodes))}
+    paths = [set(ancestors(name, sep)) for name in class_names]
+    overlap = sum(len(paths[t] & paths[p]) for t, p in zip(y_true, y_pred))
+    h_precision = overlap / max(1, sum(len(paths[p]) for p in y_pred))
+    h_recall = overlap / max(1, sum(len(paths[t]) for t in y_true))
+    h_f1 = 2 * h_precision * h_recall / (h_precision + h_recall) if overlap else 0.0
+    return {"per_level": per_level, "hierarchical_precision": h_precision,
+            "hierarchical_recall": h_recall, "hierarchical_f1": h_f1}

@@ -213,3 +213,58 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, c
                   f"{class_names[predicted[i]]} {probs[i].max():.0%}", predicted[i] != labels[i])
     fig.suptitle("sample test predictions (red: wrong)", fontsize=11)
     return save_figure(fig, path)
+
+
+def class_counts(counts: dict[str, dict[str, int]], path: Path) -> Path:
+    """Images per class (multilabel: per label), one bar per split, side by side."""
+    plt = pyplot()
+    names = list(next(iter(counts.values())).keys())
+    splits = list(counts)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(names) * len(splits) + 2), 3.8))
+    width = 0.8 / len(splits)
+    for i, split in enumerate(splits):
+        ax.bar(np.arange(len(names)) + i * width, [counts[split].get(n, 0) for n in names],
+               width, label=split)
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=45, ha="right")
+    ax.set(ylabel="images", title="images per class and split")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def per_label_scores(per_label: dict[str, dict], path: Path) -> Path:
+    """Multilabel: F1 at the tuned threshold and average precision, one pair of bars a label."""
+    plt = pyplot()
+    names = list(per_label)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(names) + 2), 3.8))
+    ax.bar(x - 0.2, [per_label[n]["f1"] for n in names], 0.4, label="F1 at its threshold")
+    ax.bar(x + 0.2, [per_label[n]["average_precision"] or 0 for n in names], 0.4,
+           label="average precision")
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set(ylim=(0, 1.05), title="per-label scores on the test set")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def label_set_grid(images: np.ndarray, truth: np.ndarray, decided: np.ndarray, class_names,
+                   path: Path, count: int = 16, columns: int = 8) -> Path:
+    """Multilabel: test images with their true and predicted label sets; red when they differ.
+    The wrong ones come first so both kinds are visible."""
+    plt = pyplot()
+    wrong = (truth != decided).any(1)
+    order = np.concatenate([np.flatnonzero(wrong)[:count // 2], np.flatnonzero(~wrong)])[:count]
+    rows = max(1, -(-len(order) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.4 * rows + 0.4),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+
+    def names(row):
+        return ", ".join(class_names[k] for k in np.flatnonzero(row)) or "none"
+    for ax, i in zip(axes.flat, order):
+        ax.axis("on")
+        _show(ax, images[i], f"true: {names(truth[i])}\npred: {names(decided[i])}", wrong[i])
+    fig.suptitle("sample test predictions (red: label set wrong)", fontsize=11)
+    return save_figure(fig, path)

@@ -1,7 +1,12 @@
-"""What differs between kinds of classification: head size, loss, logits to probabilities.
+"""What differs between kinds of classification: head size, loss, logits to probabilities,
+decisions, the training loop's accuracy, thresholds and the test metrics.
 
-Only multiclass exists so far; binary, multilabel and hierarchical tasks join the registry
-with their own losses and metrics.
+- multiclass: softmax over the classes, the most probable one wins;
+- binary: the same two-way softmax, but the positive class (the second name, sorted) wins
+  when its probability reaches one threshold tuned on validation for the best F1;
+- multilabel: a sigmoid per label, binary cross-entropy, one threshold per label;
+- hierarchical: softmax over the leaves; a parent's probability is the sum of its children's,
+  so the predicted path is always the predicted leaf's ancestors.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +27,10 @@ def _mse_one_hot(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error between softmax probabilities and one-hot targets (the textbook form)."""
     one_hot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
     return F.mse_loss(logits.softmax(dim=1), one_hot)
+
+
+def _unknown_loss(task: str, name: str, losses: dict) -> ConfigError:
+    return ConfigError(f"unknown loss '{name}' for {task}; valid: {', '.join(losses)}")
 
 
 @dataclass(frozen=True)
@@ -36,21 +46,101 @@ class Multiclass:
             "mse": _mse_one_hot,
         }
         if name not in losses:
-            raise ConfigError(f"unknown loss '{name}' for {self.name}; valid: "
-                              f"{', '.join(losses)}")
+            raise _unknown_loss(self.name, name, losses)
         return losses[name]
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(dim=1)
 
-    def predictions(self, probabilities: torch.Tensor) -> torch.Tensor:
-        return probabilities.argmax(dim=1)
+    def predictions(self, probabilities, thresholds=None):
+        return probabilities.argmax(1)
+
+    def hits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Sum over the batch of each image's accuracy (1 right, 0 wrong)."""
+        return (logits.argmax(1) == target).sum()
+
+    def tune_thresholds(self, y_true: np.ndarray, probs: np.ndarray) -> list[float] | None:
+        return None
+
+    def metrics(self, y_true, probs, class_names, thresholds=None) -> dict:
+        from imclass.metrics import classification_metrics
+        return {"task": self.name, **classification_metrics(y_true, probs, class_names)}
 
 
-TASKS = {"multiclass": Multiclass()}
+@dataclass(frozen=True)
+class Binary(Multiclass):
+    name: str = "binary"
+
+    def predictions(self, probabilities, thresholds=None):
+        t = thresholds[0] if thresholds else 0.5
+        return (probabilities[:, 1] >= t).astype(int) if isinstance(probabilities, np.ndarray) \
+            else (probabilities[:, 1] >= t).long()
+
+    def tune_thresholds(self, y_true, probs):
+        from imclass.metrics import best_f1_threshold
+        return [best_f1_threshold(y_true == 1, probs[:, 1])]
+
+    def metrics(self, y_true, probs, class_names, thresholds=None) -> dict:
+        from imclass.metrics import binary_metrics
+        return {**super().metrics(y_true, probs, class_names),
+                **binary_metrics(y_true, probs[:, 1], (thresholds or [0.5])[0], class_names),
+                "task": self.name}
 
 
-def get_task(name: str):
-    if name not in TASKS:
-        raise ConfigError(f"unknown task '{name}'; valid: {', '.join(TASKS)}")
-    return TASKS[name]
+@dataclass(frozen=True)
+class Multilabel:
+    name: str = "multilabel"
+
+    def num_outputs(self, num_classes: int) -> int:
+        return num_classes
+
+    def loss(self, name: str, label_smoothing: float = 0.0) -> Loss:
+        def bce(z, y):  # smoothing pulls targets towards 0.5 by label_smoothing / 2
+            target = y * (1 - label_smoothing) + label_smoothing / 2
+            return F.binary_cross_entropy_with_logits(z, target)
+        losses: dict[str, Loss] = {"cross-entropy": bce, "bce": bce}
+        if name not in losses:
+            raise _unknown_loss(self.name, name, losses)
+        return losses[name]
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().sigmoid()
+
+    def predictions(self, probabilities, thresholds=None):
+        t = np.asarray(thresholds) if thresholds else 0.5
+        if isinstance(probabilities, torch.Tensor):
+            t = torch.as_tensor(t, dtype=probabilities.dtype)
+        return probabilities >= t
+
+    def hits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per image, the share of labels decided right at 0.5 (1 - Hamming loss), summed."""
+        return ((logits > 0) == (target > 0.5)).float().mean(1).sum()
+
+    def tune_thresholds(self, y_true, probs):
+        from imclass.metrics import best_f1_threshold
+        return [best_f1_threshold(y_true[:, k] > 0.5, probs[:, k]) for k in range(probs.shape[1])]
+
+    def metrics(self, y_true, probs, class_names, thresholds=None) -> dict:
+        from imclass.metrics import multilabel_metrics
+        t = thresholds or [0.5] * probs.shape[1]
+        return {"task": self.name, **multilabel_metrics(y_true, probs, class_names, t)}
+
+
+@dataclass(frozen=True)
+class Hierarchical(Multiclass):
+    name: str = "hierarchical"
+    sep: str = "/"
+
+    def metrics(self, y_true, probs, class_names, thresholds=None) -> dict:
+        from imclass.metrics import hierarchical_metrics
+        return {**super().metrics(y_true, probs, class_names),
+                **hierarchical_metrics(y_true, probs, class_names, self.sep),
+                "task": self.name}
+
+
+def get_task(name: str, hierarchy_sep: str = "/"):
+    tasks = {"multiclass": Multiclass(), "binary": Binary(), "multilabel": Multilabel(),
+             "hierarchical": Hierarchical(sep=hierarchy_sep)}
+    if name not in tasks:
+        raise ConfigError(f"unknown task '{name}'; valid: {', '.join(tasks)}")
+    return tasks[name]

@@ -74,14 +74,21 @@ def l1_penalty(model: nn.Module) -> torch.Tensor:
     return sum(p.abs().sum() for p in model.parameters() if p.ndim > 1)
 
 
+def argmax_hits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(1) == target).sum()
+
+
+Hits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # batch -> summed accuracy
+
+
 def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: TrainConfig,
-                    device: torch.device, emit: Callable[[str, dict], Any] = lambda e, i: None
-                    ) -> dict[str, float]:
+                    device: torch.device, emit: Callable[[str, dict], Any] = lambda e, i: None,
+                    hits: Hits = argmax_hits) -> dict[str, float]:
     """One pass over `batches`; returns mean loss, accuracy, images/s and seconds."""
     model.train()
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    correct = torch.zeros((), device=device)
     seen = 0
     for step, (x, y) in enumerate(batches):
         with autocast(device):
@@ -93,7 +100,7 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
         optimizer.step()
         scheduler.step()
         loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        correct += hits(logits.detach(), y)
         seen += len(y)
         emit("batch_end", {"step": step + 1, "steps": len(batches), "seen": seen,
                            "loss_sum": loss_sum, "correct": correct,
@@ -104,14 +111,15 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
 
 
 @torch.no_grad()
-def validate(model, batches, loss_fn: Loss, device: torch.device) -> dict[str, float]:
+def validate(model, batches, loss_fn: Loss, device: torch.device, hits: Hits = argmax_hits
+             ) -> dict[str, float]:
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for x, y in batches:
         with autocast(device):
             logits = model(x).float()
         loss_sum += loss_fn(logits, y).item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += hits(logits, y).item()
         seen += len(y)
     return {"loss": loss_sum / seen, "acc": correct / seen}
 
@@ -125,7 +133,8 @@ class FitResult:
 
 
 def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainConfig,
-        device: torch.device, callbacks: list[Callback] = ()) -> FitResult:
+        device: torch.device, callbacks: list[Callback] = (), hits: Hits = argmax_hits
+        ) -> FitResult:
     """Train for cfg.epochs (or until a callback says stop); ends holding the best weights,
     those of the epoch with the lowest validation loss."""
     optimizer = make_optimizer(model, cfg)
@@ -140,13 +149,13 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         lr = optimizer.param_groups[0]["lr"]
         emit("epoch_start", {"epoch": epoch, "epochs": cfg.epochs, "steps": len(train_batches)})
         train = train_one_epoch(model, train_batches, optimizer, scheduler, loss_fn, cfg,
-                                device, emit)
+                                device, emit, hits)
         if not math.isfinite(train["loss"]):
             from imclass.errors import ImclassError
             raise ImclassError(f"training diverged at epoch {epoch} (the loss is "
                                f"{train['loss']}); lower --lr (now {cfg.lr:g}) or use "
                                "--optimizer adamw")
-        val = validate(model, val_batches, loss_fn, device)
+        val = validate(model, val_batches, loss_fn, device, hits)
         improved = val["loss"] < result.best_val_loss - cfg.min_delta
         if improved:
             result.best_epoch, result.best_val_loss = epoch, val["loss"]

@@ -2,25 +2,63 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from imclass.config import DataConfig
 from imclass.data.batches import Normalization
 from imclass.data.images import ImageSet
-from imclass.errors import ConfigError
+from imclass.errors import ConfigError, DataError
 
 
-def _fashion_mnist(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
+def _fashion_mnist(cfg: DataConfig) -> "Loaded":
     from imclass.data import fashion_mnist
     cache = f"{cfg.cache_dir}/fashion-mnist" if cfg.cache_dir else None
-    return fashion_mnist.load(cfg.data_dir, cache)
+    train, test = fashion_mnist.load(cfg.data_dir, cache)
+    if cfg.task not in ("auto", "multiclass"):
+        raise ConfigError(f"fashion-mnist is a multiclass dataset; --task {cfg.task} does not "
+                          "fit it (leave --task at auto)")
+    return Loaded(train, test)
 
 
-# name -> loader returning (training set, test set); the own-images sources join here.
-SOURCES: dict[str, Callable[[DataConfig], tuple[ImageSet, ImageSet]]] = {
+def _folder(cfg: DataConfig) -> "Loaded":
+    """Your own images; analysis errors stop here, before anything is trained or written."""
+    from imclass.analyze import analyze_dataset
+    from imclass.data.own import load_folder
+
+    data = load_folder(cfg)
+    analysis = analyze_dataset(data)
+    errors = [f for f in analysis["findings"] if f["level"] == "error"]
+    if errors:
+        first = errors[0]
+        where = f"{first['split']}/{first['file']}" if first.get("file") else first["split"]
+        raise DataError(f"{len(errors)} problem(s) in {data.root} stop training, the first: "
+                        f"{where}{' row ' + str(first['row']) if first.get('row') else ''}: "
+                        f"{first['message']}; run imclass analyze {data.root} for all")
+    return Loaded(data.sets["train"], data.sets["test"], data.sets.get("val"),
+                  analysis)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    train: ImageSet
+    test: ImageSet
+    val: ImageSet | None = None  # a val/ folder of its own; else split from train
+    analysis: dict | None = None  # folder datasets: imclass analyze's findings
+
+
+# name -> loader; any other --data value is a folder of your own images.
+SOURCES: dict[str, Callable[[DataConfig], Loaded]] = {
     "fashion-mnist": _fashion_mnist,
 }
+
+
+def check_source(source: str) -> None:
+    if source not in SOURCES and not Path(source).expanduser().is_dir():
+        raise ConfigError(f"--data '{source}' is neither a built-in dataset "
+                          f"({', '.join(SOURCES)}) nor an existing folder")
 
 
 @dataclass(frozen=True)
@@ -29,30 +67,45 @@ class Splits:
     val: ImageSet
     test: ImageSet
     norm: Normalization  # computed on `train` only
+    analysis: dict | None = None
+
+    @property
+    def task(self) -> str:
+        return self.train.task
 
     def summary(self) -> dict:
         names = self.train.class_names
-        return {"source": self.train.source, "classes": list(names),
-                "channels": self.train.channels, "size": list(self.train.size),
-                "counts": {split: dict(zip(names, s.class_counts()))
-                           for split, s in (("train", self.train), ("val", self.val),
-                                            ("test", self.test))}}
+        out = {"source": self.train.source, "classes": list(names), "task": self.task,
+               "channels": self.train.channels, "size": list(self.train.size),
+               "counts": {split: dict(zip(names, s.class_counts()))
+                          for split, s in (("train", self.train), ("val", self.val),
+                                           ("test", self.test))}}
+        if self.analysis is not None:
+            out["analysis"] = {k: self.analysis[k] for k in ("root", "counts_by_level",
+                                                              "skipped", "test_carved")}
+        return out
 
 
-def load_source(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
-    if cfg.source not in SOURCES:
-        raise ConfigError(f"unknown dataset '{cfg.source}'; valid: {', '.join(SOURCES)}")
-    train, test = SOURCES[cfg.source](cfg)
-    return train.resized(cfg.image_size), test.resized(cfg.image_size)
+def load_source(cfg: DataConfig) -> Loaded:
+    check_source(cfg.source)
+    loaded = SOURCES.get(cfg.source, _folder)(cfg)
+    if cfg.source in SOURCES:
+        return dataclasses.replace(loaded, train=loaded.train.resized(cfg.image_size),
+                                   test=loaded.test.resized(cfg.image_size))
+    return loaded
 
 
 def prepare(cfg: DataConfig, seed: int) -> Splits:
     """Load, subset, split off validation (stratified, seeded) and compute normalisation."""
     from imclass.data.splits import stratified_split, stratified_subset
 
-    full, test = load_source(cfg)
+    loaded = load_source(cfg)
+    full = loaded.train
     if cfg.subset:
         full = full.take(stratified_subset(full.labels, cfg.subset, seed))
-    kept, held = stratified_split(full.labels, cfg.val_fraction, seed)
-    train, val = full.take(kept), full.take(held)
-    return Splits(train, val, test, Normalization.of(train.images))
+    if loaded.val is not None:
+        train, val = full, loaded.val
+    else:
+        kept, held = stratified_split(full.labels, cfg.val_fraction, seed)
+        train, val = full.take(kept), full.take(held)
+    return Splits(train, val, loaded.test, Normalization.of(train.images), loaded.analysis)

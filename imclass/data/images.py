@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -10,9 +10,11 @@ import torch
 @dataclass(frozen=True)
 class ImageSet:
     images: torch.Tensor  # uint8 [N, C, H, W], decoded once
-    labels: torch.Tensor  # int64 [N], index into class_names
+    labels: torch.Tensor  # int64 [N] index into class_names; multilabel: float32 [N, K] 0/1
     class_names: tuple[str, ...]
     source: str = ""  # where it came from, for the report
+    task: str = "multiclass"
+    files: tuple[str, ...] = ()  # each image's file (folder datasets), for listings
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -20,6 +22,8 @@ class ImageSet:
                              f"{tuple(self.images.shape)}")
         if len(self.images) != len(self.labels):
             raise ValueError("images and labels differ in length")
+        if self.files and len(self.files) != len(self.labels):
+            raise ValueError("files and labels differ in length")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -32,10 +36,18 @@ class ImageSet:
     def size(self) -> tuple[int, int]:
         return tuple(self.images.shape[2:])
 
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
+
     def take(self, index: torch.Tensor) -> "ImageSet":
-        return ImageSet(self.images[index], self.labels[index], self.class_names, self.source)
+        files = tuple(self.files[i] for i in index.tolist()) if self.files else ()
+        return replace(self, images=self.images[index], labels=self.labels[index], files=files)
 
     def class_counts(self) -> list[int]:
+        """Images per class (multilabel: images carrying each label)."""
+        if self.multilabel:
+            return [int(c) for c in self.labels.sum(0).tolist()]
         return torch.bincount(self.labels, minlength=len(self.class_names)).tolist()
 
     def resized(self, size: int | None) -> "ImageSet":
@@ -44,5 +56,4 @@ class ImageSet:
             return self
         x = torch.nn.functional.interpolate(self.images.float(), size=(size, size),
                                             mode="bilinear", antialias=True, align_corners=False)
-        images = x.round_().clamp_(0, 255).to(torch.uint8)
-        return ImageSet(images, self.labels, self.class_names, self.source)
+        return replace(self, images=x.round_().clamp_(0, 255).to(torch.uint8))

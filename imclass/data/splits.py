@@ -13,8 +13,11 @@ def stratified_split(labels: torch.Tensor, held_out: float | int, seed: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (kept, held out), class proportions kept in both, the same for the same seed.
 
-    `held_out` is a fraction in (0, 1) or a number of images.
+    `held_out` is a fraction in (0, 1) or a number of images. Multi-hot labels [N, K] are
+    split by iterative stratification (each label's share kept; Sechidis et al. 2011).
     """
+    if labels.ndim == 2:
+        return _multilabel_split(labels, held_out, seed)
     index = np.arange(len(labels))
     counts = torch.bincount(labels)
     n_classes = int((counts > 0).sum())
@@ -34,3 +37,17 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
         return torch.arange(len(labels))
     kept, _ = stratified_split(labels, len(labels) - n, seed)
     return kept
+
+
+def _multilabel_split(labels: torch.Tensor, held_out: float | int, seed: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    n = len(labels)
+    n_held = held_out if isinstance(held_out, int) else int(np.ceil(held_out * n))
+    if not 1 <= n_held < n:
+        raise DataError(f"cannot split {n_held} of {n} images off; use more images or a "
+                        "different --val-fraction / --subset")
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_held, random_state=seed)
+    kept, held = next(splitter.split(np.zeros(n), labels.numpy()))
+    return torch.from_numpy(np.sort(kept)), torch.from_numpy(np.sort(held))

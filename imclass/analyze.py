@@ -1,0 +1,207 @@
+"""`imclass analyze`: what is wrong with a folder dataset, before a long training finds out.
+
+Every finding names its split, file and CSV row. Levels: error (stops `imclass train`),
+warning (shown; the image is skipped where it cannot be used), info.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from imclass.atomic import atomic_write_text
+from imclass.data.folders import IMAGE_EXTENSIONS, Finding
+from imclass.data.own import FolderDataset
+
+MIN_IMAGES_PER_LABEL = 30       # our users' documented minimum per label
+MAX_FILE_BYTES = 6 * 1024 ** 2  # larger files: warning (6 MB)
+MIN_SHORT_EDGE = 256            # pixels users are told to aim for
+IMBALANCE_WARNING = 10.0        # largest / smallest class
+NEAR_DUPLICATE_BITS = 4         # perceptual-hash bits (of 64) that may differ
+NEAR_DUPLICATE_MAX_IMAGES = 20_000  # above this, only identical perceptual hashes are compared
+
+
+def _file_findings(data: FolderDataset) -> list[Finding]:
+    out = []
+    for split, listing in data.listings.items():
+        for entry, info in zip(listing.entries, data.infos.get(split, [])):
+            at = dict(split=split, file=listing.relative(entry.path), row=entry.row)
+            if "error" in info:
+                code = "empty_file" if info.get("bytes") == 0 else "broken_file"
+                out.append(Finding("warning", code, f"{info['error']}; the image is skipped",
+                                   **at))
+                continue
+            expected = IMAGE_EXTENSIONS.get(entry.path.suffix.lower())
+            if info.get("format") and expected and info["format"] != expected:
+                out.append(Finding("warning", "wrong_extension", f"holds {info['format']} data "
+                                   f"but is named {entry.path.suffix}; rename it", **at))
+            if info.get("bytes", 0) > MAX_FILE_BYTES:
+                out.append(Finding("warning", "large_file", f"{info['bytes'] / 1e6:.1f} MB, "
+                                   "over 6 MB; consider re-encoding it", **at))
+            if "width" in info and min(info["width"], info["height"]) < MIN_SHORT_EDGE:
+                out.append(Finding("warning", "small_image", f"{info['width']}x{info['height']}"
+                                   f" px, shortest edge under {MIN_SHORT_EDGE}", **at))
+    return out
+
+
+def _count_findings(counts: dict[str, dict[str, int]]) -> list[Finding]:
+    out = []
+    train = counts.get("train", {})
+    for label, n in train.items():
+        if n < MIN_IMAGES_PER_LABEL:
+            out.append(Finding("warning", "tiny_class", f"label {label!r} has {n} training "
+                               f"image(s), fewer than {MIN_IMAGES_PER_LABEL}; add more",
+                               "train"))
+    present = [n for n in train.values() if n > 0]
+    if present and max(present) / min(present) > IMBALANCE_WARNING:
+        out.append(Finding("warning", "imbalance", f"the largest class has "
+                           f"{max(present) / min(present):.1f}x the images of the smallest; "
+                           "expect weaker recall on the small ones", "train"))
+    return out
+
+
+def _duplicate_findings(data: FolderDataset) -> list[Finding]:
+    """Exact (content hash) and near (perceptual hash) duplicates, within and across splits;
+    an exact copy of a test image in train is leakage: an error."""
+    items = [(split, listing.relative(e.path), e.row, info)
+             for split, listing in data.listings.items()
+             for e, info in zip(listing.entries, data.infos.get(split, []))]
+    out = []
+    by_hash = defaultdict(list)
+    for item in items:
+        if "sha256" in item[3] and "error" not in item[3]:
+            by_hash[item[3]["sha256"]].append(item)
+    for group in by_hash.values():
+        first = group[0]
+        for split, file, row, _ in group[1:]:
+            leak = split != first[0]
+            out.append(Finding("error" if leak else "warning",
+                               "leak_duplicate" if leak else "duplicate",
+                               f"the same file as {first[0]}/{first[1]}"
+                               + ("; an image in two splits inflates test scores, remove one"
+                                  if leak else "; remove one copy"), split, file, row))
+    out += _near_duplicates([g[0] for g in by_hash.values() if "phash" in g[0][3]])
+    return out
+
+
+def _near_duplicates(items: list) -> list[Finding]:
+    if len(items) < 2:
+        return []
+    hashes = np.array([int(i[3]["phash"], 16) for i in items], dtype=np.uint64)
+    limit = NEAR_DUPLICATE_BITS if len(items) <= NEAR_DUPLICATE_MAX_IMAGES else 0
+    out, seen = [], set()
+    for a in range(len(items)):
+        xor = np.bitwise_xor(hashes[a + 1:], hashes[a])
+        bits = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
+        for offset in np.flatnonzero(bits <= limit):
+            b = a + 1 + int(offset)
+            if b in seen:
+                continue
+            seen.add(b)
+            (sa, fa, _, _), (sb, fb, rb, _) = items[a], items[b]
+            where = "across splits, a likely leak" if sa != sb else "in the same split"
+            out.append(Finding("warning", "near_duplicate", f"looks like {sa}/{fa} "
+                               f"({int(bits[offset])} of 64 hash bits differ), {where}",
+                               sb, fb, rb))
+    return out
+
+
+def analyze_dataset(data: FolderDataset) -> dict:
+    """analysis.json's content: statistics and every finding of a loaded folder dataset."""
+    counts = {split: dict(Counter(label for e in listing.entries for label in e.labels))
+              for split, listing in data.listings.items()}
+    counts = {split: {name: c.get(name, 0) for name in data.class_names}
+              for split, c in counts.items()}
+    findings = list(data.findings) + _file_findings(data) + _count_findings(counts)
+    findings += _duplicate_findings(data)
+    infos = [i for split_infos in data.infos.values() for i in split_infos]
+    readable = [i for i in infos if "width" in i]
+    train = [n for n in counts["train"].values() if n > 0]
+    return {
+        "root": str(data.root), "task": data.task, "classes": list(data.class_names),
+        "counts": counts, "imbalance_ratio": max(train) / min(train) if train else None,
+        "images": {split: len(listing.entries) for split, listing in data.listings.items()},
+        "formats": dict(Counter(i.get("format", "unreadable") for i in infos)),
+        "modes": dict(Counter(i["mode"] for i in readable)),
+        "bytes": _stats([i["bytes"] for i in infos if "bytes" in i]),
+        "width": _stats([i["width"] for i in readable]),
+        "height": _stats([i["height"] for i in readable]),
+        "channels": data.channels, "image_size": data.size, "test_carved": data.test_carved,
+        "skipped": data.skipped,
+        "counts_by_level": dict(Counter(f.level for f in findings)),
+        "findings": [dataclasses.asdict(f) for f in
+                     sorted(findings, key=lambda f: ("error", "warning", "info").index(f.level))],
+    }
+
+
+def _stats(values: list[int]) -> dict | None:
+    if not values:
+        return None
+    v = np.asarray(values)
+    return {"min": int(v.min()), "median": float(np.median(v)), "max": int(v.max())}
+
+
+def summary_text(analysis: dict, examples: int = 3) -> str:
+    """The console summary: the dataset in a few lines, then findings grouped by kind."""
+    images = ", ".join(f"{n} {s}" for s, n in analysis["images"].items())
+    lines = [f"{analysis['root']}: {analysis['task']}, {len(analysis['classes'])} classes, "
+             f"images {images}" + (" (test held out from train)" if analysis["test_carved"]
+                                   else ""),
+             f"formats {_counter(analysis['formats'])}; colour modes "
+             f"{_counter(analysis['modes'])}; decoded as {analysis['channels']} channel(s) at "
+             f"{analysis['image_size']}x{analysis['image_size']}"]
+    if analysis["width"]:
+        lines.append(f"width {_range(analysis['width'])} px, height {_range(analysis['height'])}"
+                     f" px, file size {_range(analysis['bytes'])} bytes")
+    ratio = analysis["imbalance_ratio"]
+    lines.append("class counts (train): " + ", ".join(
+        f"{k} {v}" for k, v in analysis["counts"]["train"].items())
+        + (f"; imbalance {ratio:.1f}x" if ratio else ""))
+    groups = defaultdict(list)
+    for f in analysis["findings"]:
+        groups[(f["level"], f["code"])].append(f)
+    for (level, code), group in groups.items():
+        lines.append(f"{level.upper()} {code}: {len(group)}")
+        for f in group[:examples]:
+            where = "/".join(p for p in (f["split"], f["file"]) if p)
+            where += f" row {f['row']}" if f["row"] else ""
+            lines.append(f"  {where}: {f['message']}")
+        if len(group) > examples:
+            lines.append(f"  ... and {len(group) - examples} more in analysis.json")
+    levels = analysis["counts_by_level"]
+    lines.append(f"{levels.get('error', 0)} error(s), {levels.get('warning', 0)} warning(s)"
+                 + ("; errors stop imclass train" if levels.get("error") else ""))
+    return "\n".join(lines)
+
+
+def _counter(c: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(c.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def _range(s: dict) -> str:
+    return f"{s['min']}-{s['max']} (median {s['median']:g})"
+
+
+def write_analysis(analysis: dict, out: Path) -> Path:
+    """analysis.json and plots/class_counts.png, sizes.png under `out`."""
+    from imclass import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(exist_ok=True)
+    atomic_write_text(out / "analysis.json", json.dumps(analysis, indent=2))
+    plots.class_counts(analysis["counts"], out / "plots" / "class_counts.png")
+    return out / "analysis.json"
+
+
+def analyze(cfg, out: Path | None = None) -> dict:
+    """Load (and decode, filling the cache train will reuse) and analyse `cfg.source`."""
+    from imclass.data.own import load_folder
+
+    analysis = analyze_dataset(load_folder(cfg))
+    if out is not None:
+        write_analysis(analysis, out)
+    return analysis

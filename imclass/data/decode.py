@@ -1,0 +1,172 @@
+"""Decode once: every image of a folder dataset read, converted and resized, in parallel, into
+one uint8 array cached on disk (a memory-mapped .npy) and reused while the files are the same.
+
+Each file goes through two steps in a process pool:
+- `inspect`: the bytes (their hash keys the cache) and the header (format, mode, size), cheap;
+- `decode`: pixels converted one consistent way (EXIF orientation applied; transparency laid on
+  white; palette, CMYK and 16-bit images to 8-bit greyscale or RGB), squashed to size x size,
+  plus a perceptual hash for finding near-duplicates.
+A file that fails either step is reported with its reason and left out; it never stops a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imclass.atomic import atomic_write_text
+
+# Pillow's decompression-bomb limit (pixels); a larger image is refused, not decoded.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+CACHE_VERSION = 1
+
+
+def _open(data: bytes) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
+
+
+def inspect(path: str) -> dict:
+    """Hash, byte size and header facts of one file; `error` set when it cannot be read."""
+    info: dict = {"file": path}
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return info | {"error": f"cannot read the file: {exc.strerror or exc}"}
+    info |= {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    if not data:
+        return info | {"error": "the file is empty (0 bytes)"}
+    try:
+        with _open(data) as img:
+            info |= {"format": img.format, "mode": img.mode, "width": img.width,
+                     "height": img.height}
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        info["error"] = f"larger than Pillow's limit of {MAX_PIXELS:,} pixels (refused)"
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        info["error"] = f"not an image Pillow can read ({type(exc).__name__})"
+    return info
+
+
+def _to_8bit(img: Image.Image, channels: int) -> Image.Image:
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        array = np.asarray(img, dtype=np.float64)
+        # 16-bit (and 32-bit holding 16-bit values) scaled to 0..255; 8-bit-range values kept
+        scale = 257.0 if img.mode.startswith("I;16") or array.max() > 255 else 1.0
+        img = Image.fromarray(np.clip(array / scale, 0, 255).round().astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def read_pixels(data: bytes, size: tuple[int, int], channels: int, with_hash: bool = False
+                ) -> tuple[np.ndarray | None, str]:
+    """(uint8 [C, height, width], perceptual hash or "") of one encoded image, or (None, why)."""
+    import imagehash
+
+    try:
+        with _open(data) as img:
+            img.draft("RGB" if channels == 3 else "L", size)  # JPEG: decode at reduced scale
+            img = _to_8bit(ImageOps.exif_transpose(img), channels)
+            phash = str(imagehash.phash(img)) if with_hash else ""
+            array = np.array(img.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None, f"larger than Pillow's limit of {MAX_PIXELS:,} pixels (refused)"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return None, f"cannot decode: {exc}"
+    array = array[None] if channels == 1 else array.transpose(2, 0, 1)
+    return np.ascontiguousarray(array), phash
+
+
+def decode(job: tuple[str, int, int]) -> tuple[np.ndarray | None, dict]:
+    """(uint8 [C, size, size] or None, {phash or error}) for one file."""
+    path, size, channels = job
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return None, {"error": f"cannot read the file: {exc.strerror or exc}"}
+    array, text = read_pixels(data, (size, size), channels, with_hash=True)
+    return array, {"phash": text} if array is not None else {"error": text}
+
+
+def _pool_map(fn, jobs: list, workers: int | None) -> list:
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(jobs) < 64:
+        return [fn(j) for j in jobs]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(fn, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+
+
+def inspect_all(paths: list[str], workers: int | None = None) -> list[dict]:
+    return _pool_map(inspect, paths, workers)
+
+
+def choose_channels(infos: list[dict]) -> int:
+    """1 when every readable image is greyscale, else 3: one choice for the whole dataset."""
+    modes = {i["mode"] for i in infos if "mode" in i}
+    return 1 if modes and modes <= GREY_MODES else 3
+
+
+def default_size(infos: list[dict], cap: int = 128) -> int:
+    """The median shortest edge of the readable images, at most `cap` pixels (CPU-sized)."""
+    edges = [min(i["width"], i["height"]) for i in infos if "width" in i]
+    return int(min(cap, max(8, np.median(edges)))) if edges else cap
+
+
+@dataclass
+class Decoded:
+    images: np.ndarray  # uint8 [N_ok, C, H, W], memory-mapped from the cache
+    ok: list[int]       # index into the input list of each decoded image
+    infos: list[dict]   # per input file: inspect facts + phash, or error
+    cache_file: Path
+    reused: bool
+
+
+def cache_key(infos: list[dict], size: int, channels: int) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION} {size} {channels}\n".encode())
+    for info in infos:
+        h.update(f"{info.get('sha256', 'unreadable')}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def decode_all(infos: list[dict], size: int, channels: int, cache_dir: Path,
+               workers: int | None = None) -> Decoded:
+    """Decode every inspected file (those without an error) at `size`, through the cache."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(infos, size, channels)
+    array_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    if array_file.is_file() and meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        images = np.load(array_file, mmap_mode="c")  # copy-on-write: nothing read up front
+        merged = [i | extra for i, extra in zip(infos, meta["extra"])]
+        return Decoded(images, meta["ok"], merged, array_file, True)
+    todo = [k for k, i in enumerate(infos) if "error" not in i]
+    results = _pool_map(decode, [(infos[k]["file"], size, channels) for k in todo], workers)
+    ok = [k for k, (array, _) in zip(todo, results) if array is not None]
+    extra = [{} for _ in infos]
+    for k, (_, facts) in zip(todo, results):
+        extra[k] = facts
+    tmp = array_file.with_name(array_file.name + f".{os.getpid()}.tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                    shape=(len(ok), channels, size, size))
+    for row, array in enumerate(a for a, _ in results if a is not None):
+        out[row] = array
+    out.flush()
+    del out
+    os.replace(tmp, array_file)
+    # written last: its presence marks the array complete
+    atomic_write_text(meta_file, json.dumps({"ok": ok, "extra": extra}))
+    merged = [i | e for i, e in zip(infos, extra)]
+    return Decoded(np.load(array_file, mmap_mode="c"), ok, merged, array_file, False)

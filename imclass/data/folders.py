@@ -1,0 +1,216 @@
+"""Your own images: find the splits of a dataset folder and list each one's files and labels.
+
+Two layouts per split folder: a CSV of image names and labels beside an `images/` folder, or
+one folder per class (nested folders make path labels such as `footwear/sneaker`). Nothing
+here decodes an image; problems with the listing (unsafe paths, missing or unlisted files,
+rows without a label) become findings with their file and row, for `imclass analyze`.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from imclass.errors import DataError
+
+# Extensions imclass reads, and the format Pillow should find inside such a file.
+IMAGE_EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP",
+                    ".gif": "GIF", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+IMAGE_COLUMNS = ("image", "images", "filename", "file_name", "file", "path", "image_path",
+                 "img", "name", "id")
+LABEL_COLUMNS = ("label", "labels", "class", "classes", "category", "tags", "tag", "target")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing `analyze` has to say: level error (stops training), warning or info."""
+    level: str
+    code: str
+    message: str
+    split: str | None = None
+    file: str | None = None
+    row: int | None = None  # line number in the CSV file, header = 1
+
+    def where(self) -> str:
+        parts = [p for p in (self.split, self.file) if p]
+        at = "/".join(parts)
+        return f"{at} (row {self.row})" if self.row else at
+
+
+@dataclass
+class Entry:
+    path: Path             # the image file, never outside the split folder
+    labels: tuple[str, ...]
+    row: int | None = None  # CSV line, None for class folders
+
+
+@dataclass
+class Listing:
+    split: str
+    folder: Path
+    kind: str  # "csv" or "folders"
+    entries: list[Entry] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    csv_file: Path | None = None
+    multi_hot: bool = False  # labels came from 0/1 columns
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.folder).as_posix()
+
+
+def find_splits(root: Path) -> dict[str, Path]:
+    """{split: folder}: train/ (and val/, test/) under `root`, or `root` itself as train."""
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} does not exist; give --data a folder holding "
+                        "train/ (and test/), or a CSV with images/, or one folder per class")
+    found = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    if found and "train" not in found:
+        raise DataError(f"{root} has {', '.join(found)}/ but no train/ folder; add one")
+    return found or {"train": root}
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_split(split: str, folder: Path, *, image_column: str | None = None,
+               label_column: str | None = None, label_sep: str = ";|",
+               hierarchy_sep: str = "/") -> Listing:
+    csvs = sorted(p for p in folder.glob("*.csv") if p.is_file())
+    if csvs:
+        if len(csvs) > 1 and not (folder / "labels.csv").is_file():
+            raise DataError(f"{folder} holds several CSV files ({', '.join(p.name for p in csvs)}); "
+                            "keep one, or name the one to use labels.csv")
+        path = folder / "labels.csv" if len(csvs) > 1 else csvs[0]
+        return _list_csv(split, folder, path, image_column, label_column, label_sep)
+    return _list_class_folders(split, folder, hierarchy_sep)
+
+
+def _list_class_folders(split: str, folder: Path, hierarchy_sep: str) -> Listing:
+    listing = Listing(split, folder, "folders")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and is_image(p)):
+        parts = path.relative_to(folder).parts[:-1]
+        if not parts:
+            listing.findings.append(Finding(
+                "warning", "not_in_class_folder", "image lies outside any class folder; "
+                "move it into the folder of its class", split, listing.relative(path)))
+            continue
+        listing.entries.append(Entry(path, (hierarchy_sep.join(parts),)))
+    if not listing.entries:
+        raise DataError(f"{folder} holds no CSV file and no class folders with images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}); see the README for the layouts")
+    return listing
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # strips a BOM when there is one
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+                        "CSV") from None
+    lines = text.splitlines()
+    first = lines[0] if lines else ""
+    delimiter = next((d for d in (",", "\t", ";") if d in first), ",")
+    return [row for row in csv.reader(lines, delimiter=delimiter)]
+
+
+def _pick_column(header: list[str], asked: str | None, known: tuple[str, ...], what: str,
+                 path: Path) -> int | None:
+    lowered = [h.strip().lower() for h in header]
+    if asked is not None:
+        if asked.strip().lower() not in lowered:
+            raise DataError(f"{path} has no column '{asked}' (--{what}-column); its columns: "
+                            f"{', '.join(header)}")
+        return lowered.index(asked.strip().lower())
+    return next((lowered.index(k) for k in known if k in lowered), None)
+
+
+def _list_csv(split: str, folder: Path, path: Path, image_column, label_column,
+              label_sep: str) -> Listing:
+    listing = Listing(split, folder, "csv", csv_file=path)
+    rows = _read_rows(path)
+    if not rows:
+        raise DataError(f"{path} is empty; it needs a row per image: name, label")
+    header = rows[0]
+    has_header = (image_column is not None or label_column is not None
+                  or _pick_column(header, None, IMAGE_COLUMNS + LABEL_COLUMNS, "", path)
+                  is not None)
+    if has_header:
+        image_i = _pick_column(header, image_column, IMAGE_COLUMNS, "image", path)
+        label_i = _pick_column(header, label_column, LABEL_COLUMNS, "label", path)
+        if image_i is None:
+            raise DataError(f"{path}: no image column among {', '.join(header)}; name it "
+                            "image or pass --image-column")
+        body, first_line = rows[1:], 2
+    else:
+        image_i, label_i, body, first_line = 0, 1, rows, 1
+    hot_columns = []
+    if label_i is None:  # multi-hot: every other column holds 0 or 1
+        hot_columns = [i for i in range(len(header)) if i != image_i]
+        if not hot_columns or any(r[i].strip() not in ("0", "1", "") for r in body
+                                  for i in hot_columns if i < len(r)):
+            raise DataError(f"{path}: no label column among {', '.join(header)}; name it label "
+                            "(or use 0/1 columns, one per label), or pass --label-column")
+        listing.multi_hot = True
+    images_dir = folder / "images"
+    for line, row in enumerate(body, start=first_line):
+        if not any(cell.strip() for cell in row):
+            continue
+        name = row[image_i].strip() if image_i < len(row) else ""
+        if hot_columns:
+            labels = tuple(header[i].strip() for i in hot_columns
+                           if i < len(row) and row[i].strip() == "1")
+        else:
+            cell = row[label_i].strip() if label_i < len(row) else ""
+            labels = tuple(sorted({p.strip() for p in _split_any(cell, label_sep) if p.strip()}))
+        entry = _entry(listing, images_dir, name, labels, line)
+        if entry is not None:
+            listing.entries.append(entry)
+    listed = {e.path.resolve() for e in listing.entries}
+    if images_dir.is_dir():
+        for p in sorted(images_dir.rglob("*")):
+            if p.is_file() and is_image(p) and p.resolve() not in listed:
+                listing.findings.append(Finding(
+                    "warning", "unlisted_file", f"no row of {path.name} mentions this image; "
+                    "add a row for it or remove it", split, listing.relative(p)))
+    return listing
+
+
+def _split_any(text: str, separators: str) -> list[str]:
+    for sep in separators[1:]:
+        text = text.replace(sep, separators[0])
+    return text.split(separators[0])
+
+
+def _entry(listing: Listing, images_dir: Path, name: str, labels: tuple[str, ...],
+           line: int) -> Entry | None:
+    """The row's entry, or None with a finding: an empty or unsafe name, a missing file."""
+    split, csv_name = listing.split, listing.csv_file.name
+
+    def finding(level, code, message):
+        listing.findings.append(Finding(level, code, message, split, name or None, line))
+
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if not name:
+        finding("warning", "empty_name", f"row of {csv_name} has no image name; fill it in")
+        return None
+    if pure.is_absolute() or ".." in pure.parts or ":" in pure.parts[0]:
+        finding("error", "unsafe_path", "the image path is absolute or leaves the dataset "
+                "folder; it was not opened. Give paths relative to images/")
+        return None
+    parts = pure.parts[1:] if pure.parts[0] == "images" else pure.parts
+    path = images_dir.joinpath(*parts)
+    if not path.resolve().is_relative_to(listing.folder.resolve()):
+        finding("error", "unsafe_path", "the image path leads outside the dataset folder "
+                "(through a link); it was not opened")
+        return None
+    if not labels:
+        finding("warning", "no_label", f"row of {csv_name} has no label; the image is skipped")
+        return None
+    if not path.is_file():
+        finding("warning", "missing_file", f"row of {csv_name} names an image that does not "
+                "exist in images/; fix the name or remove the row")
+        return None
+    return Entry(path, labels, line)
