@@ -19,7 +19,7 @@ from imclass import __version__, config as config_mod
 from imclass.atomic import atomic_write_text
 from imclass.config import RunConfig
 from imclass.errors import ConfigError, DataError
-from imclass.report import write_report
+from imclass.report import HEADLINES, write_report
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
                    "images_per_s")
@@ -307,18 +307,6 @@ def _evaluate_on_test(run_dir: Path, model, task, test_set, norm, cfg: RunConfig
         if m:
             log(f"{key}: {headline(m)} on {m['count']} images")
     return result
-
-
-HEADLINES = {  # the figures a console line and the report's cards lead with, per task
-    "multiclass": (("accuracy", "accuracy"), ("f1_macro", "macro F1"),
-                   ("roc_auc_macro", "ROC AUC")),
-    "binary": (("accuracy_at_threshold", "accuracy"), ("f1_at_threshold", "F1"),
-               ("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC")),
-    "multilabel": (("f1_micro", "micro F1"), ("f1_macro", "macro F1"),
-                   ("mean_average_precision", "mAP"), ("subset_accuracy", "subset accuracy")),
-    "hierarchical": (("accuracy", "leaf accuracy"), ("hierarchical_f1", "hierarchical F1"),
-                     ("f1_macro", "leaf macro F1")),
-}
 
 
 def headline(m: dict) -> str:

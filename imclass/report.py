@@ -55,18 +55,32 @@ def _fmt(v, pct: bool = False) -> str:
     return f"{v:.2%}" if pct else f"{v:.4f}"
 
 
+HEADLINES = {  # the figures the console line and the summary cards lead with, per task
+    "multiclass": (("accuracy", "accuracy"), ("top_3", "top-3 accuracy"),
+                   ("f1_macro", "macro F1"), ("roc_auc_macro", "ROC AUC")),
+    "binary": (("accuracy_at_threshold", "accuracy"), ("f1_at_threshold", "F1"),
+               ("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC")),
+    "multilabel": (("f1_micro", "micro F1"), ("f1_macro", "macro F1"),
+                   ("mean_average_precision", "mAP"), ("subset_accuracy", "subset accuracy")),
+    "hierarchical": (("accuracy", "leaf accuracy"), ("hierarchical_f1", "hierarchical F1"),
+                     ("f1_macro", "leaf macro F1")),
+}
+PERCENT = {"accuracy", "top_3", "accuracy_at_threshold", "subset_accuracy"}
+VAL_ACCURACY = {"multilabel": "best validation label accuracy"}  # 1 - Hamming loss at 0.5
+
+
 def _summary(run: dict, test: dict) -> str:
     val = run.get("validation", {})
-    cards = [("test accuracy", _fmt(test.get("accuracy"), True)),
-             ("test top-3 accuracy", _fmt(test.get("top_3"), True)),
-             ("test macro F1", _fmt(test.get("f1_macro"))),
-             ("test ROC AUC", _fmt(test.get("roc_auc_macro"))),
-             ("best validation accuracy", _fmt(val.get("val_acc"), True)),
-             ("run time", f"{run.get('total_seconds', run.get('train_seconds', 0)):.0f} s")]
+    task = run.get("task", "multiclass")
+    cards = [(f"test {label}", _fmt(test.get(key), key in PERCENT))
+             for key, label in HEADLINES[task]]
+    cards += [(VAL_ACCURACY.get(task, "best validation accuracy"),
+               _fmt(val.get("val_acc"), True)),
+              ("run time", f"{run.get('total_seconds', run.get('train_seconds', 0)):.0f} s")]
     html = '<div class="cards">' + "".join(
         f'<div class="card">{escape(k)}<b>{escape(v)}</b></div>' for k, v in cards) + "</div>"
     model, data = run.get("model", {}), run.get("data", {})
-    html += (f"<p>A <b>multiclass</b> classifier of {len(data.get('classes', []))} classes, "
+    html += (f"<p>A <b>{escape(task)}</b> classifier of {len(data.get('classes', []))} classes, "
              f"model <b>{escape(str(model.get('name')))}</b> "
              f"({model.get('parameters', 0):,} parameters, "
              f"{model.get('flops_per_image', 0) / 1e6:.1f} MFLOPs per image), trained on "
@@ -76,19 +90,48 @@ def _summary(run: dict, test: dict) -> str:
     return html
 
 
-def _data_section(data: dict, plots: Path) -> str:
+def _data_section(data: dict, analysis: dict, plots: Path) -> str:
     counts = data.get("counts", {})
     names = data.get("classes", [])
     rows = [[name] + [counts.get(s, {}).get(name, 0) for s in ("train", "val", "test")]
             for name in names]
-    rows.append(["total"] + [sum(counts.get(s, {}).values()) for s in ("train", "val", "test")])
+    if data.get("task") != "multilabel":  # multilabel counts overlap: no meaningful total
+        rows.append(["total"] + [sum(counts.get(s, {}).values())
+                                 for s in ("train", "val", "test")])
     size = data.get("size", ["?", "?"])
+    carved = (" The test split was held out from train/ (stratified, the same images on every "
+              "run)." if analysis.get("test_carved") else "")
     return (f"<p>{len(names)} classes, images {data.get('channels')} channel(s) of "
             f"{size[0]}x{size[1]} pixels. The validation split is held out from the training "
             "images (stratified); it picks the best epoch. The test set is used only for the "
-            "results below.</p>"
+            f"results below.{carved}</p>"
             + html_table(["class", "train", "validation", "test"], rows)
+            + _findings(analysis, plots)
             + img_tag(plots / "augmented.png", "training images after augmentation"))
+
+
+def _findings(analysis: dict, plots: Path, examples: int = 5) -> str:
+    """The dataset analysis of a folder dataset: findings by kind, and the skipped images."""
+    if not analysis:
+        return ""
+    groups: dict[tuple, list] = {}
+    for f in analysis.get("findings", []):
+        groups.setdefault((f["level"], f["code"]), []).append(f)
+    rows = [[level, code, len(items), "; ".join(
+        "/".join(p for p in (f["split"], f["file"]) if p) + (f" row {f['row']}" if f["row"]
+                                                             else "") + f": {f['message']}"
+        for f in items[:examples]) + (" ..." if len(items) > examples else "")]
+        for (level, code), items in groups.items()]
+    html = "<h3>Dataset analysis</h3>"
+    html += (html_table(["level", "finding", "count", "examples"], rows) if rows
+             else "<p>No findings: the dataset looks clean.</p>")
+    skipped = analysis.get("skipped", [])
+    if skipped:
+        html += (f'<div class="warn">{len(skipped)} image(s) could not be decoded and were left '
+                 "out:</div>" + html_table(["split", "file", "reason"],
+                                           [[s["split"], s["file"], s["reason"]]
+                                            for s in skipped]))
+    return html + img_tag(plots / "class_counts.png", "images per class and split")
 
 
 def _training_section(run: dict, plots: Path) -> str:
@@ -113,11 +156,64 @@ METRIC_ROWS = [("accuracy", "accuracy"), ("top_3", "top-3 accuracy"),
                ("ece", "expected calibration error")]
 
 
-def _results(test: dict, tta: dict, plots: Path) -> str:
+BINARY_ROWS = [("threshold", "decision threshold (tuned on validation for F1)"),
+               ("accuracy_at_threshold", "accuracy at the threshold"),
+               ("precision_at_threshold", "precision of the positive class"),
+               ("recall_at_threshold", "recall of the positive class"),
+               ("f1_at_threshold", "F1 of the positive class"), ("roc_auc", "ROC AUC"),
+               ("pr_auc", "PR AUC (average precision)")]
+HIERARCHY_ROWS = [("hierarchical_precision", "hierarchical precision"),
+                  ("hierarchical_recall", "hierarchical recall"),
+                  ("hierarchical_f1", "hierarchical F1")]
+MULTILABEL_ROWS = [("subset_accuracy", "subset accuracy (every label right)"),
+                   ("label_accuracy", "label accuracy (1 - Hamming loss)"),
+                   ("hamming_loss", "Hamming loss"), ("f1_micro", "F1 (micro)"),
+                   ("f1_macro", "F1 (macro)"), ("precision_micro", "precision (micro)"),
+                   ("recall_micro", "recall (micro)"), ("precision_macro", "precision (macro)"),
+                   ("recall_macro", "recall (macro)"),
+                   ("mean_average_precision", "mean average precision (mAP)"),
+                   ("roc_auc_macro", "ROC AUC (macro)"), ("roc_auc_micro", "ROC AUC (micro)")]
+
+
+def _metric_table(test: dict, tta: dict, rows) -> str:
     header = ["metric", "value"] + (["with flip TTA"] if tta else [])
-    rows = [[label, test[key]] + ([tta.get(key)] if tta else [])
-            for key, label in METRIC_ROWS if test.get(key) is not None]
-    html = html_table(header, rows)
+    return html_table(header, [[label, test[key]] + ([tta.get(key)] if tta else [])
+                               for key, label in rows if test.get(key) is not None])
+
+
+def _multilabel_results(test: dict, tta: dict, plots: Path) -> str:
+    html = _metric_table(test, tta, MULTILABEL_ROWS)
+    html += "<h3>Per label</h3>" + html_table(
+        ["label", "threshold", "precision", "recall", "F1", "support", "ROC AUC", "AP", "TP",
+         "FP", "FN", "TN"],
+        [[name, m["threshold"], m["precision"], m["recall"], m["f1"], m["support"],
+          _na(m["auc"]), _na(m["average_precision"]), m["tp"], m["fp"], m["fn"], m["tn"]]
+         for name, m in test.get("per_class", {}).items()])
+    return html + img_tag(plots / "labels.png", "per-label scores") + (
+        '<div class="pair">' + img_tag(plots / "roc.png", "ROC curves per label")
+        + img_tag(plots / "pr.png", "precision-recall curves per label") + "</div>")
+
+
+def _na(v):
+    return "n/a" if v is None else v
+
+
+def _results(test: dict, tta: dict, plots: Path) -> str:
+    task = test.get("task", "multiclass")
+    if task == "multilabel":
+        return _multilabel_results(test, tta, plots)
+    html = ""
+    if task == "binary":
+        html += (f"<p>Positive class: <b>{escape(str(test.get('positive_class')))}</b>; it is "
+                 "predicted when its probability reaches the threshold.</p>"
+                 + _metric_table(test, tta, BINARY_ROWS))
+    if task == "hierarchical":
+        html += _metric_table(test, tta, HIERARCHY_ROWS) + "<h3>Per level of the tree</h3>"
+        html += html_table(["level", "nodes", "accuracy", "macro F1"],
+                           [[level, m["nodes"], m["accuracy"], m["f1_macro"]]
+                            for level, m in test.get("per_level", {}).items()])
+        html += "<h3>Leaf classes</h3>"
+    html += _metric_table(test, tta, METRIC_ROWS)
     per_class = test.get("per_class", {})
     html += "<h3>Per class</h3>" + html_table(
         ["class", "precision", "recall", "F1", "support", "ROC AUC", "AP"],
@@ -153,12 +249,13 @@ def build_report(run_dir: Path) -> str:
     metrics = read_json(run_dir / "metrics.json")
     test, tta = metrics.get("test", {}), metrics.get("test_tta", {})
     plots = run_dir / "plots"
+    analysis = read_json(run_dir / "analysis.json")
     config_path = run_dir / "config.yaml"
     config_text = config_path.read_text() if config_path.is_file() else ""
     versions = ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items())
     sections = [
         ("summary", "Summary", _summary(run, test)),
-        ("data", "Data", _data_section(run.get("data", {}), plots)),
+        ("data", "Data", _data_section(run.get("data", {}), analysis, plots)),
         ("training", "Training", _training_section(run, plots)),
         ("results", "Results on the test set",
          _results(test, tta, plots) if test else "<p>Not evaluated.</p>"),

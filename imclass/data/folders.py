@@ -134,9 +134,10 @@ def _list_csv(split: str, folder: Path, path: Path, image_column, label_column,
     if not rows:
         raise DataError(f"{path} is empty; it needs a row per image: name, label")
     header = rows[0]
+    looks_like_file = [bool(r) and is_image(Path(r[0].strip())) for r in rows[:2]]
     has_header = (image_column is not None or label_column is not None
                   or _pick_column(header, None, IMAGE_COLUMNS + LABEL_COLUMNS, "", path)
-                  is not None)
+                  is not None or looks_like_file == [False, True])
     if has_header:
         image_i = _pick_column(header, image_column, IMAGE_COLUMNS, "image", path)
         label_i = _pick_column(header, label_column, LABEL_COLUMNS, "label", path)
