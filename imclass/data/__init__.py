@@ -108,4 +108,4 @@ def prepare(cfg: DataConfig, seed: int) -> Splits:
     else:
         kept, held = stratified_split(full.labels, cfg.val_fraction, seed)
         train, val = full.take(kept), full.take(held)
-    return Splits(train, val, loaded.test, Normalization.of(train.images), loaded.analysis)
+    return Splits(train, val, loaded.test, Normalization.of(train), loaded.analysis)

@@ -9,6 +9,8 @@ import torch
 from imclass.data.augment import BatchAugment
 from imclass.data.images import ImageSet
 
+GPU_PRELOAD_BYTES = 4 * 1024 ** 3  # a set up to 4 GiB of uint8 pixels lives on the GPU
+
 
 @dataclass(frozen=True)
 class Normalization:
@@ -17,16 +19,19 @@ class Normalization:
     std: tuple[float, ...]
 
     @classmethod
-    def of(cls, images: torch.Tensor) -> "Normalization":
-        """Statistics of a uint8 [N, C, H, W] tensor, accumulated in float64 in chunks."""
-        c = images.shape[1]
+    def of(cls, images: "torch.Tensor | ImageSet") -> "Normalization":
+        """Statistics of uint8 [N, C, H, W] images (a tensor, or an ImageSet read chunk by
+        chunk), accumulated in float64."""
+        chunks = images.chunks() if isinstance(images, ImageSet) else images.split(4096)
+        c = images.channels if isinstance(images, ImageSet) else images.shape[1]
         total = torch.zeros(c, dtype=torch.float64)
         squares = torch.zeros(c, dtype=torch.float64)
-        for chunk in images.split(4096):
+        count = 0
+        for chunk in chunks:
             x = chunk.to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
             total += x.sum(1)
             squares += (x * x).sum(1)
-        count = images.numel() / c
+            count += x.shape[1]
         mean = total / count
         std = (squares / count - mean ** 2).clamp_min(1e-12).sqrt()
         return cls(tuple(mean.tolist()), tuple(std.tolist()))
@@ -48,7 +53,12 @@ class Batches:
                  shuffle: bool = False, augment: BatchAugment | None = None, seed: int = 0,
                  device: str | torch.device = "cpu", drop_last: bool = False,
                  channels_last: bool = True):
-        self.images = data.images.to(device)
+        # On a GPU the whole set moves over once when it fits the budget; otherwise (and on
+        # the CPU) each batch gathers its rows from the set's store.
+        fits = len(data) * data.store[:1].numel() <= GPU_PRELOAD_BYTES
+        self.data = data
+        self.preloaded = data.images.to(device) if torch.device(device).type != "cpu" and fits \
+            else None
         self.labels = data.labels.to(device)
         self.batch_size, self.norm, self.shuffle, self.augment = batch_size, norm, shuffle, augment
         self.drop_last, self.device, self.channels_last = drop_last, device, channels_last
@@ -61,10 +71,14 @@ class Batches:
     def __iter__(self):
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = order.to(self.images.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start:start + self.batch_size]
-            x = self.images[index].float().div_(255)
+            if self.preloaded is not None:
+                index = index.to(self.preloaded.device)
+                x = self.preloaded[index].float().div_(255)
+            else:
+                x = self.data.gather(index).to(self.device, non_blocking=True).float().div_(255)
+                index = index.to(self.labels.device)
             if self.augment is not None:
                 x = self.augment(x)
             x = self.norm.apply(x)

@@ -163,7 +163,7 @@ def load(data_dir: str | Path | None = None, cache_dir: str | Path | None = None
         if labels.size and labels.max() >= len(CLASS_NAMES):
             raise DataError(f"{folder}: {split} labels go up to {labels.max()}, but "
                             f"Fashion-MNIST has {len(CLASS_NAMES)} classes")
-        splits.append(ImageSet(images=torch.from_numpy(images.copy()).unsqueeze(1),
+        splits.append(ImageSet(store=torch.from_numpy(images.copy()).unsqueeze(1),
                                labels=torch.from_numpy(labels.astype(np.int64)),
                                class_names=CLASS_NAMES, source=str(folder)))
     return splits[0], splits[1]

@@ -1,4 +1,9 @@
-"""The decoded dataset: one uint8 tensor of images and one of labels, drawn from by index."""
+"""The decoded dataset: one uint8 tensor of images and one of labels, drawn from by index.
+
+A set can be a view of rows of a larger store (a memory-mapped decode cache, say): `take`
+composes row indices instead of copying pixels, so splitting a dataset larger than memory
+into train and validation reads nothing; batches gather their rows when they are drawn.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,20 @@ import torch
 
 @dataclass(frozen=True)
 class ImageSet:
-    images: torch.Tensor  # uint8 [N, C, H, W], decoded once
+    store: torch.Tensor   # uint8 [M, C, H, W], decoded once (may be memory-mapped)
     labels: torch.Tensor  # int64 [N] index into class_names; multilabel: float32 [N, K] 0/1
     class_names: tuple[str, ...]
     source: str = ""  # where it came from, for the report
     task: str = "multiclass"
     files: tuple[str, ...] = ()  # each image's file (folder datasets), for listings
+    rows: torch.Tensor | None = None  # int64 [N]: the store's rows in this set; all when None
 
     def __post_init__(self):
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W]; got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
-        if len(self.images) != len(self.labels):
+        if self.store.dtype != torch.uint8 or self.store.ndim != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W]; got {self.store.dtype} "
+                             f"{tuple(self.store.shape)}")
+        n = len(self.store) if self.rows is None else len(self.rows)
+        if n != len(self.labels):
             raise ValueError("images and labels differ in length")
         if self.files and len(self.files) != len(self.labels):
             raise ValueError("files and labels differ in length")
@@ -29,12 +36,26 @@ class ImageSet:
         return len(self.labels)
 
     @property
+    def images(self) -> torch.Tensor:
+        """This set's pixels as one tensor (a copy when the set is a view: use `gather` for
+        a batch of a large set)."""
+        return self.store if self.rows is None else self.store[self.rows]
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """Pixels of the set's images at `index` (positions in this set), uint8 [B, C, H, W]."""
+        return self.store[index if self.rows is None else self.rows[index]]
+
+    def chunks(self, size: int = 4096):
+        for start in range(0, len(self), size):
+            yield self.gather(torch.arange(start, min(len(self), start + size)))
+
+    @property
     def channels(self) -> int:
-        return self.images.shape[1]
+        return self.store.shape[1]
 
     @property
     def size(self) -> tuple[int, int]:
-        return tuple(self.images.shape[2:])
+        return tuple(self.store.shape[2:])
 
     @property
     def multilabel(self) -> bool:
@@ -42,7 +63,8 @@ class ImageSet:
 
     def take(self, index: torch.Tensor) -> "ImageSet":
         files = tuple(self.files[i] for i in index.tolist()) if self.files else ()
-        return replace(self, images=self.images[index], labels=self.labels[index], files=files)
+        rows = index if self.rows is None else self.rows[index]
+        return replace(self, labels=self.labels[index], files=files, rows=rows)
 
     def class_counts(self) -> list[int]:
         """Images per class (multilabel: images carrying each label)."""
@@ -56,4 +78,4 @@ class ImageSet:
             return self
         x = torch.nn.functional.interpolate(self.images.float(), size=(size, size),
                                             mode="bilinear", antialias=True, align_corners=False)
-        return replace(self, images=x.round_().clamp_(0, 255).to(torch.uint8))
+        return replace(self, store=x.round_().clamp_(0, 255).to(torch.uint8), rows=None)
