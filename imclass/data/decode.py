@@ -4,8 +4,9 @@ one uint8 array cached on disk (a memory-mapped .npy) and reused while the files
 Each file goes through two steps in a process pool:
 - `inspect`: the bytes (their hash keys the cache) and the header (format, mode, size), cheap;
 - `decode`: pixels converted one consistent way (EXIF orientation applied; transparency laid on
-  white; palette, CMYK and 16-bit images to 8-bit greyscale or RGB), squashed to size x size,
-  plus a perceptual hash for finding near-duplicates.
+  white; palette, CMYK and 16-bit images to 8-bit greyscale or RGB), squashed to size x size
+  (JPEGs decoded at a reduced scale first), plus a perceptual hash of the result for finding
+  near-duplicates.
 A file that fails either step is reported with its reason and left out; it never stops a run.
 """
 
@@ -79,9 +80,11 @@ def read_pixels(data: bytes, size: tuple[int, int], channels: int, with_hash: bo
     try:
         with _open(data) as img:
             img.draft("RGB" if channels == 3 else "L", size)  # JPEG: decode at reduced scale
-            img = _to_8bit(ImageOps.exif_transpose(img), channels)
+            img = _to_8bit(ImageOps.exif_transpose(img), channels).resize(
+                size, Image.Resampling.BILINEAR)
+            # hashed at the target size: phash works on 32x32 anyway, and it is 2x cheaper
             phash = str(imagehash.phash(img)) if with_hash else ""
-            array = np.array(img.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+            array = np.array(img, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return None, f"larger than Pillow's limit of {MAX_PIXELS:,} pixels (refused)"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
