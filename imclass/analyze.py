@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from imclass.atomic import atomic_write_text
-from imclass.data.folders import IMAGE_EXTENSIONS, Finding
+from imclass.data.folders import IMAGE_EXTENSIONS, Finding, where
 from imclass.data.own import FolderDataset
 
 MIN_IMAGES_PER_LABEL = 30       # our users' documented minimum per label
@@ -167,9 +167,7 @@ def summary_text(analysis: dict, examples: int = 3) -> str:
     for (level, code), group in groups.items():
         lines.append(f"{level.upper()} {code}: {len(group)}")
         for f in group[:examples]:
-            where = "/".join(p for p in (f["split"], f["file"]) if p)
-            where += f" row {f['row']}" if f["row"] else ""
-            lines.append(f"  {where}: {f['message']}")
+            lines.append(f"  {where(f)}: {f['message']}")
         if len(group) > examples:
             lines.append(f"  ... and {len(group) - examples} more in analysis.json")
     levels = analysis["counts_by_level"]

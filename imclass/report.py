@@ -117,11 +117,11 @@ def _findings(analysis: dict, plots: Path, examples: int = 5) -> str:
     groups: dict[tuple, list] = {}
     for f in analysis.get("findings", []):
         groups.setdefault((f["level"], f["code"]), []).append(f)
-    rows = [[level, code, len(items), "; ".join(
-        "/".join(p for p in (f["split"], f["file"]) if p) + (f" row {f['row']}" if f["row"]
-                                                             else "") + f": {f['message']}"
-        for f in items[:examples]) + (" ..." if len(items) > examples else "")]
-        for (level, code), items in groups.items()]
+    from imclass.data.folders import where
+    rows = [[level, code, len(items), "; ".join(f"{where(f)}: {f['message']}"
+                                                for f in items[:examples])
+             + (" ..." if len(items) > examples else "")]
+            for (level, code), items in groups.items()]
     html = "<h3>Dataset analysis</h3>"
     html += (html_table(["level", "finding", "count", "examples"], rows) if rows
              else "<p>No findings: the dataset looks clean.</p>")

@@ -26,17 +26,16 @@ def _fashion_mnist(cfg: DataConfig) -> "Loaded":
 def _folder(cfg: DataConfig) -> "Loaded":
     """Your own images; analysis errors stop here, before anything is trained or written."""
     from imclass.analyze import analyze_dataset
+    from imclass.data.folders import where
     from imclass.data.own import load_folder
 
     data = load_folder(cfg)
     analysis = analyze_dataset(data)
     errors = [f for f in analysis["findings"] if f["level"] == "error"]
     if errors:
-        first = errors[0]
-        where = f"{first['split']}/{first['file']}" if first.get("file") else first["split"]
         raise DataError(f"{len(errors)} problem(s) in {data.root} stop training, the first: "
-                        f"{where}{' row ' + str(first['row']) if first.get('row') else ''}: "
-                        f"{first['message']}; run imclass analyze {data.root} for all")
+                        f"{where(errors[0])}: {errors[0]['message']}; run imclass analyze "
+                        f"{data.root} for all")
     return Loaded(data.sets["train"], data.sets["test"], data.sets.get("val"),
                   analysis)
 

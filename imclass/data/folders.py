@@ -33,10 +33,16 @@ class Finding:
     file: str | None = None
     row: int | None = None  # line number in the CSV file, header = 1
 
-    def where(self) -> str:
-        parts = [p for p in (self.split, self.file) if p]
-        at = "/".join(parts)
-        return f"{at} (row {self.row})" if self.row else at
+
+def where(finding: dict) -> str:
+    """'train/images/a.jpg row 7' for a finding (as a dict); a CSV value that is not a safe
+    relative path is quoted after the split instead of joined to it."""
+    split, file, row = finding.get("split"), finding.get("file"), finding.get("row")
+    if file and (file.startswith("/") or ".." in file):
+        at = f"{split}: {file!r}"
+    else:
+        at = "/".join(p for p in (split, file) if p)
+    return f"{at} row {row}" if row else at
 
 
 @dataclass
