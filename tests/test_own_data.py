@@ -73,8 +73,8 @@ def test_multilabel_csv_metrics_thresholds_per_label_and_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_hierarchical_nested_folders_per_level_metrics_and_consistent_paths(tmp_path):
-    root = folder_dataset(tmp_path / "tree", "hierarchical", n_train=15, n_test=6)
+def test_hierarchical_csv_paths_per_level_metrics_and_consistent_predictions(tmp_path):
+    root = csv_dataset(tmp_path / "tree", "hierarchical", n_train=60, n_test=24)
     out = tmp_path / "run"
     test = train(root, out, tmp_path)["test"]
     assert test["task"] == "hierarchical"
@@ -82,7 +82,8 @@ def test_hierarchical_nested_folders_per_level_metrics_and_consistent_paths(tmp_
     assert levels["1"]["nodes"] == 2 and levels["2"]["nodes"] == 4
     assert levels["1"]["accuracy"] >= levels["2"]["accuracy"]  # a parent is never harder
     assert 0 < test["hierarchical_f1"] <= 1
-    leaf = sorted((root / "test" / "cool" / "blue").iterdir())[0]
+    leaf = next(p for p in sorted((root / "test" / "images").iterdir())
+                if f"{p.name},cool/blue" in (root / "test" / "labels.csv").read_text())
     path = api.predict(out, [leaf])[0]["path"]
     assert [p["node"].count("/") for p in path] == [0, 1]
     assert path[1]["node"].startswith(path[0]["node"] + "/")
