@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import platform
 import sys
@@ -21,8 +22,8 @@ from imclass.config import RunConfig
 from imclass.errors import ConfigError, DataError
 from imclass.report import HEADLINES, write_report
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
-                   "images_per_s")
+HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                   "seconds", "images_per_s")
 
 
 def _log(quiet: bool):
@@ -118,6 +119,40 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
+@dataclass
+class Setup:
+    """What a training run needs before its first file is written."""
+    cfg: RunConfig
+    device: torch.device
+    splits: Any
+    task: Any
+    architecture: str
+    weights_source: str | None
+
+
+def prepare_training(config: RunConfig | None, log) -> Setup:
+    """Config resolved, data loaded and split, task chosen: everything that can fail on bad
+    input fails here, before a run folder exists."""
+    from imclass.data import prepare
+    from imclass.models.weights import resolve_architecture
+    from imclass.tasks import get_task
+    from imclass.training import resolve_device
+
+    cfg = config_mod.resolve(config_mod.validate(config or RunConfig()))
+    device = resolve_device(cfg.train.device)
+    architecture, weights_source = resolve_architecture(cfg.model)
+    cfg = _data_for_model(cfg, architecture)
+    splits = prepare(cfg.data, cfg.train.seed)
+    if weights_source is not None and cfg.model.name != "cnn":
+        splits = dataclasses.replace(splits, norm=_pretrained_norm(architecture,
+                                                                   splits.train.channels))
+    log(f"data: {len(splits.train)} train / {len(splits.val)} validation / {len(splits.test)} "
+        f"test images, {splits.train.channels}x{splits.train.size[0]}x{splits.train.size[1]}, "
+        f"{len(splits.train.class_names)} classes ({splits.task}), from {splits.train.source}")
+    task = get_task(splits.task, cfg.data.hierarchy_sep)
+    return Setup(cfg, device, splits, task, architecture, weights_source)
+
+
 def train(config: RunConfig | None = None, out: str | Path | None = None, *,
           overwrite: bool = False, quiet: bool = False, command: str | None = None,
           callbacks: list | None = None, evaluate_test: bool = True) -> Path:
@@ -127,26 +162,23 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     hyperparameter search's pruner is one). With `evaluate_test=False` the test set is never
     looked at: model selection (a search, say) must work from validation figures alone.
     """
-    from imclass.data import prepare
-    from imclass.tasks import get_task
-    from imclass.training import resolve_device
-
     started = time.perf_counter()
-    cfg = config_mod.resolve(config_mod.validate(config or RunConfig()))
     log = _log(quiet)
-    device = resolve_device(cfg.train.device)
     check_run_dir(out, overwrite)
-    splits = prepare(cfg.data, cfg.train.seed)  # before any file is written: bad data leaves none
+    setup = prepare_training(config, log)
+    cfg, splits, task, device = setup.cfg, setup.splits, setup.task, setup.device
     run_dir = prepare_run_dir(out, cfg, overwrite)
-    config_mod.save_yaml(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.train.seed)  # weights and kornia's augmentation draws
-    log(f"data: {len(splits.train)} train / {len(splits.val)} validation / {len(splits.test)} "
-        f"test images, {splits.train.channels}x{splits.train.size[0]}x{splits.train.size[1]}, "
-        f"{len(splits.train.class_names)} classes ({splits.task}), from {splits.train.source}")
     _record_analysis(run_dir, splits.analysis, log)
-    task = get_task(splits.task, cfg.data.hierarchy_sep)
-    model, model_info = _build_model(cfg, splits, task, device, log)
-    meta = checkpoint_meta(cfg, splits, task)
+    model, model_info = _build_model(cfg, splits, task, device, log, setup.architecture,
+                                     setup.weights_source)
+    lr_found = None
+    if cfg.train.lr == "auto":
+        from imclass.lr_find import find_lr
+        lr_found = find_lr(setup, model, run_dir / "plots" / "lr_find.png", log)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=lr_found))
+    config_mod.save_yaml(cfg, run_dir / "config.yaml")
+    meta = checkpoint_meta(cfg, splits, task) | {"architecture": setup.architecture}
     result, overfit_warnings = _fit(run_dir, cfg, splits, model, task, device, quiet, log,
                                     list(callbacks or []), meta)
     thresholds = _tune_thresholds(run_dir, model, task, splits, device, cfg, meta, log)
@@ -155,7 +187,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
         k: best[k] for k in ("epoch", "val_loss", "val_acc", "train_loss", "train_acc")}})
     summary = {"data": splits.summary(), "model": model_info, "best_epoch": result.best_epoch,
                "epochs_run": len(result.history), "stopped_early": result.stopped_early,
-               "overfitting": overfit_warnings, "hardware": hardware(device),
+               "overfitting": overfit_warnings, "stages": result.stages, "lr_found": lr_found,
+               "hardware": hardware(device),
                "device": device.type, "train_seconds": time.perf_counter() - started,
                "command": command, "versions": versions(), "task": task.name,
                "thresholds": thresholds,
@@ -212,16 +245,48 @@ def _tune_thresholds(run_dir: Path, model, task, splits, device, cfg: RunConfig,
     return thresholds
 
 
-def _build_model(cfg: RunConfig, splits, task, device: torch.device, log):
-    """The model on its device, and its size for the report."""
+def _data_for_model(cfg: RunConfig, architecture: str) -> RunConfig:
+    """A timm model's input size and resampling, where the config leaves them unset."""
+    from imclass.models import MODELS
+    from imclass.models.zoo import input_spec
+
+    if cfg.model.name in MODELS:
+        return cfg
+    spec = input_spec(architecture)
+    data = dataclasses.replace(cfg.data, image_size=cfg.data.image_size or spec.size,
+                               interpolation=cfg.data.interpolation or spec.interpolation)
+    return dataclasses.replace(cfg, data=data)
+
+
+def _pretrained_norm(architecture: str, channels: int):
+    """The normalisation the weights were trained with (averaged over RGB for greyscale data,
+    which the first convolution sees summed over its RGB filters)."""
+    from imclass.data.batches import Normalization
+    from imclass.models.zoo import input_spec
+
+    spec = input_spec(architecture)
+    if channels == 1:
+        return Normalization((sum(spec.mean) / 3,), (sum(spec.std) / 3,))
+    return Normalization(spec.mean, spec.std)
+
+
+def _build_model(cfg: RunConfig, splits, task, device: torch.device, log, architecture: str,
+                 weights_source: str | None):
+    """The model (with its pretrained or local weights) on its device, and its size."""
     from imclass.models import build_model, count_parameters, flops_per_image
+    from imclass.models.weights import load_pretrained
 
     shape = (splits.train.channels, *splits.train.size)
-    model = build_model(cfg.model, shape[0], task.num_outputs(len(splits.train.class_names)))
+    model = build_model(cfg.model, shape[0], task.num_outputs(len(splits.train.class_names)),
+                        architecture)
+    loaded = load_pretrained(model, cfg.model, weights_source)
+    if loaded is not None:
+        log(loaded.summary())
     model = model.to(device, memory_format=torch.channels_last)
-    info = {"name": cfg.model.name, "parameters": count_parameters(model),
-            "flops_per_image": flops_per_image(model, shape)}
-    log(f"model: {cfg.model.name}, {info['parameters']:,} parameters, "
+    info = {"name": cfg.model.name, "architecture": architecture,
+            "parameters": count_parameters(model), "flops_per_image": flops_per_image(model, shape),
+            "weights": loaded.as_dict() if loaded else None}
+    log(f"model: {architecture}, {info['parameters']:,} parameters, "
         f"{info['flops_per_image'] / 1e6:.1f} MFLOPs per image; training on {hardware(device)}")
     return model, info
 
@@ -364,7 +429,8 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     dev = resolve_device(device)
     run = LoadedRun(None, meta, cfg, dev)
     model = build_model(cfg.model, meta["input"]["channels"],
-                        run.task.num_outputs(len(meta["class_names"])))
+                        run.task.num_outputs(len(meta["class_names"])),
+                        meta.get("architecture"))
     model.load_state_dict(state)
     run.model = model.to(dev, memory_format=torch.channels_last).eval()
     return run
@@ -375,7 +441,6 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     """Re-evaluate a run's best checkpoint on its test (or validation) split, or on the same
     kind of dataset in another folder; rewrites that split's metrics, the plots and the
     report. Returns {"plain": metrics, "tta": metrics (with tta)}."""
-    import dataclasses
 
     from imclass.data import SOURCES, load_source, prepare
 
@@ -404,7 +469,8 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     return result
 
 
-def read_image(path: str | Path, channels: int, height: int, width: int) -> torch.Tensor:
+def read_image(path: str | Path, channels: int, height: int, width: int,
+               interpolation: str | None = None) -> torch.Tensor:
     """One image file as uint8 [C, H, W], converted and resized the way training images were."""
     from imclass.data.decode import read_pixels
 
@@ -414,7 +480,7 @@ def read_image(path: str | Path, channels: int, height: int, width: int) -> torc
         raise DataError(f"image {path} does not exist") from None
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
-    array, error = read_pixels(data, (width, height), channels)
+    array, error = read_pixels(data, (width, height), channels, interpolation=interpolation)
     if array is None:
         raise DataError(f"cannot read image {path}: {error}")
     return torch.from_numpy(array)
@@ -429,7 +495,8 @@ def predict(run_dir: str | Path, images: Iterable[str | Path], top_k: int = 3) -
     paths = list(images)
     if not paths:
         raise ConfigError("give at least one image to predict")
-    x = torch.stack([read_image(p, spec["channels"], spec["height"], spec["width"])
+    x = torch.stack([read_image(p, spec["channels"], spec["height"], spec["width"],
+                                run.config.data.interpolation)
                      for p in paths]).float().div_(255)
     x = run.norm.apply(x).to(run.device)
     task = run.task

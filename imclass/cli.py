@@ -69,8 +69,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections=None, skip=()) -
         if section not in groups:
             groups[section] = parser.add_argument_group(f"{section} options")
         meta = f.metadata
+        switch = {"nargs": "?", "const": "true"} if _typ is bool else {}  # --pretrained alone
         groups[section].add_argument(_flag(name, meta), dest=f"cfg:{name}", metavar="V",
-                                     default=argparse.SUPPRESS, help=_help(f, meta))
+                                     default=argparse.SUPPRESS, help=_help(f, meta), **switch)
 
 
 def build_parser() -> Parser:
@@ -101,6 +102,24 @@ def build_parser() -> Parser:
     _add_config_flags(analyze, sections=("data",), skip=("source", "data_dir", "val_fraction",
                                                           "subset"))
     analyze.set_defaults(func=_analyze)
+
+    lr_find = sub.add_parser("lr-find", help="learning-rate range test: loss against an "
+                             "exponentially rising rate, and a suggested --lr")
+    lr_find.add_argument("--config", help="YAML file of config values (flags override it)")
+    lr_find.add_argument("--out", default="runs/lr-find", help="where lr_find.png and "
+                         "lr_find.json go (default runs/lr-find)")
+    lr_find.add_argument("--iterations", type=int, default=100,
+                         help="steps of the test (default 100)")
+    lr_find.add_argument("--quiet", action="store_true")
+    _add_config_flags(lr_find)
+    lr_find.set_defaults(func=_lr_find)
+
+    models = sub.add_parser("models", help="list the architectures --model accepts")
+    models.add_argument("pattern", nargs="?", default="*", metavar="PATTERN",
+                        help="shell-style filter, e.g. '*efficientnet*'")
+    models.add_argument("--pretrained", action="store_true",
+                        help="only those with pretrained weights")
+    models.set_defaults(func=_models)
 
     evaluate = sub.add_parser("evaluate", help="re-evaluate a saved run on its test set")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
@@ -172,6 +191,42 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
         keys = [k for k, _ in api.HEADLINES[m["task"]]] + ["top_3", "ece", "threshold", "count"]
         return {k: m[k] for k in keys if k in m}
     print(json.dumps({kind: key_figures(m) for kind, m in result.items()}))
+    return 0
+
+
+def _lr_find(args: argparse.Namespace, argv: list[str]) -> int:
+    from pathlib import Path
+
+    from imclass.lr_find import lr_find
+
+    if args.iterations < 20:
+        raise ImclassError("--iterations must be at least 20 for a usable curve")
+    result = lr_find(_base_config(args), Path(args.out), args.quiet, args.iterations)
+    print(f"suggested --lr {result['suggestion']:.3g} (steepest fall of the loss); plot: "
+          f"{Path(args.out) / 'lr_find.png'}")
+    return 0
+
+
+def _models(args: argparse.Namespace, argv: list[str]) -> int:
+    import fnmatch
+
+    from imclass.models import MODELS
+    from imclass.models.weights import LITE0_NAMES, lite0_package_file
+    from imclass.models.zoo import list_models
+
+    ours = [m for m in MODELS if fnmatch.fnmatch(m, args.pattern) and not args.pretrained]
+    for name in ours:
+        print(f"{name}  (imclass's own CNN)")
+    offline = lite0_package_file() is not None
+    names = list_models(args.pattern, pretrained=args.pretrained)
+    if args.pretrained:  # timm lists name.tag; one line per architecture
+        names = sorted({n.split(".")[0] for n in names})
+    for name in names:
+        note = "  (pretrained weights installed, work offline)" if offline and name in \
+            LITE0_NAMES else ""
+        print(f"{name}{note}")
+    if not ours and not names:
+        raise ImclassError(f"no model matches '{args.pattern}'")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +53,12 @@ class DataConfig:
     subset: int | None = option(None, "train on a stratified subset of this many training images "
                                 "(validation is split from it); all when unset", low=20)
     image_size: int | None = option(None, "resize images to this many pixels a side; when unset, "
-                                    "native size (Fashion-MNIST) or the median shortest edge of "
-                                    "a folder dataset, at most 128", low=8, high=1024)
+                                    "a timm model's input size, else native (Fashion-MNIST) or "
+                                    "the median shortest edge of a folder dataset, at most 128",
+                                    low=8, high=1024)
+    interpolation: str | None = option(None, "resampling when resizing; default the "
+                                       "pretrained model's (timm), else bilinear",
+                                       choices=("bilinear", "bicubic", "nearest"))
     workers: int | None = option(None, "processes decoding a folder dataset's images (default: "
                                  "every core)", low=1, high=256)
     cache_dir: str | None = option(None, "where downloaded datasets and decoded images are kept "
@@ -94,7 +99,14 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = option("cnn", "model architecture, looked up in the model registry", flag="model")
+    name: str = option("cnn", "model: cnn (ours) or any timm architecture (resnet50, vgg19, "
+                       "legacy_xception, inception_v3, efficientnet_lite0, ...; imclass models "
+                       "lists them)", flag="model")
+    pretrained: bool = option(False, "start from ImageNet weights (timm models): the hub when "
+                              "online, the installed package for efficientnet_lite0 offline")
+    weights: str | None = option(None, "start from a local weights file (.safetensors, .pth "
+                                 "state dict) or an imclass run folder; mismatched tensors "
+                                 "(the head) are initialised anew")
     # The default: four stages (28, 14, 7, 3 px a side for Fashion-MNIST), 12.4 MFLOPs per
     # image; it reaches 93% test accuracy in 10 epochs on 2 CPU cores (docs/benchmarks.md).
     widths: tuple[int, ...] = option((16, 32, 64, 128), "channels of each CNN stage", low=1,
@@ -109,7 +121,9 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = option(10, "passes over the training split", low=1, high=10_000)
     batch_size: int = option(256, "images per optimisation step", low=1, high=65_536)
-    lr: float = option(0.2, "peak learning rate", low=0, high=10, open_low=True)
+    lr: float = option(0.2, "peak learning rate; auto runs the learning-rate range test "
+                       "(imclass lr-find) first and takes its suggestion", low=0, high=10,
+                       open_low=True)
     optimizer: str = option("sgd", "optimiser (SGD uses Nesterov momentum)",
                             choices=("sgd", "adam", "adamw", "rmsprop"))
     momentum: float = option(0.9, "momentum for sgd and rmsprop", low=0, high=1, open_high=True)
@@ -136,6 +150,16 @@ class TrainConfig:
     device: str = option("auto", "where to train: cuda (with mixed precision) when present, "
                          "else cpu", choices=("auto", "cpu", "cuda"))
     eval_batch_size: int = option(1024, "images per forward pass when evaluating", low=1)
+    freeze_epochs: int = option(0, "first train only the new head for this many epochs, the "
+                                "backbone frozen (BatchNorm statistics too), then unfreeze",
+                                low=0)
+    fine_tune_lr: float | None = option(None, "peak learning rate after unfreezing (default: "
+                                        "a tenth of --lr)", low=0, high=10, open_low=True)
+    lr_mult: float = option(1.0, "discriminative learning rates when fine-tuning: each layer "
+                            "group below the head gets this times the rate of the one above",
+                            low=0, high=1, open_low=True)
+    unfreeze: str = option("all", "what to unfreeze after --freeze-epochs: all, or last-N "
+                           "(the N layer groups nearest the head)")
 
 
 @dataclass(frozen=True)
@@ -246,6 +270,9 @@ def override(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
         if name not in KEYS or ("." in key and KEYS[name][0] != key.split(".", 1)[0]):
             raise unknown_key_error(key, list(KEYS))
         section, f, typ = KEYS[name]
+        if name == "lr" and isinstance(raw, str) and raw.strip().lower() == "auto":
+            per_section.setdefault(section, {})[name] = "auto"  # found by imclass.lr_find
+            continue
         value = coerce(key, raw, typ)  # messages name the key as the user wrote it
         _check_value(key, value, f.metadata)
         per_section.setdefault(section, {})[name] = value
@@ -261,6 +288,21 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("'label_sep' needs at least one character, none of them the "
                           f"hierarchy separator '{cfg.data.hierarchy_sep}'")
     m = cfg.model
+    from imclass.models import check_model_name
+    check_model_name(m.name)
+    if m.pretrained and m.weights:
+        raise ConfigError("give --pretrained or --weights, not both")
+    if m.name == "cnn" and m.pretrained:
+        raise ConfigError("--pretrained needs a timm model (imclass models --pretrained lists "
+                          "them); the cnn has no pretrained weights (--weights RUN_DIR reuses "
+                          "an earlier run's)")
+    t = cfg.train
+    if t.unfreeze != "all" and not re.fullmatch(r"last-[1-9]\d*", t.unfreeze):
+        raise ConfigError(f"'unfreeze' must be all or last-N (N layer groups from the top, "
+                          f"e.g. last-2); got '{t.unfreeze}'")
+    if t.freeze_epochs >= t.epochs:
+        raise ConfigError(f"--freeze-epochs ({t.freeze_epochs}) must be fewer than --epochs "
+                          f"({t.epochs}): the epochs after it fine-tune the whole network")
     if m.name == "cnn" and len(m.widths) != len(m.depths):
         raise ConfigError(f"'widths' has {len(m.widths)} stages but 'depths' has "
                           f"{len(m.depths)}; give both the same number of entries")

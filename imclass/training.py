@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from imclass.config import TrainConfig
+from imclass.finetune import apply_stage, plan_stages, train_mode
 from imclass.tasks import Loss
 
 Callback = Callable[[str, dict], Any]
@@ -42,13 +43,19 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # Weight decay on conv and linear weights only: decaying BatchNorm scales and biases
-    # just fights the normalisation.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": rest, "weight_decay": 0.0}]
+def make_optimizer(model_or_groups, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser over a model's trainable parameters at cfg.lr, or over (parameters, lr)
+    layer groups, each at its own rate."""
+    if isinstance(model_or_groups, nn.Module):
+        model_or_groups = [(list(model_or_groups.parameters()), cfg.lr)]
+    groups = []
+    for params, lr in model_or_groups:
+        # Weight decay on conv and linear weights only: decaying BatchNorm scales and biases
+        # just fights the normalisation.
+        decay = [p for p in params if p.requires_grad and p.ndim > 1]
+        rest = [p for p in params if p.requires_grad and p.ndim <= 1]
+        groups += [{"params": ps, "weight_decay": wd, "lr": lr}
+                   for ps, wd in ((decay, cfg.weight_decay), (rest, 0.0)) if ps]
     optimizers = {
         "sgd": lambda: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                        nesterov=cfg.momentum > 0),
@@ -60,10 +67,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    """A per-step learning-rate schedule over the whole run."""
+    """A per-step learning-rate schedule over a stage, peaking at each group's own rate."""
+    peaks = [g["lr"] for g in optimizer.param_groups]
     schedules = {
         "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_fraction),
+            optimizer, max_lr=peaks, total_steps=total_steps, pct_start=cfg.warmup_fraction),
         "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps),
         "constant": lambda: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
     }
@@ -85,7 +93,7 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
                     device: torch.device, emit: Callable[[str, dict], Any] = lambda e, i: None,
                     hits: Hits = argmax_hits) -> dict[str, float]:
     """One pass over `batches`; returns mean loss, accuracy, images/s and seconds."""
-    model.train()
+    train_mode(model)
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
@@ -130,45 +138,61 @@ class FitResult:
     best_epoch: int = 0
     best_val_loss: float = math.inf
     stopped_early: bool = False
+    stages: list[dict] = field(default_factory=list)
 
 
 def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainConfig,
         device: torch.device, callbacks: list[Callback] = (), hits: Hits = argmax_hits
         ) -> FitResult:
-    """Train for cfg.epochs (or until a callback says stop); ends holding the best weights,
-    those of the epoch with the lowest validation loss."""
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_schedule(optimizer, cfg, cfg.epochs * len(train_batches))
+    """Train for cfg.epochs (or until a callback says stop), in stages when fine-tuning
+    (imclass.finetune); ends holding the best weights, those of the epoch with the lowest
+    validation loss. A "stop" during the frozen stage moves on to fine-tuning."""
     result = FitResult()
     best_state = None
+    epoch = 0
 
     def emit(event: str, info: dict) -> list:
         return [cb(event, info) for cb in callbacks]
 
-    for epoch in range(1, cfg.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        emit("epoch_start", {"epoch": epoch, "epochs": cfg.epochs, "steps": len(train_batches)})
-        train = train_one_epoch(model, train_batches, optimizer, scheduler, loss_fn, cfg,
-                                device, emit, hits)
-        if not math.isfinite(train["loss"]):
-            from imclass.errors import ImclassError
-            raise ImclassError(f"training diverged at epoch {epoch} (the loss is "
-                               f"{train['loss']}); lower --lr (now {cfg.lr:g}) or use "
-                               "--optimizer adamw")
-        val = validate(model, val_batches, loss_fn, device, hits)
-        improved = val["loss"] < result.best_val_loss - cfg.min_delta
-        if improved:
-            result.best_epoch, result.best_val_loss = epoch, val["loss"]
-            best_state = copy.deepcopy(model.state_dict())
-        record = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
-                  "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr,
-                  "seconds": train["seconds"], "images_per_s": train["images_per_s"],
-                  "improved": improved, "epochs_since_best": epoch - result.best_epoch,
-                  "epochs": cfg.epochs}
-        result.history.append(record)
-        if "stop" in emit("epoch_end", record):
-            result.stopped_early = epoch < cfg.epochs
+    stages = plan_stages(model, cfg)
+    result.stages = [{"name": st.name, "number": st.number, "first_epoch": 0,
+                      "epochs": st.epochs, "peak_lr": st.groups[0][1],
+                      "lowest_lr": st.groups[-1][1]} for st in stages]
+    for stage, summary in zip(stages, result.stages):
+        apply_stage(model, stage)
+        summary["first_epoch"] = epoch + 1
+        optimizer = make_optimizer(stage.groups, cfg)
+        scheduler = make_schedule(optimizer, cfg, stage.epochs * len(train_batches))
+        for _ in range(stage.epochs):
+            epoch += 1
+            lr = optimizer.param_groups[0]["lr"]
+            emit("epoch_start", {"epoch": epoch, "epochs": cfg.epochs,
+                                 "steps": len(train_batches)})
+            train = train_one_epoch(model, train_batches, optimizer, scheduler, loss_fn, cfg,
+                                    device, emit, hits)
+            if not math.isfinite(train["loss"]):
+                from imclass.errors import ImclassError
+                raise ImclassError(f"training diverged at epoch {epoch} (the loss is "
+                                   f"{train['loss']}); lower --lr (now {cfg.lr:g}) or use "
+                                   "--optimizer adamw")
+            val = validate(model, val_batches, loss_fn, device, hits)
+            improved = val["loss"] < result.best_val_loss - cfg.min_delta
+            if improved:
+                result.best_epoch, result.best_val_loss = epoch, val["loss"]
+                best_state = copy.deepcopy(model.state_dict())
+            record = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
+                      "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr,
+                      "seconds": train["seconds"], "images_per_s": train["images_per_s"],
+                      "stage": stage.number, "improved": improved,
+                      "epochs_since_best": epoch - result.best_epoch, "epochs": cfg.epochs}
+            result.history.append(record)
+            if "stop" in emit("epoch_end", record):
+                result.stopped_early = stage is stages[-1] and epoch < cfg.epochs
+                break
+        if result.stopped_early:
             break
+    for p in model.parameters():
+        p.requires_grad_(True)
     if best_state is not None:
         model.load_state_dict(best_state)
     emit("train_end", {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early})

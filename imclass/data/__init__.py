@@ -89,8 +89,9 @@ def load_source(cfg: DataConfig) -> Loaded:
     check_source(cfg.source)
     loaded = SOURCES.get(cfg.source, _folder)(cfg)
     if cfg.source in SOURCES:
-        return dataclasses.replace(loaded, train=loaded.train.resized(cfg.image_size),
-                                   test=loaded.test.resized(cfg.image_size))
+        size, mode = cfg.image_size, cfg.interpolation
+        return dataclasses.replace(loaded, train=loaded.train.resized(size, mode),
+                                   test=loaded.test.resized(size, mode))
     return loaded
 
 

@@ -72,8 +72,12 @@ def _to_8bit(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
 
-def read_pixels(data: bytes, size: tuple[int, int], channels: int, with_hash: bool = False
-                ) -> tuple[np.ndarray | None, str]:
+RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+              "nearest": Image.Resampling.NEAREST}
+
+
+def read_pixels(data: bytes, size: tuple[int, int], channels: int, with_hash: bool = False,
+                interpolation: str | None = None) -> tuple[np.ndarray | None, str]:
     """(uint8 [C, height, width], perceptual hash or "") of one encoded image, or (None, why)."""
     import imagehash
 
@@ -81,7 +85,7 @@ def read_pixels(data: bytes, size: tuple[int, int], channels: int, with_hash: bo
         with _open(data) as img:
             img.draft("RGB" if channels == 3 else "L", size)  # JPEG: decode at reduced scale
             img = _to_8bit(ImageOps.exif_transpose(img), channels).resize(
-                size, Image.Resampling.BILINEAR)
+                size, RESAMPLING[interpolation or "bilinear"])
             # hashed at the target size: phash works on 32x32 anyway, and it is 2x cheaper
             phash = str(imagehash.phash(img)) if with_hash else ""
             array = np.array(img, dtype=np.uint8)
@@ -93,14 +97,14 @@ def read_pixels(data: bytes, size: tuple[int, int], channels: int, with_hash: bo
     return np.ascontiguousarray(array), phash
 
 
-def decode(job: tuple[str, int, int]) -> tuple[np.ndarray | None, dict]:
+def decode(job: tuple[str, int, int, str | None]) -> tuple[np.ndarray | None, dict]:
     """(uint8 [C, size, size] or None, {phash or error}) for one file."""
-    path, size, channels = job
+    path, size, channels, interpolation = job
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         return None, {"error": f"cannot read the file: {exc.strerror or exc}"}
-    array, text = read_pixels(data, (size, size), channels, with_hash=True)
+    array, text = read_pixels(data, (size, size), channels, True, interpolation)
     return array, {"phash": text} if array is not None else {"error": text}
 
 
@@ -137,18 +141,18 @@ class Decoded:
     reused: bool
 
 
-def cache_key(infos: list[dict], size: int, channels: int) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION} {size} {channels}\n".encode())
+def cache_key(infos: list[dict], size: int, channels: int, interpolation: str | None) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION} {size} {channels} {interpolation}\n".encode())
     for info in infos:
         h.update(f"{info.get('sha256', 'unreadable')}\n".encode())
     return h.hexdigest()[:24]
 
 
 def decode_all(infos: list[dict], size: int, channels: int, cache_dir: Path,
-               workers: int | None = None) -> Decoded:
+               workers: int | None = None, interpolation: str | None = None) -> Decoded:
     """Decode every inspected file (those without an error) at `size`, through the cache."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(infos, size, channels)
+    key = cache_key(infos, size, channels, interpolation)
     array_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if array_file.is_file() and meta_file.is_file():
         meta = json.loads(meta_file.read_text())
@@ -156,7 +160,8 @@ def decode_all(infos: list[dict], size: int, channels: int, cache_dir: Path,
         merged = [i | extra for i, extra in zip(infos, meta["extra"])]
         return Decoded(images, meta["ok"], merged, array_file, True)
     todo = [k for k, i in enumerate(infos) if "error" not in i]
-    results = _pool_map(decode, [(infos[k]["file"], size, channels) for k in todo], workers)
+    results = _pool_map(decode, [(infos[k]["file"], size, channels, interpolation)
+                                 for k in todo], workers)
     ok = [k for k, (array, _) in zip(todo, results) if array is not None]
     extra = [{} for _ in infos]
     for k, (_, facts) in zip(todo, results):

@@ -72,10 +72,13 @@ class ImageSet:
             return [int(c) for c in self.labels.sum(0).tolist()]
         return torch.bincount(self.labels, minlength=len(self.class_names)).tolist()
 
-    def resized(self, size: int | None) -> "ImageSet":
-        """The same images at size x size pixels (antialiased), still uint8; itself when unset."""
+    def resized(self, size: int | None, mode: str | None = None) -> "ImageSet":
+        """The same images at size x size pixels (antialiased bilinear or bicubic, or
+        nearest), still uint8; itself when unset."""
         if size is None or self.size == (size, size):
             return self
-        x = torch.nn.functional.interpolate(self.images.float(), size=(size, size),
-                                            mode="bilinear", antialias=True, align_corners=False)
+        mode = mode or "bilinear"
+        smooth = {"antialias": True, "align_corners": False} if mode != "nearest" else {}
+        x = torch.nn.functional.interpolate(self.images.float(), size=(size, size), mode=mode,
+                                            **smooth)
         return replace(self, store=x.round_().clamp_(0, 255).to(torch.uint8), rows=None)

@@ -122,7 +122,7 @@ def _decode(data: FolderDataset, cfg: DataConfig) -> None:
     for split, listing in data.listings.items():
         infos = data.infos[split]
         out = decode.decode_all(infos, data.size, data.channels,
-                                cache_root(cfg) / "decoded", cfg.workers)
+                                cache_root(cfg) / "decoded", cfg.workers, cfg.interpolation)
         data.infos[split] = out.infos
         reused.append(out.reused)
         good = set(out.ok)

@@ -1,6 +1,7 @@
 """The model registry: a name maps to a constructor taking (config, input channels, outputs).
 
-Later backbones (timm) register here the same way; `build_model` is the only entry point.
+Our own presets register here; any other name that timm knows is built by `models.zoo`.
+`build_model` is the only entry point.
 """
 
 from __future__ import annotations
@@ -24,10 +25,21 @@ def register(name: str) -> Callable[[Constructor], Constructor]:
     return add
 
 
-def build_model(cfg: ModelConfig, in_channels: int, num_outputs: int) -> nn.Module:
-    if cfg.name not in MODELS:
-        raise ConfigError(f"unknown model '{cfg.name}'; valid: {', '.join(sorted(MODELS))}")
-    return MODELS[cfg.name](cfg, in_channels, num_outputs)
+def check_model_name(name: str) -> None:
+    from imclass.models import zoo
+    if name not in MODELS and not zoo.is_timm_model(name):
+        raise zoo.unknown_model_error(name, MODELS)
+
+
+def build_model(cfg: ModelConfig, in_channels: int, num_outputs: int,
+                architecture: str | None = None) -> nn.Module:
+    """The model with fresh weights; `architecture` overrides the timm network built for
+    `cfg.name` (offline EfficientNet-Lite0 weights need tf_efficientnet_lite0)."""
+    if cfg.name in MODELS:
+        return MODELS[cfg.name](cfg, in_channels, num_outputs)
+    check_model_name(cfg.name)
+    from imclass.models.zoo import build_timm
+    return build_timm(cfg, in_channels, num_outputs, architecture)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,85 @@
+"""Known architectures from timm (ResNet, VGG, Xception, Inception, EfficientNet, ConvNeXt,
+...), with their head replaced to fit the task, and the input each one expects.
+
+A timm network is wrapped so it offers what the rest of imclass asks of a model: `forward`,
+`embed` (penultimate features) and `head`. Greyscale data keeps one channel: timm builds the
+first convolution for `in_chans=1`, and pretrained RGB filters are summed over their input
+channels when loaded (timm's `adapt_input_conv`), which computes exactly what the RGB network
+computes on the grey image repeated three times, at a third of the first layer's cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from imclass.config import ModelConfig
+from imclass.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a pretrained network was trained on: its input side, channels and normalisation."""
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+
+
+class TimmClassifier(nn.Module):
+    def __init__(self, backbone: nn.Module, architecture: str):
+        super().__init__()
+        self.backbone = backbone
+        self.architecture = architecture
+
+    @property
+    def head(self) -> nn.Module:
+        return self.backbone.get_classifier()
+
+    def embed(self, x):
+        b = self.backbone
+        return b.forward_head(b.forward_features(x), pre_logits=True).flatten(1)
+
+    def forward(self, x):
+        return self.backbone(x)
+
+
+def is_timm_model(name: str) -> bool:
+    import timm
+    return timm.is_model(name)
+
+
+def unknown_model_error(name: str, ours) -> ConfigError:
+    import difflib
+
+    import timm
+    close = difflib.get_close_matches(name, list(ours) + timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown model '{name}'{hint} (imclass models lists them all)")
+
+
+def input_spec(architecture: str) -> InputSpec:
+    import timm
+    cfg = timm.get_pretrained_cfg(architecture)
+    if cfg is None:
+        return InputSpec(224, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
+    c, h, _w = cfg.input_size
+    return InputSpec(h, c, tuple(cfg.mean), tuple(cfg.std), cfg.interpolation)
+
+
+def build_timm(cfg: ModelConfig, in_channels: int, num_outputs: int,
+               architecture: str | None = None) -> TimmClassifier:
+    """The architecture with random weights, a `num_outputs` head and `cfg.dropout` before it;
+    pretrained weights are loaded afterwards (imclass.models.weights)."""
+    import timm
+    arch = architecture or cfg.name
+    net = timm.create_model(arch, pretrained=False, num_classes=num_outputs,
+                            in_chans=in_channels, drop_rate=cfg.dropout)
+    return TimmClassifier(net, arch)
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    import timm
+    return timm.list_models(pattern or "*", pretrained=pretrained)
