@@ -8,6 +8,7 @@ is the rate `--lr` sets.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -43,13 +44,14 @@ def range_test(setup, model, iterations: int = 100, start_lr: float = 1e-6,
     from imclass.training import make_optimizer
 
     cfg, splits = setup.cfg, setup.splits
-    first = plan_stages(model, cfg.train)[0]
+    train_cfg = dataclasses.replace(cfg.train, lr=start_lr)  # cfg's lr may be "auto"
+    first = plan_stages(model, train_cfg)[0]
     apply_stage(model, first)
     augment = build_augment(cfg.augment, (splits.train.channels, *splits.train.size))
     batches = Batches(splits.train, cfg.train.batch_size, splits.norm, shuffle=True,
                       augment=augment, seed=cfg.train.seed, device=setup.device,
                       drop_last=len(splits.train) > cfg.train.batch_size)
-    optimizer = make_optimizer([(g, start_lr) for g, _ in first.groups], cfg.train)
+    optimizer = make_optimizer([(g, start_lr) for g, _ in first.groups], train_cfg)
     loss = setup.task.loss(cfg.train.loss, cfg.train.label_smoothing)
     finder = LRFinder(model, optimizer, lambda z, y: loss(z.float(), y), device=setup.device)
     finder.range_test(TrainDataLoaderIter(batches), end_lr=end_lr, num_iter=iterations,

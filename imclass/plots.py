@@ -32,6 +32,10 @@ def curves(history: list[dict], path: Path) -> Path:
         ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label="validation")
         if best is not None:
             ax.axvline(best, color="grey", linestyle="--", linewidth=1, label=f"best (epoch {best})")
+        for h, prev in zip(history[1:], history):  # fine-tuning: where a new stage begins
+            if h.get("stage", 1) != prev.get("stage", 1):
+                ax.axvline(h["epoch"] - 0.5, color="tab:green", linestyle=":",
+                           label=f"stage {int(h['stage'])} starts")
         ax.set(title=title, xlabel="epoch")
         ax.legend()
         ax.grid(alpha=0.3)

@@ -140,9 +140,37 @@ def _training_section(run: dict, plots: Path) -> str:
     stop = (f"Early stopping ended training after epoch {run.get('epochs_run')}; "
             if run.get("stopped_early") else f"Training ran all {run.get('epochs_run')} epochs; ")
     return (f"<p>{stop}the weights kept are those of epoch {run.get('best_epoch')}, the lowest "
-            "validation loss (dashed line).</p>"
+            "validation loss (dashed line).</p>" + _start(run) + _stages(run)
             + (warnings or "<p>No overfitting warning was raised.</p>")
-            + img_tag(plots / "curves.png", "loss, accuracy and learning-rate curves"))
+            + img_tag(plots / "curves.png", "loss, accuracy and learning-rate curves")
+            + img_tag(plots / "lr_find.png", "learning-rate range test"))
+
+
+def _start(run: dict) -> str:
+    """Where the weights started and how the learning rate was chosen."""
+    weights = run.get("model", {}).get("weights")
+    html = ""
+    if weights:
+        new = weights["mismatched"] + weights["missing"]
+        html += (f"<p>Weights: {weights['loaded']} tensors from "
+                 f"{escape(weights['source'])}; newly initialised: "
+                 f"{escape(', '.join(new) or 'none')}"
+                 + (f"; {escape(', '.join(weights['adapted']))} summed over RGB for "
+                    "greyscale input" if weights["adapted"] else "") + ".</p>")
+    if run.get("lr_found"):
+        html += (f"<p>Learning rate {run['lr_found']:.3g}, from the range test below "
+                 "(<code>--lr auto</code>).</p>")
+    return html
+
+
+def _stages(run: dict) -> str:
+    stages = run.get("stages", [])
+    if len(stages) < 2:
+        return ""
+    return "<p>Training ran in stages (dotted lines in the curves):</p>" + html_table(
+        ["stage", "first epoch", "epochs", "peak learning rate (head)", "lowest group's rate"],
+        [[s["name"], s["first_epoch"], s["epochs"], f"{s['peak_lr']:.3g}",
+          f"{s['lowest_lr']:.3g}"] for s in stages])
 
 
 METRIC_ROWS = [("accuracy", "accuracy"), ("top_3", "top-3 accuracy"),

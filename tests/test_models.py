@@ -28,7 +28,9 @@ def test_parameter_and_flop_counts_grow_with_width():
     assert 0.5e6 < f_small < 0.7e6 and f_large > 3 * f_small
 
 
-def test_unknown_model_lists_the_registry():
-    with pytest.raises(ConfigError, match="unknown model 'resnet9000'; valid: cnn"):
-        build_model(ModelConfig(name="resnet9000"), 1, 10)
+def test_unknown_model_suggests_the_nearest_names():
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet5O'; did you mean .*resnet50"):
+        build_model(ModelConfig(name="resnet5O"), 1, 10)
+    with pytest.raises(ConfigError, match="imclass models lists them all"):
+        build_model(ModelConfig(name="no-such-net"), 1, 10)
     assert "cnn" in MODELS
