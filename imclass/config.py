@@ -158,6 +158,8 @@ class TrainConfig:
     lr_mult: float = option(1.0, "discriminative learning rates when fine-tuning: each layer "
                             "group below the head gets this times the rate of the one above",
                             low=0, high=1, open_low=True)
+    freeze_bn: bool = option(False, "keep BatchNorm running statistics as pretrained while "
+                             "fine-tuning (scale and shift still train); helps small datasets")
     unfreeze: str = option("all", "what to unfreeze after --freeze-epochs: all, or last-N "
                            "(the N layer groups nearest the head)")
 

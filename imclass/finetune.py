@@ -8,7 +8,10 @@ With `--freeze-epochs N` the run has two stages: N epochs training the head alon
 other parameter frozen and the BatchNorm layers outside the head kept in eval mode, so their
 running statistics do not move either), then the rest at `--fine-tune-lr` with the groups
 chosen by `--unfreeze`. Each group below the head trains at `--lr-mult` times the rate of the
-group above it (discriminative learning rates).
+group above it (discriminative learning rates). `--freeze-bn` keeps every BatchNorm layer in
+inference mode throughout (their scale and shift still learn): on a small dataset, batch
+statistics of a few dozen images replacing the pretrained ones shift every feature the head
+has just learned (Keras' fine-tuning guide gives the same advice).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Stage:
     number: int
     epochs: int
     groups: list[tuple[list[nn.Parameter], float]]  # (parameters, peak lr), head first
+    all_norms_frozen: bool = False  # --freeze-bn: running statistics never move
 
 
 def _head(model: nn.Module) -> nn.Module:
@@ -67,28 +71,34 @@ def _rates(groups: list[list[nn.Parameter]], top_lr: float, mult: float):
 
 def plan_stages(model: nn.Module, cfg: TrainConfig) -> list[Stage]:
     if not cfg.freeze_epochs and cfg.lr_mult == 1:  # the plain case: one group, any model
-        return [Stage("train", 1, cfg.epochs, [(list(model.parameters()), cfg.lr)])]
+        return [Stage("train", 1, cfg.epochs, [(list(model.parameters()), cfg.lr)],
+                      cfg.freeze_bn)]
     groups = layer_groups(model)
     if not cfg.freeze_epochs:
-        return [Stage("train", 1, cfg.epochs, _rates(groups, cfg.lr, cfg.lr_mult))]
+        return [Stage("train", 1, cfg.epochs, _rates(groups, cfg.lr, cfg.lr_mult),
+                      cfg.freeze_bn)]
     keep = len(groups) - 1 if cfg.unfreeze == "all" else int(cfg.unfreeze.split("-")[1])
     unfrozen = groups[-1 - keep:] if keep else groups[-1:]
     fine_lr = cfg.fine_tune_lr if cfg.fine_tune_lr is not None else cfg.lr / 10
     return [Stage("head only (backbone frozen)", 1, cfg.freeze_epochs, [(groups[-1], cfg.lr)]),
             Stage(f"fine-tune ({'all' if cfg.unfreeze == 'all' else cfg.unfreeze} unfrozen)",
-                  2, cfg.epochs - cfg.freeze_epochs, _rates(unfrozen, fine_lr, cfg.lr_mult))]
+                  2, cfg.epochs - cfg.freeze_epochs, _rates(unfrozen, fine_lr, cfg.lr_mult),
+                  cfg.freeze_bn)]
 
 
 def apply_stage(model: nn.Module, stage: Stage) -> None:
     """Only the stage's parameters get gradients; a norm layer none of whose parameters
-    train is marked to stay in eval mode (see `train_mode`)."""
+    train (every one outside the head with --freeze-bn) is marked to stay in eval mode
+    (see `train_mode`)."""
     trainable = {id(p) for g, _ in stage.groups for p in g}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)
+    head = set(map(id, _head(model).modules())) if hasattr(model, "head") else set()
     for m in model.modules():
         if isinstance(m, NORM_TYPES):
             params = list(m.parameters(recurse=False))
-            m._imclass_frozen = bool(params) and not any(p.requires_grad for p in params)
+            idle = bool(params) and not any(p.requires_grad for p in params)
+            m._imclass_frozen = idle or (stage.all_norms_frozen and id(m) not in head)
 
 
 def train_mode(model: nn.Module) -> None:

@@ -77,6 +77,12 @@ def build_timm(cfg: ModelConfig, in_channels: int, num_outputs: int,
     arch = architecture or cfg.name
     net = timm.create_model(arch, pretrained=False, num_classes=num_outputs,
                             in_chans=in_channels, drop_rate=cfg.dropout)
+    head = net.get_classifier()
+    if isinstance(head, nn.Linear):
+        # timm's EfficientNet init draws the head from +-1/sqrt(classes): logits of about 10
+        # on pretrained features and a first loss near 20. A new head starts small instead.
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
     return TimmClassifier(net, arch)
 
 
