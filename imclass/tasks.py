@@ -29,6 +29,11 @@ def _mse_one_hot(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(logits.softmax(dim=1), one_hot)
 
 
+def argmax_hits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of each image's accuracy (1 right, 0 wrong): single-label tasks."""
+    return (logits.argmax(1) == target).sum()
+
+
 def _unknown_loss(task: str, name: str, losses: dict) -> ConfigError:
     return ConfigError(f"unknown loss '{name}' for {task}; valid: {', '.join(losses)}")
 
@@ -52,12 +57,12 @@ class Multiclass:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(dim=1)
 
-    def predictions(self, probabilities, thresholds=None):
+    def predictions(self, probabilities: np.ndarray, thresholds=None) -> np.ndarray:
+        """Class index per image."""
         return probabilities.argmax(1)
 
     def hits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Sum over the batch of each image's accuracy (1 right, 0 wrong)."""
-        return (logits.argmax(1) == target).sum()
+        return argmax_hits(logits, target)
 
     def tune_thresholds(self, y_true: np.ndarray, probs: np.ndarray) -> list[float] | None:
         return None
@@ -71,10 +76,9 @@ class Multiclass:
 class Binary(Multiclass):
     name: str = "binary"
 
-    def predictions(self, probabilities, thresholds=None):
-        t = thresholds[0] if thresholds else 0.5
-        return (probabilities[:, 1] >= t).astype(int) if isinstance(probabilities, np.ndarray) \
-            else (probabilities[:, 1] >= t).long()
+    def predictions(self, probabilities: np.ndarray, thresholds=None) -> np.ndarray:
+        """1 (the positive class) where its probability reaches the threshold, else 0."""
+        return (probabilities[:, 1] >= (thresholds[0] if thresholds else 0.5)).astype(int)
 
     def tune_thresholds(self, y_true, probs):
         from imclass.metrics import best_f1_threshold
@@ -106,11 +110,9 @@ class Multilabel:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().sigmoid()
 
-    def predictions(self, probabilities, thresholds=None):
-        t = np.asarray(thresholds) if thresholds else 0.5
-        if isinstance(probabilities, torch.Tensor):
-            t = torch.as_tensor(t, dtype=probabilities.dtype)
-        return probabilities >= t
+    def predictions(self, probabilities: np.ndarray, thresholds=None) -> np.ndarray:
+        """Multi-hot: each label whose probability reaches its threshold."""
+        return probabilities >= (np.asarray(thresholds) if thresholds else 0.5)
 
     def hits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per image, the share of labels decided right at 0.5 (1 - Hamming loss), summed."""

@@ -21,7 +21,7 @@ from torch import nn
 
 from imclass.config import TrainConfig
 from imclass.finetune import apply_stage, plan_stages, train_mode
-from imclass.tasks import Loss
+from imclass.tasks import Loss, argmax_hits
 
 Callback = Callable[[str, dict], Any]
 
@@ -80,10 +80,6 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_step
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:
     return sum(p.abs().sum() for p in model.parameters() if p.ndim > 1)
-
-
-def argmax_hits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (logits.argmax(1) == target).sum()
 
 
 Hits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # batch -> summed accuracy

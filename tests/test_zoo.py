@@ -185,7 +185,11 @@ def test_fine_tune_run_records_stages_and_rebuilds_from_its_checkpoint(tmp_path,
         "1", "2", "2"]
     assert "head only (backbone frozen)" in (out / "report.html").read_text()
     assert (out / "plots" / "lr_find.png").is_file()
+    trained = json.loads((out / "metrics.json").read_text())["test"]["accuracy"]
     capsys.readouterr()
     assert cli.main(["evaluate", str(out), "--quiet"]) == 0  # rebuilt from the sidecar alone
+    assert json.loads(capsys.readouterr().out)["plain"]["accuracy"] == trained
+    assert api.load_run(out).model.architecture == "tf_efficientnet_lite0"
     red = sorted((root / "test" / "red").iterdir())[0]
-    assert api.predict(out, [red])[0]["top"][0]["class"] in ("red", "green", "blue")
+    top = api.predict(out, [red], top_k=3)[0]["top"]
+    assert abs(sum(t["probability"] for t in top) - 1) < 1e-4  # all three classes, softmax
