@@ -55,7 +55,9 @@ postgres:
 demo: data
 	$(VENV)/bin/imclass train --out runs/demo --overwrite
 
+# lint-imports: the import layers of docs/design.md (contracts in pyproject.toml).
 test: data browser postgres
+	$(VENV)/bin/lint-imports --no-cache
 	IMCLASS_TEST_POSTGRES=$(PG_URL) $(PY) -m pytest -q
 
 test-fast: data

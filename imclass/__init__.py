@@ -3,7 +3,7 @@
 The public API is imported lazily, so `import imclass` (and `imclass --help`) stay instant.
 """
 
-__version__ = "0.1.0"
+from imclass.version import __version__
 
 __all__ = ["train", "evaluate", "predict", "load_run", "RunConfig", "load_config"]
 

@@ -13,7 +13,7 @@ import json
 import shlex
 import sys
 
-from imclass import __version__
+from imclass.version import __version__
 from imclass.config import KEYS, describe_range
 from imclass.errors import ImclassError
 
@@ -184,11 +184,12 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     from imclass import api
+    from imclass.metrics import HEADLINES
 
     result = api.evaluate(args.run_dir, data_dir=args.data_dir, split=args.split, tta=args.tta,
                           quiet=args.quiet)
     def key_figures(m):
-        keys = [k for k, _ in api.HEADLINES[m["task"]]] + ["top_3", "ece", "threshold", "count"]
+        keys = [k for k, _ in HEADLINES[m["task"]]] + ["top_3", "ece", "threshold", "count"]
         return {k: m[k] for k in keys if k in m}
     print(json.dumps({kind: key_figures(m) for kind, m in result.items()}))
     return 0
@@ -197,7 +198,7 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
 def _lr_find(args: argparse.Namespace, argv: list[str]) -> int:
     from pathlib import Path
 
-    from imclass.lr_find import lr_find
+    from imclass.commands.lr_find import lr_find
 
     if args.iterations < 20:
         raise ImclassError("--iterations must be at least 20 for a usable curve")
@@ -233,7 +234,7 @@ def _models(args: argparse.Namespace, argv: list[str]) -> int:
 def _analyze(args: argparse.Namespace, argv: list[str]) -> int:
     from pathlib import Path
 
-    from imclass.analyze import analyze, summary_text
+    from imclass.data.audit import analyze, summary_text
 
     cfg = _base_config(args, source=args.path).data
     out = Path(args.out) if args.out else Path("analysis") / (Path(args.path).resolve().name)
@@ -256,7 +257,7 @@ def _base_config(args: argparse.Namespace, **fixed):
 def _tune(args: argparse.Namespace, argv: list[str]) -> int:
     from pathlib import Path
 
-    from imclass import tune
+    from imclass.commands import tune
 
     if args.trials < 1:
         raise ImclassError("--trials must be at least 1")
@@ -267,7 +268,7 @@ def _tune(args: argparse.Namespace, argv: list[str]) -> int:
                            timeout=args.timeout, pruner=args.pruner, storage=args.storage,
                            seed=base.train.seed, heartbeat_s=args.heartbeat)
     header, rows = tune.trial_rows(study)
-    from imclass.compare import text_table
+    from imclass.commands.compare import text_table
     print(text_table(header, rows))
     summary = tune.write_outputs(study, base, params, out, final_run=not args.no_final_run,
                                  quiet=args.quiet)
@@ -280,7 +281,7 @@ def _tune(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _compare(args: argparse.Namespace, argv: list[str]) -> int:
-    from imclass.compare import compare
+    from imclass.commands.compare import compare
 
     text, page = compare(args.run_dirs, args.out)
     print(text)

@@ -97,6 +97,31 @@ class AugmentConfig:
     blur_sigma: float | None = option(None, "largest blur sigma, pixels", low=0.1, high=10)
 
 
+_NO_AUGMENT = dict(hflip_p=0.0, vflip_p=0.0, rotate_p=0.0, rotate_degrees=0.0, shift_p=0.0,
+                   shift=0.0, scale=0.0, brightness_p=0.0, brightness=0.0, contrast_p=0.0,
+                   contrast=0.0, saturation_p=0.0, saturation=0.0, noise_p=0.0, noise_std=0.0,
+                   blur_p=0.0, blur_sigma=1.0)
+
+
+def _preset(name: str, **values: float) -> AugmentConfig:
+    return AugmentConfig(preset=name, **{**_NO_AUGMENT, **values})
+
+
+# The values each `--augment` preset gives the fields left unset (`resolve` fills them in).
+AUGMENT_PRESETS = {
+    "none": _preset("none"),
+    # Fashion-MNIST: garments are centred, upright and left-right symmetric in meaning, so a
+    # horizontal flip and a small shift help; vertical flips and big rotations would not.
+    "fashion": _preset("fashion", hflip_p=0.5, shift_p=0.5, shift=0.1),
+    "light": _preset("light", hflip_p=0.5, shift_p=0.5, shift=0.08, scale=0.05,
+                     brightness_p=0.3, brightness=0.2, contrast_p=0.3, contrast=0.2),
+    "strong": _preset("strong", hflip_p=0.5, rotate_p=0.5, rotate_degrees=15.0, shift_p=0.7,
+                      shift=0.12, scale=0.15, brightness_p=0.5, brightness=0.3, contrast_p=0.5,
+                      contrast=0.3, saturation_p=0.5, saturation=0.3, noise_p=0.3,
+                      noise_std=0.03, blur_p=0.2, blur_sigma=1.0),
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = option("cnn", "model: cnn (ours) or any timm architecture (resnet50, vgg19, "
@@ -283,15 +308,13 @@ def override(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Checks that span fields. Returns the config unchanged so calls can be chained."""
-    from imclass.data import check_source
-    check_source(cfg.data.source)
+    """Checks that span fields. Returns the config unchanged so calls can be chained. Names
+    looked up in a registry (the dataset, the model) are checked next to their registries,
+    when a run is prepared (`run_setup.check_names`)."""
     if not cfg.data.label_sep or cfg.data.hierarchy_sep in cfg.data.label_sep:
         raise ConfigError("'label_sep' needs at least one character, none of them the "
                           f"hierarchy separator '{cfg.data.hierarchy_sep}'")
     m = cfg.model
-    from imclass.models import check_model_name
-    check_model_name(m.name)
     if m.pretrained and m.weights:
         raise ConfigError("give --pretrained or --weights, not both")
     if m.name == "cnn" and m.pretrained:
@@ -356,8 +379,7 @@ def save_yaml(cfg: RunConfig, path: str | Path) -> None:
 
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fill the augmentation fields left unset from the chosen preset."""
-    from imclass.data.augment import PRESETS
-    preset = PRESETS[cfg.augment.preset]
+    preset = AUGMENT_PRESETS[cfg.augment.preset]
     filled = {k: getattr(preset, k) for k in preset.__dataclass_fields__
               if k != "preset" and getattr(cfg.augment, k) is None}
     return dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, **filled))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from imclass import interpret, plots
+from imclass.config import RunConfig
 from imclass.data.batches import Batches, Normalization
 from imclass.data.images import ImageSet
-from imclass.metrics import (auc_per_class, average_precision_per_class, averaged_roc,
+from imclass.errors import ConfigError
+from imclass.metrics import (auc_per_class, average_precision_per_class, averaged_roc, headline,
                              pr_curves, predict_probabilities, roc_curves)
+from imclass.runfolder import read_history, write_json
 
 GALLERY_SIZE = 16  # images in each of the worst-mistakes and least-confident galleries
 CAM_IMAGES = 8     # images with a Grad-CAM overlay: half right, half wrong
@@ -37,6 +41,41 @@ def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: tor
         write_figures(folder, model, data, norm, device, labels, probs, result["plain"],
                       history, seed)
     return result
+
+
+def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunConfig,
+                   device: torch.device, log, *, split: str = "test", tta: bool = False,
+                   thresholds=None) -> dict:
+    """A run's model on one labelled split: its metrics into the run's metrics.json under
+    `split` (and `split`_tta), its figures under plots/ (plots/<split>/ for val), a console line."""
+    flips = tta_flips(cfg) if tta else ()
+    folder = run_dir / "plots" if split == "test" else run_dir / "plots" / split
+    history = read_history(run_dir) if split == "test" else None
+    result = evaluate_model(model, task, data, norm, device, folder, history=history,
+                            tta_flips=flips, batch_size=cfg.train.eval_batch_size,
+                            seed=cfg.train.seed, thresholds=thresholds)
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    for m in result.values():
+        m["source"] = data.source
+    metrics[split] = result["plain"]
+    metrics.pop(f"{split}_tta", None)
+    if "tta" in result:
+        metrics[f"{split}_tta"] = result["tta"]
+    write_json(metrics_path, metrics)
+    for key, m in ((split, result["plain"]), (f"{split} with TTA", result.get("tta"))):
+        if m:
+            log(f"{key}: {headline(m)} on {m['count']} images")
+    return result
+
+
+def tta_flips(cfg: RunConfig) -> tuple[int, ...]:
+    """The flips the model was trained to be indifferent to: only those are fair at test time."""
+    flips = tuple(dim for dim, p in ((-1, cfg.augment.hflip_p), (-2, cfg.augment.vflip_p)) if p)
+    if not flips:
+        raise ConfigError("--tta averages over the flips the run was trained with, and this "
+                          "run used none; train with --hflip-p or --vflip-p above 0")
+    return flips
 
 
 def write_multilabel_figures(folder: Path, data: ImageSet, labels: np.ndarray,

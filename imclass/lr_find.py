@@ -9,10 +9,16 @@ is the rate `--lr` sets.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
+
+from imclass.data.augment import build_augment
+from imclass.data.batches import Batches
+from imclass.errors import ImclassError
+from imclass.finetune import apply_stage, plan_stages
+from imclass.plots import pyplot, save_figure
+from imclass.training import make_optimizer
 
 SKIP_START, SKIP_END = 10, 5  # steps left out of the suggestion: noisy start, diverging end
 
@@ -25,7 +31,6 @@ def suggest(lrs: list[float], losses: list[float]) -> float:
     finite = np.isfinite(losses_a)
     lrs_a, losses_a = lrs_a[finite], losses_a[finite]
     if len(lrs_a) < 3:
-        from imclass.errors import ImclassError
         raise ImclassError("the learning-rate range test diverged at once; lower its "
                            "starting rate or check the data")
     slope = np.gradient(losses_a, np.log10(lrs_a))
@@ -37,11 +42,6 @@ def range_test(setup, model, iterations: int = 100, start_lr: float = 1e-6,
     """{lrs, losses, suggestion} of the range test on the training split (augmented)."""
     import torch
     from torch_lr_finder import LRFinder, TrainDataLoaderIter
-
-    from imclass.data.augment import build_augment
-    from imclass.data.batches import Batches
-    from imclass.finetune import apply_stage, plan_stages
-    from imclass.training import make_optimizer
 
     cfg, splits = setup.cfg, setup.splits
     train_cfg = dataclasses.replace(cfg.train, lr=start_lr)  # cfg's lr may be "auto"
@@ -75,8 +75,6 @@ def quiet_output():
 
 
 def plot(result: dict, path: Path) -> Path:
-    from imclass.plots import pyplot, save_figure
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ax.plot(result["lrs"], result["losses"], color="tab:blue")
@@ -98,19 +96,3 @@ def find_lr(setup, model, plot_path: Path, log) -> float:
     log(f"learning-rate range test: --lr {result['suggestion']:.3g} (steepest fall of the loss "
         f"over {len(result['lrs'])} steps)")
     return result["suggestion"]
-
-
-def lr_find(config, out: Path, quiet: bool = False, iterations: int = 100) -> dict:
-    """`imclass lr-find`: the test alone; writes out/lr_find.png and out/lr_find.json."""
-    from imclass.api import _build_model, _log, prepare_training
-
-    log = _log(quiet)
-    setup = prepare_training(config, log)
-    model, _ = _build_model(setup.cfg, setup.splits, setup.task, setup.device, log,
-                            setup.architecture, setup.weights_source)
-    with quiet_output():
-        result = range_test(setup, model, iterations)
-    out.mkdir(parents=True, exist_ok=True)
-    plot(result, out / "lr_find.png")
-    (out / "lr_find.json").write_text(json.dumps(result, indent=2))
-    return result

@@ -9,7 +9,24 @@ import torch
 from sklearn import metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
 
-from imclass.training import autocast
+from imclass.devices import autocast
+
+HEADLINES = {  # the figures the console line and the summary cards lead with, per task
+    "multiclass": (("accuracy", "accuracy"), ("top_3", "top-3 accuracy"),
+                   ("f1_macro", "macro F1"), ("roc_auc_macro", "ROC AUC")),
+    "binary": (("accuracy_at_threshold", "accuracy"), ("f1_at_threshold", "F1"),
+               ("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC")),
+    "multilabel": (("f1_micro", "micro F1"), ("f1_macro", "macro F1"),
+                   ("mean_average_precision", "mAP"), ("subset_accuracy", "subset accuracy")),
+    "hierarchical": (("accuracy", "leaf accuracy"), ("hierarchical_f1", "hierarchical F1"),
+                     ("f1_macro", "leaf macro F1")),
+}
+
+
+def headline(m: dict) -> str:
+    """One line of a metrics dict's leading figures, as the console prints it."""
+    return ", ".join(f"{label} {m[key]:.4f}" for key, label in HEADLINES[m.get("task",
+                     "multiclass")] if m.get(key) is not None)
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 
 from imclass.atomic import atomic_write_text
+from imclass.metrics import HEADLINES
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;
@@ -55,16 +56,6 @@ def _fmt(v, pct: bool = False) -> str:
     return f"{v:.2%}" if pct else f"{v:.4f}"
 
 
-HEADLINES = {  # the figures the console line and the summary cards lead with, per task
-    "multiclass": (("accuracy", "accuracy"), ("top_3", "top-3 accuracy"),
-                   ("f1_macro", "macro F1"), ("roc_auc_macro", "ROC AUC")),
-    "binary": (("accuracy_at_threshold", "accuracy"), ("f1_at_threshold", "F1"),
-               ("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC")),
-    "multilabel": (("f1_micro", "micro F1"), ("f1_macro", "macro F1"),
-                   ("mean_average_precision", "mAP"), ("subset_accuracy", "subset accuracy")),
-    "hierarchical": (("accuracy", "leaf accuracy"), ("hierarchical_f1", "hierarchical F1"),
-                     ("f1_macro", "leaf macro F1")),
-}
 PERCENT = {"accuracy", "top_3", "accuracy_at_threshold", "subset_accuracy"}
 VAL_ACCURACY = {"multilabel": "best validation label accuracy"}  # 1 - Hamming loss at 0.5
 

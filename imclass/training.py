@@ -8,7 +8,6 @@ event one of "epoch_start", "batch_end", "epoch_end", "train_end"; returning "st
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import sys
@@ -20,27 +19,11 @@ import torch
 from torch import nn
 
 from imclass.config import TrainConfig
+from imclass.devices import autocast
 from imclass.finetune import apply_stage, plan_stages, train_mode
 from imclass.tasks import Loss, argmax_hits
 
 Callback = Callable[[str, dict], Any]
-
-
-def resolve_device(name: str) -> torch.device:
-    from imclass.errors import ConfigError
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use "
-                          "--device cpu or auto")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def autocast(device: torch.device):
-    """bf16 mixed precision on CUDA (no loss scaling needed); full fp32 on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def make_optimizer(model_or_groups, cfg: TrainConfig) -> torch.optim.Optimizer:

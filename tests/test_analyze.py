@@ -9,7 +9,7 @@ from PIL import Image
 
 from imagedata import csv_dataset, draw, folder_dataset
 from imclass import cli
-from imclass.analyze import analyze
+from imclass.data.audit import analyze
 from imclass.config import DataConfig
 from imclass.data.own import load_folder
 from imclass.errors import DataError

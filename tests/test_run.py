@@ -7,6 +7,7 @@ import yaml
 from PIL import Image
 
 import imclass
+from imclass.errors import DataError
 from imclass import cli
 from imclass.config import RunConfig, override
 
@@ -138,7 +139,7 @@ def test_evaluate_refuses_data_with_other_classes(trained_run, tmp_path):
         sidecar = json.loads((run / "checkpoints" / name).read_text())
         sidecar["class_names"] = [f"class {i}" for i in range(10)]
         (run / "checkpoints" / name).write_text(json.dumps(sidecar))
-    with pytest.raises(imclass.api.DataError, match="differ from the run's"):
+    with pytest.raises(DataError, match="differ from the run's"):
         imclass.evaluate(run, quiet=True)
 
 

@@ -12,7 +12,8 @@ import optuna
 import sqlalchemy.exc
 import pytest
 
-from imclass import cli, tune
+from imclass import cli
+from imclass.commands import tune
 from imclass.config import RunConfig, load_yaml, override
 from imclass.errors import ConfigError
 

@@ -150,7 +150,7 @@ def test_frozen_backbone_gets_no_gradient_and_its_batchnorm_stays_put():
 
 
 def test_lr_find_on_tiny_data_suggests_a_finite_rate(tmp_path):
-    from imclass.lr_find import lr_find
+    from imclass.commands.lr_find import lr_find
 
     cfg = override(RunConfig(), {"subset": 200, "batch_size": 16, "epochs": 1})
     result = lr_find(cfg, tmp_path, quiet=True, iterations=40)

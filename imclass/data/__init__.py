@@ -25,7 +25,7 @@ def _fashion_mnist(cfg: DataConfig) -> "Loaded":
 
 def _folder(cfg: DataConfig) -> "Loaded":
     """Your own images; analysis errors stop here, before anything is trained or written."""
-    from imclass.analyze import analyze_dataset
+    from imclass.data.audit import analyze_dataset
     from imclass.data.folders import where
     from imclass.data.own import load_folder
 

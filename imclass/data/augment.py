@@ -14,30 +14,9 @@ import math
 import torch
 from torch import nn
 
-from imclass.config import AugmentConfig
+from imclass.config import AUGMENT_PRESETS, AugmentConfig
 
-_ZERO = dict(hflip_p=0.0, vflip_p=0.0, rotate_p=0.0, rotate_degrees=0.0, shift_p=0.0, shift=0.0,
-             scale=0.0, brightness_p=0.0, brightness=0.0, contrast_p=0.0, contrast=0.0,
-             saturation_p=0.0, saturation=0.0, noise_p=0.0, noise_std=0.0, blur_p=0.0,
-             blur_sigma=1.0)
-
-
-def _preset(name: str, **values: float) -> AugmentConfig:
-    return AugmentConfig(preset=name, **{**_ZERO, **values})
-
-
-PRESETS = {
-    "none": _preset("none"),
-    # Fashion-MNIST: garments are centred, upright and left-right symmetric in meaning, so a
-    # horizontal flip and a small shift help; vertical flips and big rotations would not.
-    "fashion": _preset("fashion", hflip_p=0.5, shift_p=0.5, shift=0.1),
-    "light": _preset("light", hflip_p=0.5, shift_p=0.5, shift=0.08, scale=0.05,
-                     brightness_p=0.3, brightness=0.2, contrast_p=0.3, contrast=0.2),
-    "strong": _preset("strong", hflip_p=0.5, rotate_p=0.5, rotate_degrees=15.0, shift_p=0.7,
-                      shift=0.12, scale=0.15, brightness_p=0.5, brightness=0.3, contrast_p=0.5,
-                      contrast=0.3, saturation_p=0.5, saturation=0.3, noise_p=0.3,
-                      noise_std=0.03, blur_p=0.2, blur_sigma=1.0),
-}
+PRESETS = AUGMENT_PRESETS  # the preset table lives with the other defaults
 
 
 def _shift_and_scale(cfg: AugmentConfig, height: int, width: int, p: float) -> nn.Module:

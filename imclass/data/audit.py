@@ -1,4 +1,5 @@
-"""`imclass analyze`: what is wrong with a folder dataset, before a long training finds out.
+"""The audit of a folder dataset (`imclass analyze`, and the start of every training run on
+one): what is wrong with it, before a long training finds out.
 
 Every finding names its split, file and CSV row. Levels: error (stops `imclass train`),
 warning (shown; the image is skipped where it cannot be used), info.
@@ -15,7 +16,7 @@ import numpy as np
 
 from imclass.atomic import atomic_write_text
 from imclass.data.folders import IMAGE_EXTENSIONS, Finding, where
-from imclass.data.own import FolderDataset
+from imclass.data.own import FolderDataset, load_folder
 
 MIN_IMAGES_PER_LABEL = 30       # our users' documented minimum per label
 MAX_FILE_BYTES = 6 * 1024 ** 2  # larger files: warning (6 MB)
@@ -197,8 +198,6 @@ def write_analysis(analysis: dict, out: Path) -> Path:
 
 def analyze(cfg, out: Path | None = None) -> dict:
     """Load (and decode, filling the cache train will reuse) and analyse `cfg.source`."""
-    from imclass.data.own import load_folder
-
     analysis = analyze_dataset(load_folder(cfg))
     if out is not None:
         write_analysis(analysis, out)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from imclass import config as config_mod
+from imclass.commands.train import train
 from imclass.config import KEYS, RunConfig
 from imclass.errors import ConfigError
 
@@ -220,7 +221,6 @@ class PruneOnValidation:
 
 
 def trial_objective(base: RunConfig, params: list[Param], out: Path):
-    from imclass import api
 
     def objective(trial) -> float:
         values = {p.key: suggest(trial, p) for p in params}
@@ -228,7 +228,7 @@ def trial_objective(base: RunConfig, params: list[Param], out: Path):
             trial.study.stop()
             raise DuplicatePoint(f"grid point {trial.params} is already taken")
         cfg = config_mod.override(base, values)
-        run_dir = api.train(cfg, out / "trials" / f"trial-{trial.number:03d}", overwrite=True,
+        run_dir = train(cfg, out / "trials" / f"trial-{trial.number:03d}", overwrite=True,
                             quiet=True, evaluate_test=False,
                             callbacks=[PruneOnValidation(trial)])
         import json
@@ -352,7 +352,6 @@ def write_outputs(study, base: RunConfig, params: list[Param], out: Path, *,
     """trials.csv, plots/, best.yaml, the final labelled test run, and study.html."""
     import csv
 
-    from imclass import api
     from imclass.atomic import atomic_write_text
 
     header, rows = trial_rows(study)
@@ -369,7 +368,7 @@ def write_outputs(study, base: RunConfig, params: list[Param], out: Path, *,
     config_mod.save_yaml(cfg, out / "best.yaml")
     test = None
     if final_run:
-        run = api.train(cfg, out / "best-run", overwrite=True, quiet=quiet,
+        run = train(cfg, out / "best-run", overwrite=True, quiet=quiet,
                         command=f"imclass train --config {out / 'best.yaml'}")
         import json
         test = json.loads((run / "metrics.json").read_text())["test"]

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import yaml
 
-from imclass.api import read_history
 from imclass.atomic import atomic_write_text
 from imclass.errors import DataError
 from imclass.report import STYLE, html_table, img_tag, read_json
+from imclass.runfolder import read_history
 
 FIGURES = [("test accuracy", "test", "accuracy"), ("test macro F1", "test", "f1_macro"),
            ("test ROC AUC", "test", "roc_auc_macro"), ("best val accuracy", "validation", "val_acc"),

@@ -1,0 +1,44 @@
+"""`imclass evaluate`: a finished run's best checkpoint on its test or validation split, or on
+the same kind of dataset in another folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from imclass.console import make_log
+from imclass.data import SOURCES, load_source, prepare
+from imclass.errors import ConfigError, DataError
+from imclass.evaluation import evaluate_split
+from imclass.report import write_report
+from imclass.runfolder import load_run
+
+
+def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: str = "test",
+             tta: bool = False, quiet: bool = False) -> dict:
+    """Re-evaluate a run's best checkpoint on its test (or validation) split, or on the same
+    kind of dataset in another folder; rewrites that split's metrics, the plots and the
+    report. Returns {"plain": metrics, "tta": metrics (with tta)}."""
+    if split not in ("test", "val"):
+        raise ConfigError(f"--split must be test or val; got '{split}'")
+    run = load_run(run_dir)
+    builtin = run.config.data.source in SOURCES
+    # the size the model was trained at (a folder dataset's default is measured, not saved)
+    data_cfg = dataclasses.replace(run.config.data, image_size=run.meta["input"]["height"])
+    if data_dir is not None:
+        data_cfg = dataclasses.replace(data_cfg, **({"data_dir": str(data_dir)} if builtin
+                                                    else {"source": str(data_dir)}))
+    data = (load_source(data_cfg).test if split == "test"
+            else prepare(data_cfg, run.config.train.seed).val)
+    if (builtin and data_dir is not None
+            and Path(data.source).resolve() != Path(data_dir).resolve()):
+        raise DataError(f"{data_dir} holds no {data_cfg.source} dataset (found one only in "
+                        f"{data.source}); check the folder")
+    if list(data.class_names) != run.class_names:
+        raise DataError(f"the classes of {data.source} {list(data.class_names)} differ from "
+                        f"the run's {run.class_names}; evaluate on data with the same classes")
+    result = evaluate_split(Path(run_dir), run.model, run.task, data, run.norm, run.config,
+                            run.device, make_log(quiet), split=split, tta=tta,
+                            thresholds=run.thresholds)
+    write_report(Path(run_dir))
+    return result

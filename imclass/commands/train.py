@@ -1,0 +1,150 @@
+"""`imclass train`: what happens in a training run, top to bottom as the data flows.
+
+prepare (config, data, task) -> run folder -> model -> [lr range test] -> fit (callbacks write
+history.csv and checkpoints) -> thresholds on validation -> test metrics -> run.json -> report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from imclass import checkpoint, config as config_mod, plots
+from imclass.config import RunConfig
+from imclass.console import Log, make_log
+from imclass.data.audit import write_analysis
+from imclass.data.augment import build_augment
+from imclass.data.batches import Batches
+from imclass.devices import hardware
+from imclass.evaluation import evaluate_split
+from imclass.lr_find import find_lr
+from imclass.metrics import predict_probabilities
+from imclass.report import write_report
+from imclass.run_setup import Setup, build_run_model, prepare_training
+from imclass.runfolder import (Checkpointer, HistoryWriter, check_run_dir, checkpoint_meta,
+                               prepare_run_dir, write_json)
+from imclass.training import EarlyStopping, OverfitWatch, Progress, fit
+from imclass.version import versions
+
+
+def train(config: RunConfig | None = None, out: str | Path | None = None, *,
+          overwrite: bool = False, quiet: bool = False, command: str | None = None,
+          callbacks: list | None = None, evaluate_test: bool = True) -> Path:
+    """Train, evaluate on the test set and write the report; returns the run folder.
+
+    `callbacks` are called with the training loop's events after the built-in ones (a
+    hyperparameter search's pruner is one). With `evaluate_test=False` the test set is never
+    looked at: model selection (a search, say) must work from validation figures alone.
+    """
+    started = time.perf_counter()
+    log = make_log(quiet)
+    check_run_dir(out, overwrite)
+    setup = prepare_training(config, log)
+    cfg, splits, task, device = setup.cfg, setup.splits, setup.task, setup.device
+    run_dir = prepare_run_dir(out, cfg, overwrite)
+    torch.manual_seed(cfg.train.seed)  # weights and kornia's augmentation draws
+    record_analysis(run_dir, splits.analysis, log)
+    model, model_info = build_run_model(setup, log)
+    lr_found = None
+    if cfg.train.lr == "auto":
+        lr_found = find_lr(setup, model, run_dir / "plots" / "lr_find.png", log)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=lr_found))
+        setup = dataclasses.replace(setup, cfg=cfg)
+    config_mod.save_yaml(cfg, run_dir / "config.yaml")
+    meta = checkpoint_meta(cfg, splits, task) | {"architecture": setup.architecture}
+    result, overfit_warnings = fit_run(run_dir, setup, model, quiet, log,
+                                       list(callbacks or []), meta)
+    thresholds = tune_thresholds(run_dir, model, setup, log)
+    best = result.history[result.best_epoch - 1]
+    write_json(run_dir / "metrics.json", {"validation": {
+        k: best[k] for k in ("epoch", "val_loss", "val_acc", "train_loss", "train_acc")}})
+    summary = {"data": splits.summary(), "model": model_info, "best_epoch": result.best_epoch,
+               "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+               "overfitting": overfit_warnings, "stages": result.stages, "lr_found": lr_found,
+               "hardware": hardware(device),
+               "device": device.type, "train_seconds": time.perf_counter() - started,
+               "command": command, "versions": versions(), "task": task.name,
+               "thresholds": thresholds,
+               "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc")}}
+    if evaluate_test:
+        evaluate_split(run_dir, model, task, splits.test, splits.norm, cfg, device, log,
+                       thresholds=thresholds)
+    else:
+        plots.curves(result.history, run_dir / "plots" / "curves.png")
+    summary["total_seconds"] = time.perf_counter() - started  # all but writing the report
+    write_json(run_dir / "run.json", summary)
+    report = write_report(run_dir)
+    log(f"total {summary['total_seconds']:.0f}s; report: {report.resolve()}")
+    return run_dir
+
+
+def record_analysis(run_dir: Path, analysis: dict | None, log: Log) -> None:
+    """A folder dataset's findings: analysis.json and the class-count plot in the run folder,
+    a one-line count (and the skipped images) on the console."""
+    if analysis is None:
+        return
+    write_analysis(analysis, run_dir)
+    levels = analysis["counts_by_level"]
+    if levels.get("warning"):
+        codes = sorted({f["code"] for f in analysis["findings"] if f["level"] == "warning"})
+        log(f"dataset: {levels['warning']} warning(s) ({', '.join(codes)}); see "
+            f"{run_dir / 'analysis.json'} or run imclass analyze {analysis['root']}")
+    for s in analysis["skipped"][:5]:
+        log(f"skipped {s['split']}/{s['file']}: {s['reason']}")
+
+
+def tune_thresholds(run_dir: Path, model, setup: Setup, log: Log) -> list[float] | None:
+    """Binary and multilabel decision thresholds with the best validation F1, saved into the
+    best checkpoint's sidecar so evaluate and predict decide the same way."""
+    splits, task, device = setup.splits, setup.task, setup.device
+    batches = Batches(splits.val, setup.cfg.train.eval_batch_size, splits.norm, device=device)
+    probs, labels = predict_probabilities(model, batches, task, device)
+    thresholds = task.tune_thresholds(labels, probs)
+    if thresholds is None:
+        return None
+    best = run_dir / "checkpoints" / "best"
+    _, saved = checkpoint.load(best)
+    checkpoint.save(best, model, {**saved, "thresholds": thresholds})
+    log("decision threshold(s) tuned on validation for the best F1: "
+        + ", ".join(f"{n} {t:.3f}" for n, t in zip(
+            splits.train.class_names[-len(thresholds):], thresholds)))
+    return thresholds
+
+
+def plot_augmented(path: Path, train, augment, seed: int, count: int = 24) -> None:
+    """A few training images as the model sees them after augmentation, for the report. Drawn
+    from a forked generator so the training run's random stream is the same with or without."""
+    x = train.images[:count].float().div(255)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1)
+        if augment is not None:
+            x = augment(x)
+    title = "training images after augmentation" if augment else "training images (no augmentation)"
+    plots.image_grid((x * 255).round().to(torch.uint8).numpy(), title, path)
+
+
+def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_callbacks: list,
+            meta: dict):
+    """The training loop with its callbacks; returns the FitResult and overfitting warnings."""
+    cfg, splits, device = setup.cfg, setup.splits, setup.device
+    t = cfg.train
+    augment = build_augment(cfg.augment, (splits.train.channels, *splits.train.size))
+    train_batches = Batches(splits.train, t.batch_size, splits.norm, shuffle=True,
+                            augment=augment, seed=t.seed, device=device,
+                            drop_last=len(splits.train) > t.batch_size)
+    val_batches = Batches(splits.val, t.eval_batch_size, splits.norm, device=device)
+    plot_augmented(run_dir / "plots" / "augmented.png", splits.train, augment, t.seed)
+    overfit = OverfitWatch(t.overfit_epochs, log)
+    callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit,
+                 HistoryWriter(run_dir / "history.csv"),
+                 Checkpointer(run_dir / "checkpoints", model, meta),
+                 *extra_callbacks]
+    result = fit(model, train_batches, val_batches, setup.task.loss(t.loss, t.label_smoothing),
+                 t, device, callbacks, hits=setup.task.hits)
+    if result.stopped_early:
+        log(f"early stopping after epoch {len(result.history)}: no validation-loss improvement "
+            f"for {t.patience} epochs; keeping epoch {result.best_epoch}")
+    return result, overfit.warnings

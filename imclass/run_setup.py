@@ -1,0 +1,99 @@
+"""Everything a training run needs before its first file is written: the config checked and
+resolved, the data loaded and split, the task chosen, and the model built with its weights.
+`imclass train`, `imclass lr-find` and a search's trials all start here, so each fails on bad
+input the same way, in one sentence, before a run folder exists."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from imclass import config as config_mod
+from imclass.config import RunConfig
+from imclass.console import Log
+from imclass.data import Splits, check_source, prepare
+from imclass.data.batches import Normalization
+from imclass.devices import hardware, resolve_device
+from imclass.models import MODELS, build_model, check_model_name, count_parameters, \
+    flops_per_image
+from imclass.models.weights import load_pretrained, resolve_architecture
+from imclass.models.zoo import input_spec
+from imclass.tasks import get_task
+
+
+@dataclass
+class Setup:
+    """What a training run needs before its first file is written."""
+    cfg: RunConfig
+    device: torch.device
+    splits: Splits
+    task: Any  # a task from imclass.tasks: multiclass, binary, multilabel, hierarchical
+    architecture: str
+    weights_source: str | None
+
+
+def check_names(cfg: RunConfig) -> RunConfig:
+    """The names looked up in a registry: the dataset (or folder) and the model."""
+    check_source(cfg.data.source)
+    check_model_name(cfg.model.name)
+    return cfg
+
+
+def prepare_training(config: RunConfig | None, log: Log) -> Setup:
+    """Config resolved, data loaded and split, task chosen: everything that can fail on bad
+    input fails here, before a run folder exists."""
+    cfg = config_mod.resolve(check_names(config_mod.validate(config or RunConfig())))
+    device = resolve_device(cfg.train.device)
+    architecture, weights_source = resolve_architecture(cfg.model)
+    cfg = data_for_model(cfg, architecture)
+    splits = prepare(cfg.data, cfg.train.seed)
+    if weights_source is not None and cfg.model.name != "cnn":
+        splits = dataclasses.replace(splits, norm=pretrained_norm(architecture,
+                                                                  splits.train.channels))
+    log(f"data: {len(splits.train)} train / {len(splits.val)} validation / {len(splits.test)} "
+        f"test images, {splits.train.channels}x{splits.train.size[0]}x{splits.train.size[1]}, "
+        f"{len(splits.train.class_names)} classes ({splits.task}), from {splits.train.source}")
+    task = get_task(splits.task, cfg.data.hierarchy_sep)
+    return Setup(cfg, device, splits, task, architecture, weights_source)
+
+
+def data_for_model(cfg: RunConfig, architecture: str) -> RunConfig:
+    """A timm model's input size and resampling, where the config leaves them unset."""
+    if cfg.model.name in MODELS:
+        return cfg
+    spec = input_spec(architecture)
+    data = dataclasses.replace(cfg.data, image_size=cfg.data.image_size or spec.size,
+                               interpolation=cfg.data.interpolation or spec.interpolation)
+    return dataclasses.replace(cfg, data=data)
+
+
+def pretrained_norm(architecture: str, channels: int) -> Normalization:
+    """The normalisation the weights were trained with (averaged over RGB for greyscale data,
+    which the first convolution sees summed over its RGB filters)."""
+    spec = input_spec(architecture)
+    if channels == 1:
+        return Normalization((sum(spec.mean) / 3,), (sum(spec.std) / 3,))
+    return Normalization(spec.mean, spec.std)
+
+
+def build_run_model(setup: Setup, log: Log) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model (with its pretrained or local weights) on its device, and its size."""
+    cfg, splits = setup.cfg, setup.splits
+    shape = (splits.train.channels, *splits.train.size)
+    model = build_model(cfg.model, shape[0],
+                        setup.task.num_outputs(len(splits.train.class_names)),
+                        setup.architecture)
+    loaded = load_pretrained(model, cfg.model, setup.weights_source)
+    if loaded is not None:
+        log(loaded.summary())
+    model = model.to(setup.device, memory_format=torch.channels_last)
+    info = {"name": cfg.model.name, "architecture": setup.architecture,
+            "parameters": count_parameters(model), "flops_per_image": flops_per_image(model, shape),
+            "weights": loaded.as_dict() if loaded else None}
+    log(f"model: {setup.architecture}, {info['parameters']:,} parameters, "
+        f"{info['flops_per_image'] / 1e6:.1f} MFLOPs per image; training on "
+        f"{hardware(setup.device)}")
+    return model, info

@@ -1,0 +1,152 @@
+"""A run folder: where its files go, what is written into it as the training loop runs
+(history.csv, checkpoints), and how a finished run is read back (history, the model).
+
+```
+RUN_DIR/config.yaml  run.json  metrics.json  history.csv  report.html
+        checkpoints/{best,last}.safetensors + .json     plots/*.png
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imclass import checkpoint, config as config_mod
+from imclass.atomic import atomic_write_text
+from imclass.config import RunConfig
+from imclass.devices import resolve_device
+from imclass.errors import ConfigError, DataError
+from imclass.version import versions
+
+HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                   "seconds", "images_per_s")
+
+
+def check_run_dir(out: str | Path | None, overwrite: bool) -> None:
+    """Refuse to mix a new run into a folder that holds an earlier one."""
+    if out is not None and (Path(out) / "config.yaml").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a run; choose another --out or pass "
+                          "--overwrite to replace it")
+
+
+def prepare_run_dir(out: str | Path | None, cfg: RunConfig, overwrite: bool) -> Path:
+    """The run folder, with checkpoints/ and plots/ inside (default: a new timestamped one)."""
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        dataset = Path(cfg.data.source).name or "data"
+        out = Path("runs") / f"{dataset}-{cfg.model.name}-{stamp}"
+    run_dir = Path(out)
+    check_run_dir(run_dir, overwrite)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "plots").mkdir(exist_ok=True)
+    return run_dir
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2))
+
+
+class HistoryWriter:
+    """Rewrites history.csv after every epoch, so a stopped run keeps what it did."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows = path, []
+
+    def __call__(self, event: str, info: dict):
+        if event != "epoch_end":
+            return None
+        self.rows.append({k: info[k] for k in HISTORY_COLUMNS})
+        lines = [",".join(HISTORY_COLUMNS)]
+        lines += [",".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k])
+                           for k in HISTORY_COLUMNS) for row in self.rows]
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+        return None
+
+
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def checkpoint_meta(cfg: RunConfig, splits, task) -> dict:
+    """What a checkpoint's sidecar holds besides its metrics: all it takes to use the weights."""
+    train = splits.train
+    return {"config": config_mod.to_dict(cfg), "class_names": list(train.class_names),
+            "task": task.name, "hierarchy_sep": cfg.data.hierarchy_sep,
+            "input": {"channels": train.channels, "height": train.size[0],
+                      "width": train.size[1]},
+            "normalization": {"mean": list(splits.norm.mean), "std": list(splits.norm.std)},
+            "versions": versions()}
+
+
+class Checkpointer:
+    """Saves `last` after every epoch and `best` whenever validation loss improved."""
+
+    def __init__(self, folder: Path, model: torch.nn.Module, meta: dict):
+        self.folder, self.model, self.meta = folder, model, meta
+
+    def __call__(self, event: str, info: dict):
+        if event != "epoch_end":
+            return None
+        metrics = {k: info[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")}
+        meta = {**self.meta, "metrics": metrics}
+        checkpoint.save(self.folder / "last", self.model, meta)
+        if info["improved"]:
+            checkpoint.save(self.folder / "best", self.model, meta)
+        return None
+
+
+@dataclass
+class LoadedRun:
+    model: torch.nn.Module
+    meta: dict
+    config: RunConfig
+    device: torch.device
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta["class_names"]
+
+    @property
+    def norm(self):
+        from imclass.data.batches import Normalization
+        n = self.meta["normalization"]
+        return Normalization(tuple(n["mean"]), tuple(n["std"]))
+
+    @property
+    def task(self):
+        from imclass.tasks import get_task
+        return get_task(self.meta["task"], self.meta.get("hierarchy_sep", "/"))
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        return self.meta.get("thresholds")
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> LoadedRun:
+    """Rebuild a run's model from its checkpoint (safetensors + JSON sidecar; no pickle)."""
+    from imclass.models import build_model
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"run folder {run_dir} does not exist")
+    state, meta = checkpoint.load(run_dir / "checkpoints" / which)
+    cfg = config_mod.from_dict(meta["config"])
+    dev = resolve_device(device)
+    run = LoadedRun(None, meta, cfg, dev)
+    model = build_model(cfg.model, meta["input"]["channels"],
+                        run.task.num_outputs(len(meta["class_names"])),
+                        meta.get("architecture"))
+    model.load_state_dict(state)
+    run.model = model.to(dev, memory_format=torch.channels_last).eval()
+    return run
