@@ -56,6 +56,13 @@ class DataConfig:
                                     "a timm model's input size, else native (Fashion-MNIST) or "
                                     "the median shortest edge of a folder dataset, at most 128",
                                     low=8, high=1024)
+    fit: str = option("squash", "how a folder's images become square when decoded: squash "
+                      "(resize, the whole image) or crop (shorter edge to size, centre crop)",
+                      choices=("squash", "crop"))
+    crop_pct: float = option(1.0, "share of the decoded side the model sees: images are decoded "
+                             "at image_size / crop_pct, training takes random crops of them "
+                             "and evaluation the centre (timm's crop_pct); 1 = no margin",
+                             low=0.5, high=1.0)
     interpolation: str | None = option(None, "resampling when resizing; default the "
                                        "pretrained model's (timm), else bilinear",
                                        choices=("bilinear", "bicubic", "nearest"))
@@ -71,7 +78,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     preset: str = option("fashion", "augmentation preset; its values fill every field left unset",
-                         choices=("none", "fashion", "light", "strong"), flag="augment")
+                         choices=("none", "fashion", "light", "strong", "photo"), flag="augment")
     hflip_p: float | None = option(None, "probability of a horizontal flip", low=0, high=1)
     vflip_p: float | None = option(None, "probability of a vertical flip", low=0, high=1)
     rotate_p: float | None = option(None, "probability of a rotation", low=0, high=1)
@@ -83,6 +90,9 @@ class AugmentConfig:
                                  low=0, high=0.5)
     scale: float | None = option(None, "largest zoom in or out, as a fraction (0.1 = 0.9x to 1.1x)",
                                  low=0, high=0.9)
+    crop_scale: float | None = option(None, "random resized crop (photos): the smallest share "
+                                      "of the image's area a crop keeps, resized to the "
+                                      "model's input; 0 = none", low=0, high=1)
     brightness_p: float | None = option(None, "probability of a brightness change", low=0, high=1)
     brightness: float | None = option(None, "largest brightness change (fraction)", low=0, high=1)
     contrast_p: float | None = option(None, "probability of a contrast change", low=0, high=1)
@@ -100,7 +110,7 @@ class AugmentConfig:
 _NO_AUGMENT = dict(hflip_p=0.0, vflip_p=0.0, rotate_p=0.0, rotate_degrees=0.0, shift_p=0.0,
                    shift=0.0, scale=0.0, brightness_p=0.0, brightness=0.0, contrast_p=0.0,
                    contrast=0.0, saturation_p=0.0, saturation=0.0, noise_p=0.0, noise_std=0.0,
-                   blur_p=0.0, blur_sigma=1.0)
+                   blur_p=0.0, blur_sigma=1.0, crop_scale=0.0)
 
 
 def _preset(name: str, **values: float) -> AugmentConfig:
@@ -119,6 +129,10 @@ AUGMENT_PRESETS = {
                       shift=0.12, scale=0.15, brightness_p=0.5, brightness=0.3, contrast_p=0.5,
                       contrast=0.3, saturation_p=0.5, saturation=0.3, noise_p=0.3,
                       noise_std=0.03, blur_p=0.2, blur_sigma=1.0),
+    # photos: a random crop of a quarter of the area or more, resized to the input (objects
+    # at any place and scale), a mirror image, and the light and colour of another camera
+    "photo": _preset("photo", hflip_p=0.5, crop_scale=0.25, brightness_p=0.5, brightness=0.25,
+                     contrast_p=0.5, contrast=0.25, saturation_p=0.5, saturation=0.25),
 }
 
 
@@ -144,6 +158,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    recipe: str = option("auto", "auto: a folder of your own images gets the model, image size, "
+                         "batch size, epochs, learning rate, fine-tuning and augmentation "
+                         "chosen from its images and this machine, for every key you leave "
+                         "unset; none: the plain defaults below (Fashion-MNIST's recipe)",
+                         choices=("auto", "none"))
     epochs: int = option(10, "passes over the training split", low=1, high=10_000)
     batch_size: int = option(256, "images per optimisation step", low=1, high=65_536)
     lr: float = option(0.2, "peak learning rate; auto runs the learning-rate range test "
@@ -195,10 +214,13 @@ class RunConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # The keys given by the user (flags, --config, `override`): a recipe never changes them.
+    # Not a setting, so not in config.yaml; a saved config passed back sets every key.
+    explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
-_SECTION_TYPES = typing.get_type_hints(RunConfig)
+SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name != "explicit"}
+_SECTION_TYPES = {k: v for k, v in typing.get_type_hints(RunConfig).items() if k in SECTIONS}
 
 
 def section_fields() -> dict[str, tuple[str, dataclasses.Field, Any]]:
@@ -304,7 +326,16 @@ def override(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
         _check_value(key, value, f.metadata)
         per_section.setdefault(section, {})[name] = value
     changes = {s: dataclasses.replace(getattr(cfg, s), **v) for s, v in per_section.items()}
-    return validate(dataclasses.replace(cfg, **changes))
+    named = frozenset(name for section in per_section.values() for name in section)
+    return validate(dataclasses.replace(cfg, **changes, explicit=cfg.explicit | named))
+
+
+def user_set(cfg: RunConfig) -> frozenset[str]:
+    """The keys the user chose: given through `override` (flags, YAML), or set to something
+    other than the default when the dataclasses were built by hand."""
+    changed = {name for name, (section, f, _t) in KEYS.items()
+               if getattr(getattr(cfg, section), name) != f.default}
+    return cfg.explicit | changed
 
 
 def validate(cfg: RunConfig) -> RunConfig:

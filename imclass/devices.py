@@ -42,3 +42,25 @@ def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_name()} CPU, {torch.get_num_threads()} threads"
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's allocator to serve every block from its heap and keep freed memory.
+
+    By default each block over a threshold (at most 32 MiB) is a fresh mmap, returned to the
+    kernel when freed: a 224-px batch of activations does that hundreds of times a step, and
+    the kernel zeroes every new page. Measured on 2 cores (EfficientNet-Lite0, 224 px, batch
+    32): 15 training images/s with 5.1 s of system time in 8.7 s, against 29 images/s with
+    none after this call (docs/benchmarks.md). Training reuses the same sizes every step, so
+    the memory kept is the memory needed next. Returns False where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))

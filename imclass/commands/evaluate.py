@@ -39,6 +39,6 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
                         f"the run's {run.class_names}; evaluate on data with the same classes")
     result = evaluate_split(Path(run_dir), run.model, run.task, data, run.norm, run.config,
                             run.device, make_log(quiet), split=split, tta=tta,
-                            thresholds=run.thresholds)
+                            thresholds=run.thresholds, input_size=run.meta["input"]["height"])
     write_report(Path(run_dir))
     return result

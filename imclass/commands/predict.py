@@ -8,22 +8,25 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from imclass.data.batches import center_crop
 from imclass.data.decode import read_pixels
 from imclass.data.labels import ancestors, node_probabilities
 from imclass.errors import ConfigError, DataError
 from imclass.runfolder import load_run
 
 
-def read_image(path: str | Path, channels: int, height: int, width: int,
-               interpolation: str | None = None) -> torch.Tensor:
-    """One image file as uint8 [C, H, W], converted and resized the way training images were."""
+def read_image(path: str | Path, channels: int, side: int, interpolation: str | None = None,
+               fit: str = "squash") -> torch.Tensor:
+    """One image file as uint8 [C, side, side], converted and resized the way training images
+    were decoded."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist") from None
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
-    array, error = read_pixels(data, (width, height), channels, interpolation=interpolation)
+    array, error = read_pixels(data, (side, side), channels, interpolation=interpolation,
+                               fit=fit)
     if array is None:
         raise DataError(f"cannot read image {path}: {error}")
     return torch.from_numpy(array)
@@ -38,9 +41,11 @@ def predict(run_dir: str | Path, images: Iterable[str | Path], top_k: int = 3) -
     paths = list(images)
     if not paths:
         raise ConfigError("give at least one image to predict")
-    x = torch.stack([read_image(p, spec["channels"], spec["height"], spec["width"],
-                                run.config.data.interpolation)
+    decoded = spec.get("decoded", spec["height"])  # with a crop margin, larger than the input
+    x = torch.stack([read_image(p, spec["channels"], decoded, run.config.data.interpolation,
+                                spec.get("fit", "squash"))
                      for p in paths]).float().div_(255)
+    x = center_crop(x, spec["height"])
     x = run.norm.apply(x).to(run.device)
     task = run.task
     with torch.no_grad():

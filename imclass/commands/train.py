@@ -18,7 +18,7 @@ from imclass.console import Log, make_log
 from imclass.data.audit import write_analysis
 from imclass.data.augment import build_augment
 from imclass.data.batches import Batches
-from imclass.devices import hardware
+from imclass.devices import hardware, keep_freed_memory
 from imclass.evaluation import evaluate_split
 from imclass.lr_find import find_lr
 from imclass.metrics import predict_probabilities
@@ -44,6 +44,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     check_run_dir(out, overwrite)
     setup = prepare_training(config, log)
     cfg, splits, task, device = setup.cfg, setup.splits, setup.task, setup.device
+    if device.type == "cpu":
+        keep_freed_memory()  # no mmap/munmap storm per step (devices.py)
     run_dir = prepare_run_dir(out, cfg, overwrite)
     torch.manual_seed(cfg.train.seed)  # weights and kornia's augmentation draws
     record_analysis(run_dir, splits.analysis, log)
@@ -64,6 +66,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     summary = {"data": splits.summary(), "model": model_info, "best_epoch": result.best_epoch,
                "epochs_run": len(result.history), "stopped_early": result.stopped_early,
                "overfitting": overfit_warnings, "stages": result.stages, "lr_found": lr_found,
+               "recipe": {"name": setup.recipe.name, "line": setup.recipe.line(cfg),
+                          "reason": setup.recipe.reason, "chosen": setup.recipe.values},
                "hardware": hardware(device),
                "device": device.type, "train_seconds": time.perf_counter() - started,
                "command": command, "versions": versions(), "task": task.name,
@@ -71,7 +75,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
                "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc")}}
     if evaluate_test:
         evaluate_split(run_dir, model, task, splits.test, splits.norm, cfg, device, log,
-                       thresholds=thresholds)
+                       thresholds=thresholds, input_size=splits.input_size)
     else:
         plots.curves(result.history, run_dir / "plots" / "curves.png")
     summary["total_seconds"] = time.perf_counter() - started  # all but writing the report
@@ -100,7 +104,8 @@ def tune_thresholds(run_dir: Path, model, setup: Setup, log: Log) -> list[float]
     """Binary and multilabel decision thresholds with the best validation F1, saved into the
     best checkpoint's sidecar so evaluate and predict decide the same way."""
     splits, task, device = setup.splits, setup.task, setup.device
-    batches = Batches(splits.val, setup.cfg.train.eval_batch_size, splits.norm, device=device)
+    batches = Batches(splits.val, setup.cfg.train.eval_batch_size, splits.norm, device=device,
+                      size=splits.input_size)
     probs, labels = predict_probabilities(model, batches, task, device)
     thresholds = task.tune_thresholds(labels, probs)
     if thresholds is None:
@@ -131,11 +136,13 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
     """The training loop with its callbacks; returns the FitResult and overfitting warnings."""
     cfg, splits, device = setup.cfg, setup.splits, setup.device
     t = cfg.train
-    augment = build_augment(cfg.augment, (splits.train.channels, *splits.train.size))
+    augment = build_augment(cfg.augment, (splits.train.channels, *splits.train.size),
+                            splits.input_size)
     train_batches = Batches(splits.train, t.batch_size, splits.norm, shuffle=True,
                             augment=augment, seed=t.seed, device=device,
-                            drop_last=len(splits.train) > t.batch_size)
-    val_batches = Batches(splits.val, t.eval_batch_size, splits.norm, device=device)
+                            drop_last=len(splits.train) > t.batch_size, size=splits.input_size)
+    val_batches = Batches(splits.val, t.eval_batch_size, splits.norm, device=device,
+                          size=splits.input_size)
     plot_augmented(run_dir / "plots" / "augmented.png", splits.train, augment, t.seed)
     overfit = OverfitWatch(t.overfit_epochs, log)
     callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit,

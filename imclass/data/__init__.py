@@ -23,13 +23,13 @@ def _fashion_mnist(cfg: DataConfig) -> "Loaded":
     return Loaded(train, test)
 
 
-def _folder(cfg: DataConfig) -> "Loaded":
+def _folder(cfg: DataConfig, scanned=None) -> "Loaded":
     """Your own images; analysis errors stop here, before anything is trained or written."""
     from imclass.data.audit import analyze_dataset
     from imclass.data.folders import where
     from imclass.data.own import load_folder
 
-    data = load_folder(cfg)
+    data = load_folder(cfg, scanned=scanned)
     analysis = analyze_dataset(data)
     errors = [f for f in analysis["findings"] if f["level"] == "error"]
     if errors:
@@ -37,7 +37,7 @@ def _folder(cfg: DataConfig) -> "Loaded":
                         f"{where(errors[0])}: {errors[0]['message']}; run imclass analyze "
                         f"{data.root} for all")
     return Loaded(data.sets["train"], data.sets["test"], data.sets.get("val"),
-                  analysis)
+                  analysis, data.input_size)
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Loaded:
     test: ImageSet
     val: ImageSet | None = None  # a val/ folder of its own; else split from train
     analysis: dict | None = None  # folder datasets: imclass analyze's findings
+    input_size: int = 0  # the model's input side (the decoded side less any crop margin)
 
 
 # name -> loader; any other --data value is a folder of your own images.
@@ -67,6 +68,7 @@ class Splits:
     test: ImageSet
     norm: Normalization  # computed on `train` only
     analysis: dict | None = None
+    input_size: int = 0  # the side the model sees; the images may be larger (crop margin)
 
     @property
     def task(self) -> str:
@@ -76,6 +78,7 @@ class Splits:
         names = self.train.class_names
         out = {"source": self.train.source, "classes": list(names), "task": self.task,
                "channels": self.train.channels, "size": list(self.train.size),
+               "input_size": self.input_size,
                "counts": {split: dict(zip(names, s.class_counts()))
                           for split, s in (("train", self.train), ("val", self.val),
                                            ("test", self.test))}}
@@ -85,21 +88,34 @@ class Splits:
         return out
 
 
-def load_source(cfg: DataConfig) -> Loaded:
+def scan(cfg: DataConfig):
+    """A folder dataset listed and inspected but not decoded (what a recipe is chosen from),
+    to hand back to `prepare`; None for a built-in dataset."""
+    from imclass.data.own import scan_folder
+
     check_source(cfg.source)
-    loaded = SOURCES.get(cfg.source, _folder)(cfg)
-    if cfg.source in SOURCES:
-        size, mode = cfg.image_size, cfg.interpolation
-        return dataclasses.replace(loaded, train=loaded.train.resized(size, mode),
-                                   test=loaded.test.resized(size, mode))
-    return loaded
+    return None if cfg.source in SOURCES else scan_folder(cfg)
 
 
-def prepare(cfg: DataConfig, seed: int) -> Splits:
-    """Load, subset, split off validation (stratified, seeded) and compute normalisation."""
+def load_source(cfg: DataConfig, scanned=None) -> Loaded:
+    check_source(cfg.source)
+    if cfg.source not in SOURCES:
+        return _folder(cfg, scanned)
+    loaded = SOURCES[cfg.source](cfg)
+    from imclass.data.decode import sides
+
+    size, input_size = sides(cfg.image_size, cfg.crop_pct, loaded.train.size[0])
+    mode = cfg.interpolation
+    return dataclasses.replace(loaded, train=loaded.train.resized(size, mode),
+                               test=loaded.test.resized(size, mode), input_size=input_size)
+
+
+def prepare(cfg: DataConfig, seed: int, scanned=None) -> Splits:
+    """Load (decoding a `scan` result, when given), subset, split off validation (stratified,
+    seeded) and compute normalisation."""
     from imclass.data.splits import stratified_split, stratified_subset
 
-    loaded = load_source(cfg)
+    loaded = load_source(cfg, scanned)
     full = loaded.train
     if cfg.subset:
         full = full.take(stratified_subset(full.labels, cfg.subset, seed))
@@ -108,4 +124,5 @@ def prepare(cfg: DataConfig, seed: int) -> Splits:
     else:
         kept, held = stratified_split(full.labels, cfg.val_fraction, seed)
         train, val = full.take(kept), full.take(held)
-    return Splits(train, val, loaded.test, Normalization.of(train), loaded.analysis)
+    return Splits(train, val, loaded.test, Normalization.of(train), loaded.analysis,
+                  loaded.input_size)

@@ -31,19 +31,28 @@ def _shift_and_scale(cfg: AugmentConfig, height: int, width: int, p: float) -> n
     return K.RandomCrop((height, width), padding=(pad[1], pad[0]), p=p)
 
 
-def _operations(cfg: AugmentConfig, channels: int, height: int, width: int
-                ) -> list[tuple[float, nn.Module]]:
-    """(probability, kornia module) for every operation, in the order they are applied."""
+def _operations(cfg: AugmentConfig, channels: int, height: int, width: int,
+                out_side: int | None = None) -> list[tuple[float, nn.Module]]:
+    """(probability, kornia module) for every operation, in the order they are applied. A
+    random resized crop comes first and gives out_side x out_side images (the model's input,
+    smaller than the decoded images when they were decoded with a margin)."""
     import kornia.augmentation as K
 
     def span(m: float) -> tuple[float, float]:
         return (1 - m, 1 + m)
 
+    out = out_side or min(height, width)
+    resized_crop = (1.0 if cfg.crop_scale else 0.0,
+                    lambda p: K.RandomResizedCrop((out, out), scale=(cfg.crop_scale, 1.0),
+                                                  ratio=(3 / 4, 4 / 3), p=p))
+    if cfg.crop_scale:
+        height = width = out
     side = min(height, width)
 
     # Gaussian kernel covering +-3 sigma, odd, and no wider than the image.
     blur_k = min(2 * math.ceil(3 * cfg.blur_sigma) + 1, side - (1 - side % 2))
     return [
+        resized_crop,
         (cfg.hflip_p, lambda p: K.RandomHorizontalFlip(p=p)),
         (cfg.vflip_p, lambda p: K.RandomVerticalFlip(p=p)),
         (cfg.rotate_p, lambda p: K.RandomRotation(degrees=cfg.rotate_degrees, p=p)),
@@ -62,16 +71,19 @@ def _operations(cfg: AugmentConfig, channels: int, height: int, width: int
 class BatchAugment(nn.Module):
     """Augments a float batch [N, C, H, W] with values in [0, 1]; returns a new batch in [0, 1]."""
 
-    def __init__(self, cfg: AugmentConfig, shape: tuple[int, int, int]):
+    def __init__(self, cfg: AugmentConfig, shape: tuple[int, int, int],
+                 out_side: int | None = None):
         super().__init__()
-        self.ops = nn.Sequential(*[make(p) for p, make in _operations(cfg, *shape) if p > 0])
+        self.ops = nn.Sequential(*[make(p) for p, make in _operations(cfg, *shape, out_side)
+                                   if p > 0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ops(x).clamp_(0, 1)
 
 
-def build_augment(cfg: AugmentConfig, shape: tuple[int, int, int]) -> BatchAugment | None:
-    """The augmentation for a resolved config and image shape (C, H, W); None when it would
-    do nothing."""
-    augment = BatchAugment(cfg, shape)
+def build_augment(cfg: AugmentConfig, shape: tuple[int, int, int],
+                  out_side: int | None = None) -> BatchAugment | None:
+    """The augmentation for a resolved config, decoded image shape (C, H, W) and model input
+    side; None when it would do nothing."""
+    augment = BatchAugment(cfg, shape, out_side)
     return augment if len(augment.ops) else None

@@ -42,6 +42,15 @@ class Normalization:
         return (x - mean) / std
 
 
+def center_crop(x: torch.Tensor, side: int | None) -> torch.Tensor:
+    """The central side x side pixels of a batch [..., H, W] (unchanged when it is that size)."""
+    h, w = x.shape[-2:]
+    if side is None or (h, w) == (side, side):
+        return x
+    top, left = (h - side) // 2, (w - side) // 2
+    return x[..., top:top + side, left:left + side]
+
+
 class Batches:
     """Iterates (float images [B, C, H, W] normalised, int64 labels [B]) over an ImageSet.
 
@@ -52,7 +61,7 @@ class Batches:
     def __init__(self, data: ImageSet, batch_size: int, norm: Normalization, *,
                  shuffle: bool = False, augment: BatchAugment | None = None, seed: int = 0,
                  device: str | torch.device = "cpu", drop_last: bool = False,
-                 channels_last: bool = True):
+                 channels_last: bool = True, size: int | None = None):
         # On a GPU the whole set moves over once when it fits the budget; otherwise (and on
         # the CPU) each batch gathers its rows from the set's store.
         fits = len(data) * data.store[:1].numel() <= GPU_PRELOAD_BYTES
@@ -62,6 +71,7 @@ class Batches:
         self.labels = data.labels.to(device)
         self.batch_size, self.norm, self.shuffle, self.augment = batch_size, norm, shuffle, augment
         self.drop_last, self.device, self.channels_last = drop_last, device, channels_last
+        self.size = size  # the model's input side: larger images are centre-cropped to it
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -81,6 +91,7 @@ class Batches:
                 index = index.to(self.labels.device)
             if self.augment is not None:
                 x = self.augment(x)
+            x = center_crop(x, self.size)
             x = self.norm.apply(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -77,15 +77,20 @@ RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling
 
 
 def read_pixels(data: bytes, size: tuple[int, int], channels: int, with_hash: bool = False,
-                interpolation: str | None = None) -> tuple[np.ndarray | None, str]:
-    """(uint8 [C, height, width], perceptual hash or "") of one encoded image, or (None, why)."""
+                interpolation: str | None = None, fit: str = "squash"
+                ) -> tuple[np.ndarray | None, str]:
+    """(uint8 [C, height, width], perceptual hash or "") of one encoded image, or (None, why).
+    fit: squash resizes the whole image to `size`; crop resizes its shorter edge to fit and
+    keeps the centre (no distortion, the usual way to feed photos to a network)."""
     import imagehash
 
+    resample = RESAMPLING[interpolation or "bilinear"]
     try:
         with _open(data) as img:
             img.draft("RGB" if channels == 3 else "L", size)  # JPEG: decode at reduced scale
-            img = _to_8bit(ImageOps.exif_transpose(img), channels).resize(
-                size, RESAMPLING[interpolation or "bilinear"])
+            img = _to_8bit(ImageOps.exif_transpose(img), channels)
+            img = ImageOps.fit(img, size, resample) if fit == "crop" else img.resize(size,
+                                                                                     resample)
             # hashed at the target size: phash works on 32x32 anyway, and it is 2x cheaper
             phash = str(imagehash.phash(img)) if with_hash else ""
             array = np.array(img, dtype=np.uint8)
@@ -97,14 +102,14 @@ def read_pixels(data: bytes, size: tuple[int, int], channels: int, with_hash: bo
     return np.ascontiguousarray(array), phash
 
 
-def decode(job: tuple[str, int, int, str | None]) -> tuple[np.ndarray | None, dict]:
+def decode(job: tuple[str, int, int, str | None, str]) -> tuple[np.ndarray | None, dict]:
     """(uint8 [C, size, size] or None, {phash or error}) for one file."""
-    path, size, channels, interpolation = job
+    path, size, channels, interpolation, fit = job
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         return None, {"error": f"cannot read the file: {exc.strerror or exc}"}
-    array, text = read_pixels(data, (size, size), channels, True, interpolation)
+    array, text = read_pixels(data, (size, size), channels, True, interpolation, fit)
     return array, {"phash": text} if array is not None else {"error": text}
 
 
@@ -132,6 +137,15 @@ def default_size(infos: list[dict], cap: int = 128) -> int:
     return int(min(cap, max(8, np.median(edges)))) if edges else cap
 
 
+def sides(image_size: int | None, crop_pct: float, native: int) -> tuple[int, int]:
+    """(side the images are decoded at, side the model sees). With crop_pct < 1 the decoded
+    images keep a margin round the model's input: room for random crops in training, the
+    centre crop in evaluation. `native` is the side used when image_size is unset."""
+    if image_size:
+        return max(image_size, round(image_size / crop_pct)), image_size
+    return native, max(8, round(native * crop_pct))
+
+
 @dataclass
 class Decoded:
     images: np.ndarray  # uint8 [N_ok, C, H, W], memory-mapped from the cache
@@ -141,18 +155,20 @@ class Decoded:
     reused: bool
 
 
-def cache_key(infos: list[dict], size: int, channels: int, interpolation: str | None) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION} {size} {channels} {interpolation}\n".encode())
+def cache_key(infos: list[dict], size: int, channels: int, interpolation: str | None,
+              fit: str = "squash") -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION} {size} {channels} {interpolation} {fit}\n".encode())
     for info in infos:
         h.update(f"{info.get('sha256', 'unreadable')}\n".encode())
     return h.hexdigest()[:24]
 
 
 def decode_all(infos: list[dict], size: int, channels: int, cache_dir: Path,
-               workers: int | None = None, interpolation: str | None = None) -> Decoded:
+               workers: int | None = None, interpolation: str | None = None,
+               fit: str = "squash") -> Decoded:
     """Decode every inspected file (those without an error) at `size`, through the cache."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(infos, size, channels, interpolation)
+    key = cache_key(infos, size, channels, interpolation, fit)
     array_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if array_file.is_file() and meta_file.is_file():
         meta = json.loads(meta_file.read_text())
@@ -160,7 +176,7 @@ def decode_all(infos: list[dict], size: int, channels: int, cache_dir: Path,
         merged = [i | extra for i, extra in zip(infos, meta["extra"])]
         return Decoded(images, meta["ok"], merged, array_file, True)
     todo = [k for k, i in enumerate(infos) if "error" not in i]
-    results = _pool_map(decode, [(infos[k]["file"], size, channels, interpolation)
+    results = _pool_map(decode, [(infos[k]["file"], size, channels, interpolation, fit)
                                  for k in todo], workers)
     ok = [k for k, (array, _) in zip(todo, results) if array is not None]
     extra = [{} for _ in infos]

@@ -82,3 +82,13 @@ class ImageSet:
         x = torch.nn.functional.interpolate(self.images.float(), size=(size, size), mode=mode,
                                             **smooth)
         return replace(self, store=x.round_().clamp_(0, 255).to(torch.uint8), rows=None)
+
+    def center_cropped(self, side: int | None) -> "ImageSet":
+        """The central side x side pixels of every image (a copy of this set's rows); itself
+        when it is that size already. Evaluation sees what the model was trained to see."""
+        if side is None or self.size == (side, side):
+            return self
+        h, w = self.size
+        top, left = (h - side) // 2, (w - side) // 2
+        cropped = self.images[:, :, top:top + side, left:left + side].contiguous()
+        return replace(self, store=cropped, rows=None)

