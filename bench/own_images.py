@@ -6,11 +6,11 @@ today's plain defaults (`--recipe none`, Fashion-MNIST's recipe), side by side i
 Datasets (written under --work by this script, class folders with a test/ folder of their own):
 - fmnist-N: N Fashion-MNIST training images (N/10 per class, stratified, 28x28 greyscale PNG)
   and 2,000 test images (200 per class) from the official test set;
-- photos-300: a photo-like set of three classes (a disc, a box or a cone-like triangle, lit and
-  textured, on a crop of one of scikit-image's colour photographs), 300 training and 300 test
-  JPEGs of 300 to 500 px a side. No real photo set can be fetched on this machine, so this
-  stands in for one: real backgrounds and JPEG statistics, an object to find at any place
-  and scale.
+- photos-300: a photo-like set of three classes (a disc, a square or a triangle cut out of one
+  of scikit-image's colour photographs, lit, tinted and laid on a crop of another), 300
+  training and 300 test JPEGs of 300 to 500 px a side. No real photo set can be fetched on
+  this machine, so this stands in for one: real photographic texture and JPEG statistics, and
+  an object at any place, scale and turn that only its outline tells apart.
 
 Each run is a fresh `imclass train --data DIR` process, timed end to end. Printed per run: test
 accuracy, wall time, epochs, and the stability check of issue 9 (training loss after the
@@ -70,18 +70,26 @@ def write_fashion(root: Path, n_train: int, n_test: int = 2000, seed: int = 0) -
     return root
 
 
-def _photo(rng: np.random.Generator, backgrounds: list[np.ndarray], label: str) -> Image.Image:
-    w, h = (int(v) for v in rng.integers(300, 501, 2))
-    bg = backgrounds[rng.integers(len(backgrounds))]
-    scale = rng.uniform(max(w / bg.shape[1], h / bg.shape[0]), 2.0)
-    img = Image.fromarray(bg).resize((int(bg.shape[1] * scale) + 1, int(bg.shape[0] * scale) + 1))
+def _crop(rng: np.random.Generator, photo: np.ndarray, w: int, h: int) -> Image.Image:
+    """A w x h crop of `photo`, scaled up by a random factor first."""
+    scale = rng.uniform(max(w / photo.shape[1], h / photo.shape[0]), 2.0)
+    img = Image.fromarray(photo).resize((int(photo.shape[1] * scale) + 1,
+                                         int(photo.shape[0] * scale) + 1))
     x0, y0 = rng.integers(0, img.width - w + 1), rng.integers(0, img.height - h + 1)
-    img = img.crop((x0, y0, x0 + w, y0 + h))
-    side = rng.uniform(0.25, 0.6) * min(w, h)
-    cx, cy = rng.uniform(side / 2, w - side / 2), rng.uniform(side / 2, h - side / 2)
+    return img.crop((x0, y0, x0 + w, y0 + h))
+
+
+def _photo(rng: np.random.Generator, photos: list[np.ndarray], label: str) -> Image.Image:
+    """One image: a crop of a photograph with an object cut from another one laid on it, so
+    only the object's outline tells the class (its texture, colour and light do not)."""
+    w, h = (int(v) for v in rng.integers(300, 501, 2))
+    first, second = rng.choice(len(photos), 2, replace=False)
+    img = _crop(rng, photos[first], w, h)
+    side = rng.uniform(0.2, 0.5) * min(w, h)
+    r = side / 2
+    cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
     mask = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(mask)
-    r = side / 2
     if label == "disc":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
     else:
@@ -90,15 +98,26 @@ def _photo(rng: np.random.Generator, backgrounds: list[np.ndarray], label: str) 
         draw.polygon([(cx + r * np.cos(angle + 2 * np.pi * k / corners),
                        cy + r * np.sin(angle + 2 * np.pi * k / corners))
                       for k in range(corners)], fill=255)
-    # the object: a flat colour lit from one side, with a little texture of its own
+    # the object: another photograph's texture, lit from one side and tinted
     yy, xx = np.mgrid[0:h, 0:w]
     light = rng.uniform(-1, 1, 2)
-    shade = 1 + 0.35 * ((xx - cx) * light[0] + (yy - cy) * light[1]) / side
-    colour = rng.uniform(30, 230, 3)
-    obj = np.clip(colour[None, None, :] * shade[..., None] + rng.normal(0, 8, (h, w, 3)), 0, 255)
+    shade = 1 + 0.3 * ((xx - cx) * light[0] + (yy - cy) * light[1]) / side
+    tint = rng.uniform(0.6, 1.4, 3)
+    texture = np.asarray(_crop(rng, photos[second], w, h), dtype=np.float64)
+    obj = np.clip(texture * shade[..., None] * tint[None, None, :], 0, 255)
+    # visible: at least 50 grey levels between the object and what it covers, on average
+    inside = np.asarray(mask) > 0
+    gap = obj[inside].mean() - np.asarray(img, dtype=np.float64)[inside].mean()
+    if abs(gap) < 50:
+        up = gap >= 0 if obj[inside].mean() < 180 else False
+        obj = np.clip(obj + (50 - abs(gap)) * (1 if up else -1), 0, 255)
+    obj = obj.astype(np.uint8)
+    # a soft shadow below it, as a real object casts: what makes its outline visible
+    shadow = np.asarray(mask.filter(ImageFilter.GaussianBlur(side / 12)), dtype=np.float64)
+    shadow = np.roll(shadow, (int(side / 15), int(side / 15)), axis=(0, 1))[..., None] / 255
+    img = Image.fromarray((np.asarray(img) * (1 - 0.6 * shadow)).astype(np.uint8))
     soft = mask.filter(ImageFilter.GaussianBlur(1.5))
-    img = Image.composite(Image.fromarray(obj.astype(np.uint8)), img, soft)
-    return img
+    return Image.composite(Image.fromarray(obj), img, soft)
 
 
 def write_photos(root: Path, n_train: int = 300, n_test: int = 300, seed: int = 0) -> Path:
@@ -106,14 +125,14 @@ def write_photos(root: Path, n_train: int = 300, n_test: int = 300, seed: int = 
 
     if (root / "done").is_file():
         return root
-    backgrounds = [getattr(skimage.data, name)()[..., :3] for name in BACKGROUNDS]
+    photos = [getattr(skimage.data, name)()[..., :3] for name in BACKGROUNDS]
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("test", n_test)):
         for i in range(n):
             label = PHOTO_CLASSES[i % len(PHOTO_CLASSES)]
             folder = root / split / label
             folder.mkdir(parents=True, exist_ok=True)
-            _photo(rng, backgrounds, label).save(folder / f"{i:04d}.jpg",
+            _photo(rng, photos, label).save(folder / f"{i:04d}.jpg",
                                                  quality=int(rng.integers(80, 96)))
     (root / "done").write_text("")
     return root

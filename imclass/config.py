@@ -129,9 +129,9 @@ AUGMENT_PRESETS = {
                       shift=0.12, scale=0.15, brightness_p=0.5, brightness=0.3, contrast_p=0.5,
                       contrast=0.3, saturation_p=0.5, saturation=0.3, noise_p=0.3,
                       noise_std=0.03, blur_p=0.2, blur_sigma=1.0),
-    # photos: a random crop of a quarter of the area or more, resized to the input (objects
+    # photos: a random crop of a third of the area or more, resized to the input (objects
     # at any place and scale), a mirror image, and the light and colour of another camera
-    "photo": _preset("photo", hflip_p=0.5, crop_scale=0.25, brightness_p=0.5, brightness=0.25,
+    "photo": _preset("photo", hflip_p=0.5, crop_scale=0.35, brightness_p=0.5, brightness=0.25,
                      contrast_p=0.5, contrast=0.25, saturation_p=0.5, saturation=0.25),
 }
 

@@ -27,7 +27,9 @@ from imclass.errors import ConfigError
 from imclass.models.weights import resolve_architecture
 from imclass.models.zoo import input_spec
 
-TRANSFER_MAX_IMAGES = 4000  # training images; above this our CNN from scratch is as good, faster
+# Training images; above this our CNN from scratch is about as good and much faster (2,400
+# Fashion-MNIST images: 87.7% in 43 s from scratch, 88.8% in 209 s pretrained at 96 px).
+TRANSFER_MAX_IMAGES = 1200
 PHOTO_MIN_EDGE = 128  # px: colour images at least this large (median shortest edge) are photos
 TRANSFER_MODEL = "efficientnet_lite0"
 LINE_ART_SIZE = 96  # px: small images are upsampled this far for the pretrained network
@@ -37,7 +39,7 @@ SCRATCH_MAX_SIZE = 64  # px: our CNN's cost grows with the square of the side
 TRANSFER_STEPS, SCRATCH_STEPS = 500, 2500
 # Budgets at the input sides below; a photo set too large for its budget at 224 px gets a
 # smaller input (the cost grows with the square of the side) before it gets fewer epochs.
-CPU_IMAGE_BUDGET = {"transfer-96": 16_000, "transfer-photo": 4_000, "scratch": 320_000}
+CPU_IMAGE_BUDGET = {"transfer-96": 16_000, "transfer-photo": 6_000, "scratch": 240_000}
 PHOTO_SIDES = (224, 192, 160, 128)
 MIN_EPOCHS, MAX_EPOCHS = 6, 30
 
@@ -172,7 +174,10 @@ def _transfer(cfg: RunConfig, facts: DataFacts, device_type: str) -> dict[str, A
         data = {"image_size": LINE_ART_SIZE, "fit": "squash", "preset": "fashion"}
     batch = 32
     epochs = _epochs(facts.train_images, batch, TRANSFER_STEPS, budget)
+    # evaluation in batches of the same order as training's: a 1024-image batch at 224 px
+    # would hold gigabytes of activations at once for no gain in speed
     return {**data, "name": TRANSFER_MODEL, "pretrained": True, "batch_size": batch,
+            "eval_batch_size": 4 * batch,
             "epochs": epochs, "freeze_epochs": _frozen_epochs(epochs), "optimizer": "adamw",
             "lr": 3e-3, "fine_tune_lr": 1e-3, "lr_mult": 0.7, "weight_decay": 0.01,
             "freeze_bn": True, "patience": max(4, epochs // 3)}

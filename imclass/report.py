@@ -138,9 +138,9 @@ def _training_section(run: dict, plots: Path) -> str:
 
 
 def _start(run: dict) -> str:
-    """Where the weights started and how the learning rate was chosen."""
+    """The recipe, where the weights started and how the learning rate was chosen."""
     weights = run.get("model", {}).get("weights")
-    html = ""
+    html = _recipe(run.get("recipe"))
     if weights:
         new = weights["mismatched"] + weights["missing"]
         html += (f"<p>Weights: {weights['loaded']} tensors from "
@@ -152,6 +152,17 @@ def _start(run: dict) -> str:
         html += (f"<p>Learning rate {run['lr_found']:.3g}, from the range test below "
                  "(<code>--lr auto</code>).</p>")
     return html
+
+
+def _recipe(recipe: dict | None) -> str:
+    """What `--recipe auto` chose from the data, and that flags override it."""
+    if not recipe or recipe.get("name") in (None, "none"):
+        return ""
+    chosen = recipe.get("chosen", {})
+    rows = [[key, escape(str(value))] for key, value in chosen.items()]
+    return (f"<p>{escape(recipe['line'])}. The settings below were chosen from the data "
+            "because no flag or config key set them (<code>--recipe none</code> keeps the "
+            "plain defaults):</p>" + html_table(["key", "chosen"], rows))
 
 
 def _stages(run: dict) -> str:
