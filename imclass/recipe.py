@@ -35,11 +35,11 @@ TRANSFER_MODEL = "efficientnet_lite0"
 LINE_ART_SIZE = 96  # px: small images are upsampled this far for the pretrained network
 SCRATCH_MAX_SIZE = 64  # px: our CNN's cost grows with the square of the side
 # Optimisation steps a run aims at, and on a CPU the most training images it may push through
-# (passes x images): about two minutes at the throughput measured on 2 cores.
+# (passes x images): two to three minutes at the throughput measured on 2 cores.
 TRANSFER_STEPS, SCRATCH_STEPS = 500, 2500
 # Budgets at the input sides below; a photo set too large for its budget at 224 px gets a
 # smaller input (the cost grows with the square of the side) before it gets fewer epochs.
-CPU_IMAGE_BUDGET = {"transfer-96": 16_000, "transfer-photo": 6_000, "scratch": 240_000}
+CPU_IMAGE_BUDGET = {"transfer-96": 16_000, "transfer-photo": 6_000, "scratch": 300_000}
 PHOTO_SIDES = (224, 192, 160, 128)
 MIN_EPOCHS, MAX_EPOCHS = 6, 30
 
@@ -96,8 +96,9 @@ class Recipe:
         stages = (f"{t.freeze_epochs} frozen + {t.epochs - t.freeze_epochs} epochs"
                   if t.freeze_epochs else f"{t.epochs} epochs")
         size = d.image_size if d.image_size else "native"
+        lr = f"{t.lr:g}" if isinstance(t.lr, float) else f"lr {t.lr}"  # "auto": found later
         return (f"recipe for {self.reason}: {cfg.model.name}{weights} at {size} px, batch "
-                f"{t.batch_size}, {stages}, {t.optimizer} {t.lr:g}, augment "
+                f"{t.batch_size}, {stages}, {t.optimizer} {lr}, augment "
                 f"{cfg.augment.preset}; flags override")
 
 

@@ -90,10 +90,13 @@ def _data_section(data: dict, analysis: dict, plots: Path) -> str:
         rows.append(["total"] + [sum(counts.get(s, {}).values())
                                  for s in ("train", "val", "test")])
     size = data.get("size", ["?", "?"])
+    seen = data.get("input_size") or size[0]
+    margin = (f" (the model sees the centre {seen}x{seen}; training, random crops)"
+              if seen != size[0] else "")
     carved = (" The test split was held out from train/ (stratified, the same images on every "
               "run)." if analysis.get("test_carved") else "")
     return (f"<p>{len(names)} classes, images {data.get('channels')} channel(s) of "
-            f"{size[0]}x{size[1]} pixels. The validation split is held out from the training "
+            f"{size[0]}x{size[1]} pixels{margin}. The validation split is held out from the training "
             "images (stratified); it picks the best epoch. The test set is used only for the "
             f"results below.{carved}</p>"
             + html_table(["class", "train", "validation", "test"], rows)

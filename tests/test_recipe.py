@@ -92,6 +92,12 @@ def test_a_chosen_model_keeps_its_own_recipe(tmp_path):
     assert cfg.model.name == "cnn" and not cfg.model.pretrained and cfg.data.image_size == 64
 
 
+def test_the_line_says_what_was_chosen_even_when_lr_is_found_later(tmp_path):
+    cfg, _ = chosen(folder_cfg(tmp_path, lr="auto"), facts(240))
+    line = choose(cfg, facts(240), "cpu").line(cfg)
+    assert "efficientnet_lite0 pretrained at 96 px" in line and "adamw lr auto" in line
+
+
 def test_recipe_none_and_fashion_mnist_keep_the_plain_defaults(tmp_path):
     plain = RunConfig()
     assert chosen(folder_cfg(tmp_path, recipe="none"), facts(240))[1] == {}

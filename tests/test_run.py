@@ -53,7 +53,8 @@ def test_saved_config_reproduces_the_run_config(trained_run):
     assert saved["augment"]["hflip_p"] == 0.5  # the preset, resolved
     sidecar = json.loads((trained_run / "checkpoints" / "best.json").read_text())
     assert sidecar["config"] == saved and sidecar["task"] == "multiclass"
-    assert sidecar["input"] == {"channels": 1, "height": 28, "width": 28}
+    assert sidecar["input"] == {"channels": 1, "height": 28, "width": 28, "decoded": 28,
+                                "fit": "squash"}
     assert len(sidecar["normalization"]["mean"]) == 1 and len(sidecar["class_names"]) == 10
     assert set(sidecar["versions"]) >= {"imclass", "torch", "python"}
 

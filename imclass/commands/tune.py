@@ -25,6 +25,7 @@ from imclass import config as config_mod
 from imclass.commands.train import train
 from imclass.config import KEYS, RunConfig
 from imclass.errors import ConfigError
+from imclass.run_setup import check_names
 
 METHODS = ("grid", "random", "tpe")
 PRUNERS = ("median", "halving", "none")
@@ -283,6 +284,7 @@ def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = 
     `callbacks` are Optuna's: called as callback(study, frozen_trial) after each trial."""
     import optuna
 
+    check_names(base)  # an unknown dataset or model stops here, not in trial 1
     # The heartbeat and the matplotlib figures are marked experimental; they work as documented.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     out.mkdir(parents=True, exist_ok=True)

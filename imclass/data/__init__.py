@@ -9,6 +9,7 @@ from typing import Callable
 
 from imclass.config import DataConfig
 from imclass.data.batches import Normalization
+from imclass.data.decode import sides
 from imclass.data.images import ImageSet
 from imclass.errors import ConfigError, DataError
 
@@ -102,8 +103,6 @@ def load_source(cfg: DataConfig, scanned=None) -> Loaded:
     if cfg.source not in SOURCES:
         return _folder(cfg, scanned)
     loaded = SOURCES[cfg.source](cfg)
-    from imclass.data.decode import sides
-
     size, input_size = sides(cfg.image_size, cfg.crop_pct, loaded.train.size[0])
     mode = cfg.interpolation
     return dataclasses.replace(loaded, train=loaded.train.resized(size, mode),
