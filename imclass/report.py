@@ -163,7 +163,8 @@ def _recipe(recipe: dict | None) -> str:
         return ""
     chosen = recipe.get("chosen", {})
     rows = [[key, escape(str(value))] for key, value in chosen.items()]
-    return (f"<p>{escape(recipe['line'])}. The settings below were chosen from the data "
+    line = recipe["line"]
+    return (f"<p>{escape(line[:1].upper() + line[1:])}. The settings below were chosen from the data "
             "because no flag or config key set them (<code>--recipe none</code> keeps the "
             "plain defaults):</p>" + html_table(["key", "chosen"], rows))
 
