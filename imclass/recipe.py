@@ -30,7 +30,7 @@ from imclass.models.zoo import input_spec
 # Training images; above this our CNN from scratch is about as good and much faster (2,400
 # Fashion-MNIST images: 87.7% in 43 s from scratch, 88.8% in 209 s pretrained at 96 px).
 TRANSFER_MAX_IMAGES = 1200
-PHOTO_MIN_EDGE = 128  # px: colour images at least this large (median shortest edge) are photos
+PHOTO_MIN_EDGE = 128  # px: images at least this large (median shortest edge) are photos
 TRANSFER_MODEL = "efficientnet_lite0"
 LINE_ART_SIZE = 96  # px: small images are upsampled this far for the pretrained network
 SCRATCH_MAX_SIZE = 64  # px: our CNN's cost grows with the square of the side
@@ -55,11 +55,13 @@ class DataFacts:
 
     @property
     def photos(self) -> bool:
-        return self.channels == 3 and self.short_edge >= PHOTO_MIN_EDGE
+        """Colour or greyscale (X-rays, scans): large enough to be seen at 224 px."""
+        return self.short_edge >= PHOTO_MIN_EDGE
 
     def describe(self) -> str:
-        kind = "photos" if self.photos else ("greyscale images" if self.channels == 1
-                                             else "small colour images")
+        grey = "greyscale " if self.channels == 1 else ""
+        kind = f"{grey}photos" if self.photos else ("greyscale images" if grey
+                                                    else "small colour images")
         return (f"{self.train_images} training images of {kind} ({self.classes} classes, "
                 f"{self.smallest_class} in the smallest, {self.short_edge} px)")
 

@@ -40,6 +40,13 @@ def test_tiny_photo_set_gets_pretrained_lite0_at_224_with_photo_augmentation(tmp
     assert values["name"] == "efficientnet_lite0"
 
 
+def test_large_greyscale_images_are_photos_too(tmp_path):
+    cfg, _ = chosen(folder_cfg(tmp_path), facts(200, classes=2, channels=1, edge=512))
+    assert (cfg.data.image_size, cfg.data.fit, cfg.augment.preset) == (224, "crop", "photo")
+    assert "greyscale photos" in choose(folder_cfg(tmp_path), facts(200, 2, 1, 512),
+                                        "cpu").reason
+
+
 def test_small_greyscale_set_is_upsampled_for_the_pretrained_network(tmp_path):
     cfg, _ = chosen(folder_cfg(tmp_path), facts(240))
     assert cfg.model.name == "efficientnet_lite0" and cfg.data.image_size == 96
