@@ -115,3 +115,12 @@ def test_a_diverging_run_stops_with_advice():
         return logits.sum() * float("inf")
     with pytest.raises(ImclassError, match="training diverged at epoch 1.*lower --lr"):
         fit(model, batches, batches, exploding, TrainConfig(epochs=3), torch.device("cpu"))
+
+
+def test_freed_memory_is_kept_only_where_the_machine_has_room(monkeypatch):
+    from imclass import devices
+
+    monkeypatch.setattr(devices, "physical_memory", lambda: 4 * 1024 ** 3)
+    assert devices.keep_freed_memory() is False  # 4 GiB: glibc's default stays
+    monkeypatch.setattr(devices, "physical_memory", lambda: None)
+    assert devices.keep_freed_memory() is False
