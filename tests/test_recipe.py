@@ -147,3 +147,56 @@ def test_train_prints_the_recipe_records_it_and_its_config_repeats_the_run(tmp_p
     assert saved["model"]["name"] == "efficientnet_lite0" and saved["train"]["epochs"] == 2
     again, values = chosen(load_yaml(out / "config.yaml"), facts(12, classes=3, channels=3))
     assert values == {} and again.model.name == "efficientnet_lite0"
+
+
+def test_crop_fit_keeps_the_centre_and_the_margin_feeds_random_crops(tmp_path):
+    import torch
+
+    from imclass.config import AUGMENT_PRESETS
+    from imclass.data.augment import build_augment
+    from imclass.data.batches import Batches, Normalization
+    from imclass.data.decode import read_pixels, sides
+    from imclass.data.images import ImageSet
+
+    wide = np.zeros((20, 60, 3), np.uint8)
+    wide[:, :20, 0] = wide[:, 40:, 0] = 255  # red sides
+    wide[:, 20:40, 1] = 255  # a green middle
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    cropped, _ = read_pixels(path.read_bytes(), (20, 20), 3, fit="crop")
+    squashed, _ = read_pixels(path.read_bytes(), (20, 20), 3)
+    assert cropped[1].min() == 255 and cropped[0].max() == 0  # only the green centre
+    assert squashed[0].max() == 255  # squashing keeps the red sides
+
+    assert sides(224, 0.875, 999) == (256, 224) and sides(None, 1.0, 28) == (28, 28)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    data = ImageSet(images, torch.arange(8) % 2, ("a", "b"))
+    norm = Normalization((0.5,) * 3, (0.25,) * 3)
+    augment = build_augment(AUGMENT_PRESETS["photo"], (3, 32, 32), 24)
+    x, _ = next(iter(Batches(data, 8, norm, augment=augment, size=24)))
+    assert x.shape == (8, 3, 24, 24)
+    plain, _ = next(iter(Batches(data, 8, norm, size=24)))
+    centre = norm.apply(images[:, :, 4:28, 4:28].float().div(255))
+    assert torch.allclose(plain, centre) and data.center_cropped(24).size == (24, 24)
+
+
+@pytest.mark.slow
+def test_a_run_with_a_crop_margin_evaluates_and_predicts_on_the_centre(tmp_path, capsys):
+    from imclass import api
+
+    root = folder_dataset(tmp_path / "d", n_train=12, n_test=4)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(root), "--out", str(out), "--model", "cnn",
+                     "--image-size", "16", "--crop-pct", "0.8", "--fit", "crop", "--augment",
+                     "photo", "--epochs", "6", "--batch-size", "8", "--lr", "0.05", "--quiet",
+                     "--cache-dir", str(tmp_path / "c")]) == 0
+    sidecar = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert sidecar["input"] | {"channels": 3} == {"channels": 3, "height": 16, "width": 16,
+                                                  "decoded": 20, "fit": "crop"}
+    before = json.loads((out / "metrics.json").read_text())["test"]["accuracy"]
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["plain"]["accuracy"] == pytest.approx(before)
+    image = next((root / "test" / "blue").iterdir())
+    assert before > 0.9  # the tint survives a centre crop
+    assert api.predict(out, [image])[0]["top"][0]["class"] == "blue"

@@ -8,7 +8,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from imclass.data.batches import center_crop
+from imclass.data.images import center_crop
 from imclass.data.decode import read_pixels
 from imclass.data.labels import ancestors, node_probabilities
 from imclass.errors import ConfigError, DataError

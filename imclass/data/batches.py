@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from imclass.data.augment import BatchAugment
-from imclass.data.images import ImageSet
+from imclass.data.images import ImageSet, center_crop
 
 GPU_PRELOAD_BYTES = 4 * 1024 ** 3  # a set up to 4 GiB of uint8 pixels lives on the GPU
 
@@ -40,15 +40,6 @@ class Normalization:
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
-
-
-def center_crop(x: torch.Tensor, side: int | None) -> torch.Tensor:
-    """The central side x side pixels of a batch [..., H, W] (unchanged when it is that size)."""
-    h, w = x.shape[-2:]
-    if side is None or (h, w) == (side, side):
-        return x
-    top, left = (h - side) // 2, (w - side) // 2
-    return x[..., top:top + side, left:left + side]
 
 
 class Batches:

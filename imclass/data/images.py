@@ -12,6 +12,15 @@ from dataclasses import dataclass, replace
 import torch
 
 
+def center_crop(x: torch.Tensor, side: int | None) -> torch.Tensor:
+    """The central side x side pixels of images [..., H, W] (unchanged when that size)."""
+    h, w = x.shape[-2:]
+    if side is None or (h, w) == (side, side):
+        return x
+    top, left = (h - side) // 2, (w - side) // 2
+    return x[..., top:top + side, left:left + side]
+
+
 @dataclass(frozen=True)
 class ImageSet:
     store: torch.Tensor   # uint8 [M, C, H, W], decoded once (may be memory-mapped)
@@ -88,7 +97,4 @@ class ImageSet:
         when it is that size already. Evaluation sees what the model was trained to see."""
         if side is None or self.size == (side, side):
             return self
-        h, w = self.size
-        top, left = (h - side) // 2, (w - side) // 2
-        cropped = self.images[:, :, top:top + side, left:left + side].contiguous()
-        return replace(self, store=cropped, rows=None)
+        return replace(self, store=center_crop(self.images, side).contiguous(), rows=None)
