@@ -62,11 +62,11 @@ def keep_freed_memory(min_memory: int = KEEP_FREED_MIN_MEMORY) -> bool:
     By default each block over a threshold (at most 32 MiB) is a fresh mmap, returned to the
     kernel when freed: a 224-px batch of activations does that hundreds of times a step, and
     the kernel zeroes every new page. Measured on 2 cores (EfficientNet-Lite0, 224 px, batch
-    32): 15 training images/s with 5.1 s of system time in 8.7 s, against 29 images/s with
-    none after this call (docs/benchmarks.md). Training reuses the same sizes every step, so
-    the memory kept is mostly the memory needed next, but the peak grows (a whole 224-px run:
-    8.0 GB against 6.1 GB), so a machine with less than `min_memory` of RAM keeps glibc's
-    default. Returns whether the allocator was changed (False also where there is no glibc)."""
+    32, side by side): 14.5 training images/s with 9.4 s of system time in 13.2 s, against
+    26.6 images/s with 1.4 s after this call (bench/allocator.py, docs/benchmarks.md).
+    Training reuses the same sizes every step, so the memory kept is mostly the memory needed
+    next, but the peak grows (a whole 224-px run: 8.0 GB against 6.1 GB), so a machine with
+    less than `min_memory` of RAM keeps glibc's default. Returns whether the allocator was changed (False also where there is no glibc)."""
     import ctypes
     import ctypes.util
 

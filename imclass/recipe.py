@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from imclass.config import ModelConfig, RunConfig, override, user_set
-from imclass.data.decode import choose_channels
+from imclass.data.decode import choose_channels, median_short_edge
 from imclass.errors import ConfigError
 from imclass.models.weights import resolve_architecture
 from imclass.models.zoo import input_spec
@@ -76,11 +75,9 @@ def facts_of(scanned, val_fraction: float) -> DataFacts:
         for label in entry.labels:
             counts[label] = counts.get(label, 0) + 1
     kept = 1.0 if "val" in scanned.listings else 1 - val_fraction
-    edges = [min(i["width"], i["height"]) for _, i in readable] or [0]
     return DataFacts(train_images=round(len(readable) * kept), classes=len(counts),
                      smallest_class=round(min(counts.values(), default=0) * kept),
-                     channels=choose_channels(infos),
-                     short_edge=int(statistics.median(edges)))
+                     channels=choose_channels(infos), short_edge=median_short_edge(infos) or 0)
 
 
 @dataclass(frozen=True)
@@ -134,6 +131,8 @@ def _wants_transfer(cfg: RunConfig, facts: DataFacts, given: frozenset) -> tuple
     """Transfer learning for photos and small sets, when weights can be had (else a note)."""
     if "name" in given:
         return cfg.model.name != "cnn" and cfg.model.pretrained, ""
+    if "pretrained" in given and not cfg.model.pretrained:
+        return False, ""  # "no pretrained weights", said outright: our CNN from scratch
     if not (facts.photos or facts.train_images <= TRANSFER_MAX_IMAGES
             or (cfg.model.pretrained and "pretrained" in given)):
         return False, ""

@@ -105,6 +105,11 @@ def test_the_line_says_what_was_chosen_even_when_lr_is_found_later(tmp_path):
     assert "efficientnet_lite0 pretrained at 96 px" in line and "adamw lr auto" in line
 
 
+def test_saying_no_pretrained_weights_gets_the_cnn_from_scratch(tmp_path):
+    cfg, _ = chosen(folder_cfg(tmp_path, pretrained=False), facts(240))
+    assert (cfg.model.name, cfg.model.pretrained, cfg.train.freeze_epochs) == ("cnn", False, 0)
+
+
 def test_recipe_none_and_fashion_mnist_keep_the_plain_defaults(tmp_path):
     plain = RunConfig()
     assert chosen(folder_cfg(tmp_path, recipe="none"), facts(240))[1] == {}

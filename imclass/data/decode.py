@@ -131,10 +131,16 @@ def choose_channels(infos: list[dict]) -> int:
     return 1 if modes and modes <= GREY_MODES else 3
 
 
+def median_short_edge(infos: list[dict]) -> int | None:
+    """The median shortest edge of the images whose header could be read, px."""
+    edges = [min(i["width"], i["height"]) for i in infos if "width" in i]
+    return int(np.median(edges)) if edges else None
+
+
 def default_size(infos: list[dict], cap: int = 128) -> int:
     """The median shortest edge of the readable images, at most `cap` pixels (CPU-sized)."""
-    edges = [min(i["width"], i["height"]) for i in infos if "width" in i]
-    return int(min(cap, max(8, np.median(edges)))) if edges else cap
+    edge = median_short_edge(infos)
+    return min(cap, max(8, edge)) if edge is not None else cap
 
 
 def sides(image_size: int | None, crop_pct: float, native: int) -> tuple[int, int]:
