@@ -5,11 +5,12 @@ The public API is imported lazily, so `import imclass` (and `imclass --help`) st
 
 from imclass.version import __version__
 
-__all__ = ["train", "evaluate", "predict", "load_run", "RunConfig", "load_config"]
+__all__ = ["train", "evaluate", "predict", "export", "load", "load_run", "RunConfig",
+           "load_config"]
 
 
 def __getattr__(name):
-    if name in ("train", "evaluate", "predict", "load_run"):
+    if name in ("train", "evaluate", "predict", "export", "load", "load_run"):
         from imclass import api
         return getattr(api, name)
     if name == "RunConfig":

@@ -163,12 +163,52 @@ def build_parser() -> Parser:
                          help="the HTML page to write (default compare.html)")
     compare.set_defaults(func=_compare)
 
-    predict = sub.add_parser("predict", help="top-k classes for image files")
-    predict.add_argument("run_dir", metavar="RUN_DIR")
-    predict.add_argument("images", metavar="IMAGE", nargs="+")
+    predict = sub.add_parser("predict", help="decisions for image files, folders, globs or "
+                             "CSVs of paths; to the console or a CSV/JSONL file")
+    predict.add_argument("model", metavar="MODEL", help="a run folder or an exported .onnx, "
+                         ".ts or .pt2 file")
+    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders "
+                         "(searched recursively), glob patterns or CSV files of paths")
     predict.add_argument("--top-k", type=int, default=3, help="classes to show (default 3)")
     predict.add_argument("--json", action="store_true", help="print JSON for machines")
+    predict.add_argument("--out", help="write one row per image to this .csv or .jsonl file "
+                         "instead of the console")
+    predict.add_argument("--backend", choices=("torch", "onnx"), help="torch: the run's "
+                         "PyTorch model; onnx: ONNX Runtime (default for an .onnx file)")
+    predict.add_argument("--batch-size", type=int, default=64, help="images per forward pass "
+                         "(default 64)")
+    predict.add_argument("--workers", type=int, help="decoding processes (default: the CPU "
+                         "cores, at most 8; none for a few files)")
     predict.set_defaults(func=_predict)
+
+    export = sub.add_parser("export", help="a run's model as one ONNX, TorchScript or "
+                            "torch.export file with its classes and thresholds inside")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--format", choices=("onnx", "torchscript", "pt2"), default="onnx",
+                        help="default onnx")
+    export.add_argument("--int8", action="store_true", help="ONNX Runtime static int8 "
+                        "quantization calibrated on validation images; prints its cost")
+    export.add_argument("--out", help="the file to write (default RUN_DIR/model.onnx, "
+                        "model-int8.onnx, model.ts or model.pt2)")
+    export.set_defaults(func=_export)
+
+    serve = sub.add_parser("serve", help="an HTTP API and a web page for a model")
+    serve.add_argument("model", metavar="MODEL", help="a run folder or an exported .onnx, .ts "
+                       "or .pt2 file")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default "
+                       "127.0.0.1, this machine only; 0.0.0.0 exposes it to the network)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    serve.add_argument("--backend", choices=("torch", "onnx"))
+    serve.add_argument("--api-key", help="require this key in the X-API-Key header of every "
+                       "API request (use it with --host 0.0.0.0)")
+    serve.add_argument("--max-upload-mb", type=float, default=20,
+                       help="refuse larger requests with 413 (default 20)")
+    serve.add_argument("--max-batch", type=int, default=32, help="most images in one forward "
+                       "pass when requests arrive together (default 32)")
+    serve.add_argument("--max-wait-ms", type=float, default=5, help="how long a request waits "
+                       "for others to join its batch, ms (default 5)")
+    serve.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
+    serve.set_defaults(func=_serve)
     return parser
 
 
@@ -290,23 +330,67 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _predict(args: argparse.Namespace, argv: list[str]) -> int:
-    from imclass import api
+    import time
+    from pathlib import Path
 
-    if args.top_k < 1:
-        raise ImclassError("--top-k must be at least 1")
-    results = api.predict(args.run_dir, args.images, top_k=args.top_k)
+    from imclass.commands import predict as cmd
+    from imclass.predictor import load
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise ImclassError("--top-k and --batch-size must be at least 1")
+    out = Path(args.out) if args.out else None
+    cmd.check_output(out)
+    predictor = load(args.model, args.backend)
+    paths = cmd.collect(args.images)
+    started = time.perf_counter()
+    results = cmd.predict_files(predictor, paths, args.top_k, args.batch_size, args.workers,
+                                progress=out is not None)
+    if out is not None:
+        counts = cmd.write_predictions(results, out, args.top_k, predictor.contract.task)
+        seconds = time.perf_counter() - started
+        print(f"{counts['images']} images scored in {seconds:.1f}s "
+              f"({counts['images'] / seconds:.0f} images/s), {counts['failed']} failed: {out}")
+        return 1 if counts["failed"] else 0
+    results = list(results)
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        tops = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
-        if "labels" in r:
-            tops = f"labels {', '.join(r['labels']) or 'none'} ({tops})"
-        elif "decision" in r:
-            tops = f"{r['decision']} ({tops})"
-        elif "path" in r:
-            tops = " > ".join(f"{n['node']} {n['probability']:.1%}" for n in r["path"])
-        print(f"{r['image']}: {tops}")
+    else:
+        for r in results:
+            print(f"{r['image']}: {_decision_text(r)}")
+    failed = sum("error" in r for r in results)
+    if failed:
+        print(f"imclass: {failed} of {len(results)} images could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _decision_text(r: dict) -> str:
+    if "error" in r:
+        return f"error: {r['error']}"
+    tops = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
+    if "path" in r:
+        return " > ".join(f"{n['node']} {n['probability']:.1%}" for n in r["path"])
+    if "labels" in r:
+        return f"labels {', '.join(r['labels']) or 'none'} ({tops})"
+    return f"{r['decision']} ({tops})"
+
+
+def _export(args: argparse.Namespace, argv: list[str]) -> int:
+    from imclass.commands.export import export
+
+    path, _ = export(args.run_dir, args.out, args.format, args.int8, quiet=False)
+    print(path)
+    return 0
+
+
+def _serve(args: argparse.Namespace, argv: list[str]) -> int:
+    from imclass.commands.serve import serve
+
+    if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_upload_mb <= 0:
+        raise ImclassError("--max-batch must be at least 1, --max-wait-ms at least 0 and "
+                           "--max-upload-mb above 0")
+    serve(args.model, host=args.host, port=args.port, backend=args.backend,
+          api_key=args.api_key, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
+          max_wait_ms=args.max_wait_ms, top_k=args.top_k)
     return 0
 
 

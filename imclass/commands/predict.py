@@ -1,69 +1,164 @@
-"""`imclass predict`: a finished run's decisions on image files."""
+"""`imclass predict`: a model's decisions on image files, from a few to a few hundred thousand.
+
+Inputs are files, folders (searched recursively for images), glob patterns or CSV files of
+paths. Images are decoded in worker processes (a torch DataLoader: bounded prefetch, so memory
+stays flat however many files there are) and scored in batches by the predictor (predictor.py).
+A file that cannot be read becomes a row with an `error` and the rest are still scored.
+"""
 
 from __future__ import annotations
 
+import csv
+import glob
+import json
+import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
-import numpy as np
 import torch
 
-from imclass.data.images import center_crop
-from imclass.data.decode import read_pixels
-from imclass.data.labels import ancestors, node_probabilities
+from imclass.atomic import atomic_write
+from imclass.contract import Contract
+from imclass.data.folders import is_image
 from imclass.errors import ConfigError, DataError
-from imclass.runfolder import load_run
+from imclass.predictor import Predictor, load, pixels_of
+
+PATH_COLUMNS = ("image", "path", "file", "filename")
 
 
-def read_image(path: str | Path, channels: int, side: int, interpolation: str | None = None,
-               fit: str = "squash") -> torch.Tensor:
-    """One image file as uint8 [C, side, side], converted and resized the way training images
-    were decoded."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"image {path} does not exist") from None
-    except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
-    array, error = read_pixels(data, (side, side), channels, interpolation=interpolation,
-                               fit=fit)
-    if array is None:
-        raise DataError(f"cannot read image {path}: {error}")
-    return torch.from_numpy(array)
+def predict(model: str | Path, images: Iterable[str | Path], top_k: int = 3,
+            backend: str | None = None) -> list[dict]:
+    """For each image (files, folders, globs, CSVs of paths): the top-k classes with
+    probabilities and the task's decision; {"image", "error"} for one that cannot be read."""
+    predictor = load(model, backend)
+    return list(predict_files(predictor, collect(images), top_k))
 
 
-def predict(run_dir: str | Path, images: Iterable[str | Path], top_k: int = 3) -> list[dict]:
-    """For each image file: the top-k classes with probabilities, and the task's decision
-    (binary: the class at the tuned threshold; multilabel: every label over its threshold;
-    hierarchical: the path down the tree with each node's probability)."""
-    run = load_run(run_dir)
-    spec = run.meta["input"]
-    paths = list(images)
+def collect(inputs: Iterable[str | Path]) -> list[str]:
+    """Image paths from files, folders (recursive, sorted), globs and CSV files of paths. A
+    missing path or a pattern matching nothing is kept: it becomes an error row."""
+    paths: list[str] = []
+    for given in map(str, inputs):
+        p = Path(given)
+        if p.is_dir():
+            paths += sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image(f))
+        elif p.is_file() and p.suffix.lower() == ".csv":
+            paths += paths_in_csv(p)
+        elif not p.exists() and any(ch in given for ch in "*?["):
+            found = sorted(f for f in glob.glob(given, recursive=True) if Path(f).is_file())
+            paths += found or [given]
+        else:
+            paths.append(given)
     if not paths:
-        raise ConfigError("give at least one image to predict")
-    decoded = spec.get("decoded", spec["height"])  # with a crop margin, larger than the input
-    x = torch.stack([read_image(p, spec["channels"], decoded, run.config.data.interpolation,
-                                spec.get("fit", "squash"))
-                     for p in paths]).float().div_(255)
-    x = center_crop(x, spec["height"])
-    x = run.norm.apply(x).to(run.device)
-    task = run.task
-    with torch.no_grad():
-        probs = task.probabilities(run.model(x)).cpu().numpy()
-    names = run.class_names
+        raise ConfigError("no images to predict: the folders given hold no image files")
+    return paths
+
+
+def paths_in_csv(path: Path) -> list[str]:
+    """The image column of a CSV (named image, path, file or filename; else the first),
+    relative paths resolved against the CSV's folder, or its images/ folder."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh) if r]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path} is not a readable CSV of image paths ({exc})") from None
+    if not rows:
+        raise DataError(f"{path} is empty; give one image path per row")
+    header = [c.strip().lower() for c in rows[0]]
+    column = next((header.index(n) for n in PATH_COLUMNS if n in header), None)
+    body = rows[1:] if column is not None else rows
     out = []
-    for p, row in zip(paths, probs):
-        top = row.argsort()[::-1][:min(top_k, len(names))]
-        item = {"image": str(p), "top": [{"class": names[i], "probability": float(row[i])}
-                                         for i in top]}
-        decided = task.predictions(row[None], run.thresholds)[0]
-        if task.name == "multilabel":
-            item["labels"] = [names[k] for k in np.flatnonzero(decided)]
-        elif task.name == "binary":
-            item["decision"] = names[int(decided)]
-        elif task.name == "hierarchical":
-            nodes = node_probabilities(row[None], names, task.sep)
-            item["path"] = [{"node": n, "probability": float(nodes[n][0])}
-                            for n in ancestors(names[int(decided)], task.sep)]
-        out.append(item)
+    for r in body:
+        name = Path(r[column or 0].strip())
+        if not name.is_absolute():
+            beside, under = path.parent / name, path.parent / "images" / name
+            name = under if not beside.exists() and under.exists() else beside
+        out.append(str(name))
     return out
+
+
+class Decoding(torch.utils.data.Dataset):
+    """(position, uint8 [C, D, D] or the error message) of each path, in a worker process."""
+
+    def __init__(self, paths: list[str], contract: Contract):
+        self.paths, self.contract = paths, contract
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, k: int):
+        try:
+            return k, pixels_of(self.paths[k], self.contract)
+        except DataError as exc:
+            return k, str(exc)
+
+
+def as_list(batch: list) -> list:
+    return batch
+
+
+def decoded_batches(paths: list[str], contract: Contract, batch_size: int,
+                    workers: int | None) -> Iterator[list]:
+    if workers is None:  # a process start costs more than decoding a batch or two
+        workers = 0 if len(paths) <= 2 * batch_size else min(8, os.cpu_count() or 1)
+    loader = torch.utils.data.DataLoader(Decoding(paths, contract), batch_size=batch_size,
+                                         num_workers=workers, collate_fn=as_list,
+                                         prefetch_factor=4 if workers else None)
+    yield from loader
+
+
+def predict_files(predictor: Predictor, paths: list[str], top_k: int = 3,
+                  batch_size: int = 64, workers: int | None = None,
+                  progress: bool = False) -> Iterator[dict]:
+    """Results in the order of `paths`, a batch at a time."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(paths), unit="img", disable=not progress or None,
+               desc="predicting", dynamic_ncols=True)
+    with bar:
+        for batch in decoded_batches(paths, predictor.contract, batch_size, workers):
+            labels = [paths[k] for k, _ in batch]
+            yield from predictor.score(labels, [d for _, d in batch], top_k, batch_size)
+            bar.update(len(batch))
+
+
+def csv_row(result: dict, top_k: int) -> dict:
+    row = {"image": result["image"], "decision": "", "error": result.get("error", "")}
+    if "labels" in result:
+        row["decision"] = ";".join(result["labels"])
+    elif "decision" in result:
+        row["decision"] = result["decision"]
+    for n, t in enumerate(result.get("top", [])[:top_k], start=1):
+        row[f"class_{n}"], row[f"probability_{n}"] = t["class"], f"{t['probability']:.6f}"
+    if "path" in result:
+        row["path"] = " > ".join(f"{n['node']} ({n['probability']:.4f})" for n in result["path"])
+    return row
+
+
+def write_predictions(results: Iterable[dict], out: Path, top_k: int, task: str) -> dict:
+    """Stream results into `out` (.csv or .jsonl) through a temporary file renamed at the end;
+    returns {"images", "failed"}."""
+    counts = {"images": 0, "failed": 0}
+    columns = ["image", "decision"] + [f"{c}_{n}" for n in range(1, top_k + 1)
+                                       for c in ("class", "probability")]
+    columns += (["path"] if task == "hierarchical" else []) + ["error"]
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, columns, restval="") if out.suffix == ".csv" else None
+            if writer:
+                writer.writeheader()
+            for result in results:
+                counts["images"] += 1
+                counts["failed"] += "error" in result
+                if writer:
+                    writer.writerow(csv_row(result, top_k))
+                else:
+                    fh.write(json.dumps(result) + "\n")
+    atomic_write(out, write)
+    return counts
+
+
+def check_output(out: Path | None) -> None:
+    if out is not None and out.suffix not in (".csv", ".jsonl"):
+        raise ConfigError(f"--out {out}: give a .csv or .jsonl file")

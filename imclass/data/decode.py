@@ -28,6 +28,7 @@ from imclass.atomic import atomic_write_text
 
 # Pillow's decompression-bomb limit (pixels); a larger image is refused, not decoded.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+TOO_LARGE = f"larger than Pillow's limit of {MAX_PIXELS:,} pixels (refused)"
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 CACHE_VERSION = 1
 
@@ -53,7 +54,7 @@ def inspect(path: str) -> dict:
             info |= {"format": img.format, "mode": img.mode, "width": img.width,
                      "height": img.height}
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        info["error"] = f"larger than Pillow's limit of {MAX_PIXELS:,} pixels (refused)"
+        info["error"] = TOO_LARGE
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         info["error"] = f"not an image Pillow can read ({type(exc).__name__})"
     return info
@@ -84,22 +85,34 @@ def read_pixels(data: bytes, size: tuple[int, int], channels: int, with_hash: bo
     keeps the centre (no distortion, the usual way to feed photos to a network)."""
     import imagehash
 
-    resample = RESAMPLING[interpolation or "bilinear"]
     try:
         with _open(data) as img:
             img.draft("RGB" if channels == 3 else "L", size)  # JPEG: decode at reduced scale
-            img = _to_8bit(ImageOps.exif_transpose(img), channels)
-            img = ImageOps.fit(img, size, resample) if fit == "crop" else img.resize(size,
-                                                                                     resample)
+            img = fitted(img, size, channels, interpolation, fit)
             # hashed at the target size: phash works on 32x32 anyway, and it is 2x cheaper
             phash = str(imagehash.phash(img)) if with_hash else ""
-            array = np.array(img, dtype=np.uint8)
+            return channels_first(img, channels), phash
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return None, f"larger than Pillow's limit of {MAX_PIXELS:,} pixels (refused)"
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return None, TOO_LARGE
+    except UnidentifiedImageError:
+        return None, "not an image Pillow can read (unknown format)"
+    except (OSError, ValueError, SyntaxError) as exc:
         return None, f"cannot decode: {exc}"
+
+
+def fitted(img: Image.Image, size: tuple[int, int], channels: int,
+           interpolation: str | None = None, fit: str = "squash") -> Image.Image:
+    """An opened image converted and resized the way every training image is."""
+    resample = RESAMPLING[interpolation or "bilinear"]
+    img = _to_8bit(ImageOps.exif_transpose(img), channels)
+    return ImageOps.fit(img, size, resample) if fit == "crop" else img.resize(size, resample)
+
+
+def channels_first(img: Image.Image, channels: int) -> np.ndarray:
+    """uint8 [C, H, W] of an 8-bit greyscale or RGB image."""
+    array = np.array(img, dtype=np.uint8)
     array = array[None] if channels == 1 else array.transpose(2, 0, 1)
-    return np.ascontiguousarray(array), phash
+    return np.ascontiguousarray(array)
 
 
 def decode(job: tuple[str, int, int, str | None, str]) -> tuple[np.ndarray | None, dict]:

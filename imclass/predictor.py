@@ -1,0 +1,267 @@
+"""One code path from a model to decisions: `load(path)` returns a Predictor for a run folder
+(eager PyTorch), an exported `.onnx` file (ONNX Runtime), a TorchScript `.ts` file or a
+torch.export `.pt2` file. `imclass predict`, `imclass serve` and the Python API all call
+`Predictor.predict`, so they cannot disagree.
+
+A predictor turns each input (a path, encoded bytes, a PIL image or an HxW / HxWxC uint8
+array) into uint8 pixels exactly as training images were decoded (EXIF orientation, the same
+mode conversion, squash or centre fit, the same filter), runs the contract's `PixelModel` and
+makes the task's decision with the run's tuned thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from imclass.contract import Contract, PixelModel
+from imclass.data.decode import channels_first, fitted, read_pixels
+from imclass.data.labels import ancestors, node_probabilities
+from imclass.devices import resolve_device
+from imclass.errors import DataError, ImclassError
+from imclass.runfolder import load_run
+from imclass.tasks import get_task
+
+Forward = Callable[[np.ndarray], np.ndarray]  # uint8 [N, C, D, D] -> float32 [N, K]
+EXPORTED_SUFFIXES = (".onnx", ".ts", ".pt2")
+
+
+@dataclass
+class Predictor:
+    contract: Contract
+    forward: Forward
+    backend: str   # torch | onnx | torchscript | torch-export
+    source: str    # the run folder or file it was loaded from
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.contract.class_names
+
+    def pixels(self, item: Any) -> np.ndarray:
+        """uint8 [C, D, D] of one input, decoded as training images were; DataError if it
+        cannot be (missing, not an image, over Pillow's pixel limit)."""
+        return pixels_of(item, self.contract)
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 [N, K] for uint8 pixels [N, C, D, D]."""
+        c = self.contract
+        expected = (c.input_channels, c.decoded_size, c.decoded_size)
+        if pixels.dtype != np.uint8 or pixels.shape[1:] != expected:
+            raise DataError(f"pixels must be uint8 [N, {', '.join(map(str, expected))}]; got "
+                            f"{pixels.dtype} {list(pixels.shape)}")
+        return self.forward(np.ascontiguousarray(pixels))
+
+    def decisions(self, probs: np.ndarray, top_k: int = 3) -> list[dict]:
+        """Per row: the top-k classes with probabilities and the task's decision (binary: the
+        class at the tuned threshold; multilabel: every label over its threshold; hierarchical:
+        the leaf and the path down the tree with each node's probability)."""
+        c, names = self.contract, self.contract.class_names
+        task = get_task(c.task, c.hierarchy_sep)
+        decided = task.predictions(probs, list(c.thresholds) if c.thresholds else None)
+        nodes = node_probabilities(probs, names, c.hierarchy_sep) \
+            if c.task == "hierarchical" else {}
+        out = []
+        for n, row in enumerate(probs):
+            top = row.argsort()[::-1][:min(top_k, len(names))]
+            item: dict = {"top": [{"class": names[i], "probability": float(row[i])}
+                                  for i in top]}
+            if c.task == "multilabel":
+                item["labels"] = [names[k] for k in np.flatnonzero(decided[n])]
+            else:
+                item["decision"] = names[int(decided[n])]
+            if c.task == "hierarchical":
+                item["path"] = [{"node": a, "probability": float(nodes[a][n])}
+                                for a in ancestors(item["decision"], c.hierarchy_sep)]
+            out.append(item)
+        return out
+
+    def predict(self, items: Iterable[Any], top_k: int = 3, batch_size: int = 64,
+                names: Iterable[str] | None = None) -> list[dict]:
+        """One result per input, in order: {"image", "top", decision...}, or {"image",
+        "error"} for an input that could not be read (the others are still scored)."""
+        items = list(items)
+        labels = list(names) if names is not None else [describe(i, k) for k, i in
+                                                          enumerate(items)]
+        decoded: list[np.ndarray | str] = []
+        for item in items:
+            try:
+                decoded.append(self.pixels(item))
+            except DataError as exc:
+                decoded.append(str(exc))
+        return self.score(labels, decoded, top_k, batch_size)
+
+    def score(self, labels: list[str], decoded: list, top_k: int = 3,
+              batch_size: int = 64) -> list[dict]:
+        """Results for already decoded inputs (uint8 [C, D, D], or the error message)."""
+        ok = [k for k, d in enumerate(decoded) if not isinstance(d, str)]
+        results: list[dict] = [{"image": labels[k], "error": d} for k, d in enumerate(decoded)]
+        for start in range(0, len(ok), batch_size):
+            rows = ok[start:start + batch_size]
+            probs = self.probabilities(np.stack([decoded[k] for k in rows]))
+            for k, decision in zip(rows, self.decisions(probs, top_k)):
+                results[k] = {"image": labels[k], **decision}
+        return results
+
+
+def pixels_of(item: Any, c: Contract) -> np.ndarray:
+    """uint8 [C, D, D] of a path, encoded bytes, a PIL image or a uint8 HxW / HxWxC array,
+    decoded the way the contract's training images were."""
+    from PIL import Image
+
+    size = (c.decoded_size, c.decoded_size)
+    if isinstance(item, (str, Path)):
+        item = read_bytes(item)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        array, error = read_pixels(bytes(item), size, c.input_channels, False,
+                                   c.interpolation, c.fit)
+        if array is None:
+            raise DataError(error)
+        return array
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim not in (2, 3):
+            raise DataError(f"an array image must be uint8 HxW or HxWxC; got {item.dtype} "
+                            f"{item.shape}")
+        item = Image.fromarray(item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item)
+    if isinstance(item, Image.Image):
+        return channels_first(fitted(item, size, c.input_channels, c.interpolation, c.fit),
+                              c.input_channels)
+    raise DataError(f"cannot predict a {type(item).__name__}: give a path, bytes, a PIL "
+                    "image or a uint8 array")
+
+
+def describe(item: Any, index: int) -> str:
+    return str(item) if isinstance(item, (str, Path)) else f"<{type(item).__name__} {index}>"
+
+
+def read_bytes(path: str | Path) -> bytes:
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"image {path} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder, not an image") from None
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
+
+
+def load(model: str | Path, backend: str | None = None, device: str = "auto") -> Predictor:
+    """A predictor for a run folder or an exported file. backend: torch (a run folder's eager
+    model) or onnx (ONNX Runtime: the .onnx file given, or the run folder's model.onnx,
+    exported on first use); default: what `model` is."""
+    path = Path(model)
+    if not path.exists():
+        raise DataError(f"model {path} does not exist; give a run folder or an exported "
+                        ".onnx, .ts or .pt2 file")
+    if backend not in (None, "torch", "onnx"):
+        raise ImclassError(f"unknown backend '{backend}'; valid: torch, onnx")
+    if path.is_dir():
+        if backend == "onnx":
+            return load_onnx(onnx_of_run(path))
+        return load_torch_run(path, device)
+    if path.suffix == ".onnx":
+        if backend == "torch":
+            raise ImclassError(f"{path} is an ONNX file; --backend torch needs its run folder")
+        return load_onnx(path)
+    if path.suffix in (".ts", ".pt2"):
+        return load_torch_file(path, device)
+    raise DataError(f"{path} is not a run folder or an .onnx, .ts or .pt2 file")
+
+
+def run_contract(run_dir: Path, meta: dict) -> Contract:
+    metrics_file = run_dir / "metrics.json"
+    test = {}
+    if metrics_file.is_file():
+        try:
+            test = json.loads(metrics_file.read_text()).get("test", {})
+        except json.JSONDecodeError:
+            raise DataError(f"{metrics_file} is not valid JSON") from None
+    return Contract.of_run(meta, test)
+
+
+def pixel_model_of_run(run_dir: Path, device: str = "auto") -> tuple[PixelModel, Contract]:
+    run = load_run(run_dir, device=device)
+    contract = run_contract(Path(run_dir), run.meta)
+    return PixelModel(run.model, contract).to(run.device).eval(), contract
+
+
+def torch_forward(module: torch.nn.Module, device: torch.device) -> Forward:
+    def forward(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
+    return forward
+
+
+def load_torch_run(run_dir: Path, device: str = "auto") -> Predictor:
+    module, contract = pixel_model_of_run(run_dir, device)
+    dev = next(module.parameters()).device
+    return Predictor(contract, torch_forward(module, dev), "torch", str(run_dir))
+
+
+def onnx_of_run(run_dir: Path) -> Path:
+    """The run's model.onnx, exported now when missing or older than its best checkpoint."""
+    onnx_file = run_dir / "model.onnx"
+    best = run_dir / "checkpoints" / "best.safetensors"
+    if not onnx_file.is_file() or (best.is_file() and
+                                   best.stat().st_mtime > onnx_file.stat().st_mtime):
+        from imclass.exporters import write
+        module, contract = pixel_model_of_run(run_dir, device="cpu")
+        write(module, contract, onnx_file, "onnx")
+    return onnx_file
+
+
+def onnx_session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                 if p in ort.get_available_providers()]
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own untyped errors for a bad file
+        raise DataError(f"{path} is not a readable ONNX model ({str(exc).splitlines()[0]})"
+                        ) from None
+
+
+def load_onnx(path: Path, threads: int | None = None) -> Predictor:
+    session = onnx_session(path, threads)
+    contract = Contract.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+    input_name = session.get_inputs()[0].name
+
+    def forward(pixels: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: pixels})[0]
+    return Predictor(contract, forward, "onnx", str(path))
+
+
+def load_torch_file(path: Path, device: str = "auto") -> Predictor:
+    """A TorchScript (.ts) or torch.export (.pt2) file written by imclass export."""
+    dev = resolve_device(device)
+    extra = {"imclass.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation note
+        try:
+            if path.suffix == ".ts":
+                module, backend = torch.jit.load(str(path), map_location=dev,
+                                                 _extra_files=extra), "torchscript"
+            else:
+                module = torch.export.load(str(path), extra_files=extra).module()
+                if dev.type != "cpu":
+                    module = module.to(dev)
+                backend = "torch-export"
+        except Exception as exc:  # torch raises RuntimeError, zipfile or pickle-free serde errors
+            raise DataError(f"{path} is not a readable model file ({str(exc).splitlines()[0]})"
+                            ) from None
+    try:
+        props = json.loads(extra["imclass.json"] or "{}")
+    except json.JSONDecodeError:
+        raise DataError(f"{path}: its imclass.json is not valid JSON") from None
+    contract = Contract.from_metadata(props, str(path))
+    return Predictor(contract, torch_forward(module, dev), backend, str(path))
