@@ -1,4 +1,5 @@
 import gzip
+import shutil
 import struct
 from pathlib import Path
 
@@ -38,3 +39,23 @@ def trained_run(tmp_path_factory):
     cfg = override(RunConfig(), {"subset": 1200, "epochs": 6, "batch_size": 64, "lr": 0.1})
     imclass.train(cfg, out, quiet=True, command="pytest")
     return out
+
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    assert CHROMIUM and DRIVER, ("chromium and chromedriver are missing: `make test` installs "
+                                 "Debian's chromium and chromium-driver packages")
+    from selenium import webdriver
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-sync",
+                "--disable-component-update", "--window-size=1280,900"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(DRIVER))
+    yield driver
+    driver.quit()

@@ -79,3 +79,18 @@ def folder_dataset(root: Path, task: str = "multiclass", n_train: int = 20, n_te
             for i in range(n):
                 Image.fromarray(draw((c,), rng)).save(folder / f"{i:03d}{FORMATS[i % 4]}")
     return root
+
+
+def bomb_png(path: Path, side: int = 40_000) -> Path:
+    """A valid PNG whose header claims side x side pixels (1.6 billion: over Pillow's limit)
+    in a few hundred bytes, for the decompression-bomb refusal."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path

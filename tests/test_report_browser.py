@@ -1,30 +1,9 @@
 """report.html in a real headless browser (Debian's chromium, driven by selenium)."""
-import shutil
-
 import numpy as np
 import pytest
 from PIL import Image
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert CHROMIUM and DRIVER, ("chromium and chromedriver are missing: `make test` installs "
-                                 "Debian's chromium and chromium-driver packages")
-    from selenium import webdriver
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking", "--disable-sync",
-                "--disable-component-update", "--window-size=1280,900"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(DRIVER))
-    yield driver
-    driver.quit()
 
 
 def test_report_loads_cleanly_and_renders_whole(trained_run, browser, tmp_path):

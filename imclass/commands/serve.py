@@ -10,8 +10,9 @@
 - Bad input is a 4xx with one sentence: a body over `--max-upload-mb` 413 (counted as it
   arrives, whatever Content-Length says), a file that is not an image 415, one over Pillow's
   pixel limit 422, a missing or wrong API key 401. Nothing else leaves a traceback to the client.
-- With `--api-key`, every request but `/health`, the page and its assets needs the header
-  `X-API-Key`.
+- With `--api-key`, `/predict` and `/model` need the header `X-API-Key` (the OpenAPI page
+  shows it as the API's security scheme); `/health`, the page, `/docs` and the OpenAPI
+  description hold nothing of the model and stay open.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from swagger_ui_bundle import swagger_ui_path
@@ -36,9 +38,6 @@ from swagger_ui_bundle import swagger_ui_path
 from imclass.data.decode import TOO_LARGE
 from imclass.errors import DataError
 from imclass.predictor import Predictor, load
-
-OPEN_PATHS = ("/", "/health", "/favicon.ico")
-
 
 class Batcher:
     """Collects images from concurrent requests into batches for one model thread."""
@@ -140,13 +139,15 @@ def create_app(predictor: Predictor, *, api_key: str | None = None, max_upload_m
     app.state.batcher = batcher
     app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
 
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+    def require_key(given: str | None = Security(key_header)) -> None:
+        if api_key and not hmac.compare_digest(given or "", api_key):
+            raise HTTPException(401, "missing or wrong API key: send it in the X-API-Key "
+                                "header")
+
     @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if api_key and request.url.path not in OPEN_PATHS and not \
-                request.url.path.startswith("/static/") and not hmac.compare_digest(
-                    request.headers.get("x-api-key", ""), api_key):
-            return JSONResponse({"detail": "missing or wrong API key: send it in the "
-                                 "X-API-Key header"}, status_code=401)
+    async def no_tracebacks(request: Request, call_next):
         try:
             return await call_next(request)
         except BodyTooLarge:
@@ -171,19 +172,21 @@ def create_app(predictor: Predictor, *, api_key: str | None = None, max_upload_m
         return get_swagger_ui_html(openapi_url="/openapi.json", title="imclass API",
                                    swagger_js_url="/static/swagger/swagger-ui-bundle.js",
                                    swagger_css_url="/static/swagger/swagger-ui.css",
-                                   swagger_favicon_url="/favicon.ico")
+                                   swagger_favicon_url="data:,")
 
     @app.get("/health")
     def health():
-        return {"status": "ok"}
+        """Up, and how many images and forward passes it has served (batching at work)."""
+        return {"status": "ok", "images": sum(batcher.batch_sizes),
+                "batches": len(batcher.batch_sizes)}
 
-    @app.get("/model")
+    @app.get("/model", dependencies=[Depends(require_key)])
     def model():
         return {**predictor.contract.describe(), "backend": predictor.backend,
                 "source": Path(predictor.source).name, "top_k": top_k,
                 "max_upload_mb": max_upload_mb}
 
-    @app.post("/predict")
+    @app.post("/predict", dependencies=[Depends(require_key)])
     async def predict(files: list[UploadFile] = File(...)):
         """Top-k classes and the decision for each uploaded image, in order."""
         pixels = []

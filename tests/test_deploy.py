@@ -1,0 +1,234 @@
+"""A model outside imclass: exported files (ONNX, TorchScript, torch.export, int8) agree with
+eager PyTorch, each task's decisions survive export, and predict scores folders, globs and
+CSVs of paths to CSV/JSONL with a row per broken file."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagedata import bomb_png, csv_dataset, folder_dataset
+from imclass import api, cli
+from imclass.contract import METADATA_KEYS
+from imclass.predictor import load
+
+FAST = ["--model", "cnn", "--epochs", "5", "--batch-size", "16", "--lr", "0.05", "--quiet"]
+
+
+def fmnist_pixels(n: int) -> tuple[np.ndarray, np.ndarray]:
+    from imclass.data import fashion_mnist
+    _, test = fashion_mnist.load()
+    return test.images[:n].numpy(), test.labels[:n].numpy()
+
+
+def assert_same_probabilities(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= 1e-4
+    assert (a.argmax(1) == b.argmax(1)).all()
+
+
+def test_onnx_file_alone_matches_eager_pytorch_on_300_test_images(trained_run, tmp_path):
+    import onnxruntime as ort
+
+    path, figures = api.export(trained_run, tmp_path / "model.onnx")
+    assert path.is_file() and figures is None
+    pixels, labels = fmnist_pixels(300)
+    eager = load(trained_run)
+    exported = load(path)
+    assert (eager.backend, exported.backend) == ("torch", "onnx")
+    assert_same_probabilities(eager.probabilities(pixels), exported.probabilities(pixels))
+    assert (exported.probabilities(pixels).argmax(1) == labels).mean() > 0.5  # it learned
+    for batch in (1, 37):  # the batch dimension is dynamic
+        assert_same_probabilities(eager.probabilities(pixels[:batch]),
+                                  exported.probabilities(pixels[:batch]))
+    # what another language sees: plain ONNX Runtime, uint8 in, the contract in the metadata
+    session = ort.InferenceSession(str(path))
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.type, inp.shape[1:]) == ("pixels", "tensor(uint8)", [1, 28, 28])
+    assert out.name == "probabilities" and isinstance(inp.shape[0], str)
+    meta = session.get_modelmeta().custom_metadata_map
+    assert set(METADATA_KEYS) <= set(meta)
+    assert json.loads(meta["class_names"]) == list(eager.class_names)
+    assert json.loads(meta["task"]) == "multiclass"
+    assert json.loads(meta["test_metrics"])["accuracy"] == pytest.approx(json.loads(
+        (trained_run / "metrics.json").read_text())["test"]["accuracy"])
+    raw = session.run(None, {"pixels": pixels[:5]})[0]
+    assert_same_probabilities(raw, eager.probabilities(pixels[:5]))
+    assert exported.contract == eager.contract
+
+
+@pytest.mark.parametrize("fmt,backend", [("torchscript", "torchscript"), ("pt2", "torch-export")])
+def test_torchscript_and_torch_export_files_match_eager_pytorch(trained_run, tmp_path, fmt,
+                                                                backend):
+    path, _ = api.export(trained_run, None if fmt == "pt2" else tmp_path / "m.ts", fmt)
+    assert path.suffix == {"torchscript": ".ts", "pt2": ".pt2"}[fmt]
+    pixels, _ = fmnist_pixels(300)
+    exported = load(path)
+    assert exported.backend == backend and exported.contract == load(trained_run).contract
+    assert_same_probabilities(load(trained_run).probabilities(pixels),
+                              exported.probabilities(pixels))
+    assert exported.probabilities(pixels[:3]).shape == (3, 10)
+
+
+@pytest.mark.slow
+def test_a_timm_model_with_a_centre_crop_exports_with_parity(tmp_path):
+    root = folder_dataset(tmp_path / "colours", "multiclass", n_train=12, n_test=6)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(root), "--out", str(out), "--cache-dir",
+                     str(tmp_path / "cache"), "--model", "efficientnet_lite0", "--pretrained",
+                     "false", "--image-size", "32", "--crop-pct", "0.8", "--fit", "crop",
+                     "--epochs", "1", "--batch-size", "8", "--quiet"]) == 0
+    path, _ = api.export(out)
+    eager, exported = load(out), load(path)
+    c = exported.contract
+    assert (c.input_size, c.decoded_size, c.fit) == (32, 40, "crop")  # the crop is in the graph
+    files = sorted(p for p in (root / "test").rglob("*") if p.is_file())
+    pixels = np.stack([eager.pixels(f) for f in files])
+    assert pixels.shape == (18, 3, 40, 40)
+    assert_same_probabilities(eager.probabilities(pixels), exported.probabilities(pixels))
+    assert [r["decision"] for r in api.predict(path, files)] == \
+        [r["decision"] for r in api.predict(out, files)]
+
+
+@pytest.fixture(scope="module")
+def task_runs(tmp_path_factory):
+    """A short real run for each task with its own decision rule (csv datasets, cnn)."""
+    root = tmp_path_factory.mktemp("tasks")
+    runs = {}
+    for task, n_train in (("binary", 60), ("multilabel", 90), ("hierarchical", 60)):
+        data = csv_dataset(root / f"{task}-data", task, n_train=n_train, n_test=24)
+        out = root / task
+        assert cli.main(["train", "--data", str(data), "--out", str(out), "--cache-dir",
+                         str(root / "cache"), *FAST]) == 0
+        runs[task] = (out, sorted((data / "test" / "images").iterdir()))
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["binary", "multilabel", "hierarchical"])
+def test_each_task_decides_the_same_after_export(task_runs, task):
+    run, images = task_runs[task]
+    path, _ = api.export(run)
+    exported = load(path)
+    saved = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert exported.contract.task == task
+    assert list(exported.contract.thresholds or []) == (saved.get("thresholds") or [])
+    if task in ("binary", "multilabel"):
+        assert exported.contract.thresholds, "binary and multilabel runs tune thresholds"
+    eager_rows, onnx_rows = api.predict(run, images, top_k=3), api.predict(path, images, top_k=3)
+    assert len(onnx_rows) == len(images) == 24
+    key = {"binary": "decision", "multilabel": "labels", "hierarchical": "path"}[task]
+    for e, o in zip(eager_rows, onnx_rows):
+        assert "error" not in o
+        if task == "hierarchical":
+            assert [n["node"] for n in e["path"]] == [n["node"] for n in o["path"]]
+            assert np.allclose([n["probability"] for n in e["path"]],
+                               [n["probability"] for n in o["path"]], atol=1e-4)
+            assert o["path"][-1]["node"] == o["decision"]
+        else:
+            assert e[key] == o[key]
+        assert np.allclose([t["probability"] for t in e["top"]],
+                           [t["probability"] for t in o["top"]], atol=1e-4)
+    if task == "binary":  # the tuned threshold decides, not the larger probability
+        t = exported.contract.thresholds[0]
+        for o in onnx_rows:
+            p_dog = next(x["probability"] for x in o["top"] if x["class"] == "dog")
+            assert o["decision"] == ("dog" if p_dog >= t else "cat")
+
+
+@pytest.mark.slow
+def test_int8_export_is_smaller_keeps_accuracy_and_the_contract(trained_run, tmp_path, capsys):
+    import onnx
+
+    out = tmp_path / "q.onnx"
+    assert cli.main(["export", str(trained_run), "--int8", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out)
+    assert "int8: test accuracy" in captured.err and "MB" in captured.err
+    fp32, _ = api.export(trained_run, tmp_path / "f.onnx")
+    assert out.stat().st_size < 0.5 * fp32.stat().st_size
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    quantized = load(out)
+    assert quantized.contract == load(fp32).contract
+    pixels, labels = fmnist_pixels(2000)
+    acc = [(load(p).probabilities(pixels).argmax(1) == labels).mean() for p in (fp32, out)]
+    assert abs(acc[0] - acc[1]) <= 0.02
+
+
+def write_pngs(folder, pixels) -> list:
+    paths = []
+    for k, image in enumerate(pixels):
+        sub = folder / f"part{k % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        paths.append(sub / f"{k:04d}.png")
+        Image.fromarray(image[0]).save(paths[-1])
+    return paths
+
+
+def test_predict_a_folder_to_csv_scores_all_and_lists_broken_files(trained_run, tmp_path,
+                                                                   capsys):
+    pixels, _ = fmnist_pixels(150)
+    folder = tmp_path / "incoming"
+    write_pngs(folder, pixels)
+    (folder / "part0" / "empty.png").write_bytes(b"")
+    (folder / "part1" / "page.png").write_text("<html><body>not found</body></html>")
+    bomb_png(folder / "part2" / "bomb.png")
+    out = tmp_path / "predictions.csv"
+    code = cli.main(["predict", str(trained_run), str(folder), "--out", str(out),
+                     "--batch-size", "32", "--workers", "2"])
+    assert code == 1  # some failed: the exit code says so
+    printed = capsys.readouterr().out
+    assert "153 images scored" in printed and "3 failed" in printed and str(out) in printed
+    with out.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 153
+    errors = {r["image"].rsplit("/", 1)[-1]: r["error"] for r in rows if r["error"]}
+    assert set(errors) == {"empty.png", "page.png", "bomb.png"}
+    assert "empty" in errors["empty.png"] or "cannot" in errors["empty.png"] or \
+        "not an image" in errors["empty.png"]
+    assert "not an image" in errors["page.png"] and "Pillow's limit" in errors["bomb.png"]
+    scored = [r for r in rows if not r["error"]]
+    assert all(r["decision"] == r["class_1"] and 0 < float(r["probability_1"]) <= 1
+               for r in scored)
+    # decoded in two worker processes, the same as in this process one file at a time
+    by_path = {r["image"]: r["decision"] for r in scored}
+    some = sorted(by_path)[:20]
+    assert [r["decision"] for r in api.predict(trained_run, some)] == [by_path[p] for p in some]
+
+
+def test_predict_takes_globs_and_csvs_of_paths_and_writes_jsonl(trained_run, tmp_path,
+                                                                capsys):
+    pixels, _ = fmnist_pixels(12)
+    paths = write_pngs(tmp_path / "imgs", pixels)
+    listing = tmp_path / "list.csv"
+    listing.write_text("id,image\n1,imgs/part0/0000.png\n2," + str(paths[1]) +
+                       "\n3,imgs/nothere.png\n")
+    assert cli.main(["predict", str(trained_run), str(listing), "--json"]) == 1
+    results = json.loads(capsys.readouterr().out)
+    assert [("error" in r) for r in results] == [False, False, True]
+    assert "does not exist" in results[2]["error"]
+    out = tmp_path / "p.jsonl"
+    assert cli.main(["predict", str(trained_run), str(tmp_path / "imgs" / "**" / "*.png"),
+                     "--out", str(out)]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 12 and all(len(x["top"]) == 3 for x in lines)
+    assert cli.main(["predict", str(trained_run), str(tmp_path / "imgs" / "*.jpg")]) == 1
+    assert "does not exist" in capsys.readouterr().out
+
+
+def test_predict_refuses_bad_arguments_in_one_line(trained_run, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    cases = [([str(tmp_path / "nomodel.onnx"), "x.png"], "does not exist"),
+             ([str(trained_run), "x.png", "--out", str(tmp_path / "p.txt")], ".csv or .jsonl"),
+             ([str(trained_run), str(tmp_path / "empty")], "no images to predict"),
+             ([str(tmp_path / "empty"), "x.png"], "checkpoint file")]
+    for args, message in cases:
+        assert cli.main(["predict", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07 not a model")
+    assert cli.main(["predict", str(garbage), "x.png"]) == 2
+    assert "not a readable ONNX model" in capsys.readouterr().err
