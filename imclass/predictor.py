@@ -220,6 +220,8 @@ def onnx_session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    # no busy-waiting between calls: the threads decoding the next batch need those cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")

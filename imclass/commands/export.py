@@ -70,27 +70,11 @@ class Calibration:
 
 def quantize(run_dir: Path, fp32: Path, out: Path, log: Log, calibration_images: int = 512
              ) -> dict:
-    """Static int8 quantization of `fp32` into `out`; returns (and logs) accuracy, size and
-    speed of both on the run's test set."""
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
+    """Static int8 quantization of `fp32` into `out`, calibrated on the run's validation
+    images; returns (and logs) accuracy, size and speed of both on the run's test set."""
     splits = run_splits(run_dir)
     rows = torch.randperm(len(splits.val), generator=torch.Generator().manual_seed(0))
-    calib = splits.val.gather(rows[:calibration_images]).numpy()
-    prepared = fp32.with_name(fp32.stem + "-prep.onnx")
-    try:
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        atomic_write(out, lambda tmp: quantize_static(
-            str(prepared), str(tmp), Calibration(calib), quant_format=QuantFormat.QDQ,
-            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8))
-    finally:
-        prepared.unlink(missing_ok=True)
-    model = onnx.load(str(out))  # the quantizer drops metadata_props: put the contract back
-    del model.metadata_props[:]
-    model.metadata_props.extend(onnx.load(str(fp32)).metadata_props)
-    atomic_write(out, lambda tmp: onnx.save(model, str(tmp)))
+    quantize_file(fp32, out, splits.val.gather(rows[:calibration_images]).numpy())
     figures = compare_int8(fp32, out, splits.test)
     log(f"int8: test accuracy {figures['fp32']['accuracy']:.4f} -> "
         f"{figures['int8']['accuracy']:.4f} ({figures['accuracy_change_points']:+.2f} points); "
@@ -98,6 +82,27 @@ def quantize(run_dir: Path, fp32: Path, out: Path, log: Log, calibration_images:
         f"{figures['fp32']['images_per_s']:.0f} -> {figures['int8']['images_per_s']:.0f} "
         "images/s at batch 64")
     return figures
+
+
+def quantize_file(fp32: Path, out: Path, calibration: np.ndarray) -> None:
+    """ONNX Runtime's static quantization of an exported file, calibrated on uint8 pixels
+    [N, C, D, D]; the contract (metadata) carried over."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = fp32.with_name(fp32.stem + "-prep.onnx")
+    try:
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        atomic_write(out, lambda tmp: quantize_static(
+            str(prepared), str(tmp), Calibration(calibration), quant_format=QuantFormat.QDQ,
+            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8))
+    finally:
+        prepared.unlink(missing_ok=True)
+    model = onnx.load(str(out))  # the quantizer drops metadata_props: put the contract back
+    del model.metadata_props[:]
+    model.metadata_props.extend(onnx.load(str(fp32)).metadata_props)
+    atomic_write(out, lambda tmp: onnx.save(model, str(tmp)))
 
 
 def compare_int8(fp32: Path, int8: Path, test) -> dict:

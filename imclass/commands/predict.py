@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 
 from imclass.atomic import atomic_write
@@ -78,31 +79,42 @@ def paths_in_csv(path: Path) -> list[str]:
 
 
 class Decoding(torch.utils.data.Dataset):
-    """(position, uint8 [C, D, D] or the error message) of each path, in a worker process."""
+    """Batch b of the paths, decoded in a worker process: (positions, uint8 [n, C, D, D] of
+    those that decoded, {position: error message} of those that did not). One array per
+    batch crosses the process boundary, not one per image."""
 
-    def __init__(self, paths: list[str], contract: Contract):
-        self.paths, self.contract = paths, contract
+    def __init__(self, paths: list[str], contract: Contract, batch_size: int):
+        self.paths, self.contract, self.batch_size = paths, contract, batch_size
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return -(-len(self.paths) // self.batch_size)
 
-    def __getitem__(self, k: int):
-        try:
-            return k, pixels_of(self.paths[k], self.contract)
-        except DataError as exc:
-            return k, str(exc)
+    def __getitem__(self, b: int):
+        c = self.contract
+        positions = range(b * self.batch_size, min(len(self.paths), (b + 1) * self.batch_size))
+        pixels = np.empty((len(positions), c.input_channels, c.decoded_size, c.decoded_size),
+                          np.uint8)
+        errors, n = {}, 0
+        for k in positions:
+            try:
+                pixels[n] = pixels_of(self.paths[k], c)
+                n += 1
+            except DataError as exc:
+                errors[k] = str(exc)
+        return list(positions), pixels[:n], errors
 
 
-def as_list(batch: list) -> list:
-    return batch
+def unchanged(batch):
+    return batch  # numpy stays numpy (DataLoader would make tensors of it)
 
 
 def decoded_batches(paths: list[str], contract: Contract, batch_size: int,
-                    workers: int | None) -> Iterator[list]:
+                    workers: int | None) -> Iterator[tuple[list[int], np.ndarray, dict]]:
     if workers is None:  # a process start costs more than decoding a batch or two
         workers = 0 if len(paths) <= 2 * batch_size else min(8, os.cpu_count() or 1)
-    loader = torch.utils.data.DataLoader(Decoding(paths, contract), batch_size=batch_size,
-                                         num_workers=workers, collate_fn=as_list,
+    loader = torch.utils.data.DataLoader(Decoding(paths, contract, batch_size),
+                                         batch_size=None, collate_fn=unchanged,
+                                         num_workers=workers,
                                          prefetch_factor=4 if workers else None)
     yield from loader
 
@@ -116,10 +128,14 @@ def predict_files(predictor: Predictor, paths: list[str], top_k: int = 3,
     bar = tqdm(total=len(paths), unit="img", disable=not progress or None,
                desc="predicting", dynamic_ncols=True)
     with bar:
-        for batch in decoded_batches(paths, predictor.contract, batch_size, workers):
-            labels = [paths[k] for k, _ in batch]
-            yield from predictor.score(labels, [d for _, d in batch], top_k, batch_size)
-            bar.update(len(batch))
+        for positions, pixels, errors in decoded_batches(paths, predictor.contract,
+                                                         batch_size, workers):
+            decided = iter(predictor.decisions(predictor.probabilities(pixels), top_k)
+                           if len(pixels) else [])
+            for k in positions:
+                yield ({"image": paths[k], "error": errors[k]} if k in errors
+                       else {"image": paths[k], **next(decided)})
+            bar.update(len(positions))
 
 
 def csv_row(result: dict, top_k: int) -> dict:

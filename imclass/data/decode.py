@@ -70,7 +70,8 @@ def _to_8bit(img: Image.Image, channels: int) -> Image.Image:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
-    return img.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    return img if img.mode == mode else img.convert(mode)
 
 
 RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
@@ -105,6 +106,8 @@ def fitted(img: Image.Image, size: tuple[int, int], channels: int,
     """An opened image converted and resized the way every training image is."""
     resample = RESAMPLING[interpolation or "bilinear"]
     img = _to_8bit(ImageOps.exif_transpose(img), channels)
+    if img.size == size:  # already there (resizing would copy the same pixels)
+        return img
     return ImageOps.fit(img, size, resample) if fit == "crop" else img.resize(size, resample)
 
 
