@@ -49,6 +49,7 @@ def lite0():
                         decoded_size=224, fit="crop", interpolation="bilinear",
                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     network = build_model(ModelConfig(name="efficientnet_lite0", dropout=0.2), 3, 10)
+    network = network.to(memory_format=torch.channels_last)  # as load_run does
     return PixelModel(network, contract).eval(), contract
 
 
