@@ -336,8 +336,8 @@ def _predict(args: argparse.Namespace, argv: list[str]) -> int:
     from imclass.commands import predict as cmd
     from imclass.predictor import load
 
-    if args.top_k < 1 or args.batch_size < 1:
-        raise ImclassError("--top-k and --batch-size must be at least 1")
+    if args.top_k < 1 or args.batch_size < 1 or (args.workers or 0) < 0:
+        raise ImclassError("--top-k and --batch-size must be at least 1, --workers at least 0")
     out = Path(args.out) if args.out else None
     cmd.check_output(out)
     predictor = load(args.model, args.backend)

@@ -232,3 +232,54 @@ def test_predict_refuses_bad_arguments_in_one_line(trained_run, tmp_path, capsys
     garbage.write_bytes(b"\x08\x07 not a model")
     assert cli.main(["predict", str(garbage), "x.png"]) == 2
     assert "not a readable ONNX model" in capsys.readouterr().err
+
+
+def test_backend_onnx_on_a_run_folder_exports_once_and_agrees(trained_run, tmp_path):
+    import imclass
+
+    pixels, _ = fmnist_pixels(8)
+    paths = write_pngs(tmp_path / "imgs", pixels)
+    onnx_file = trained_run / "model.onnx"
+    onnx_file.unlink(missing_ok=True)
+    rows = api.predict(trained_run, paths, backend="onnx")
+    assert onnx_file.is_file(), "the run's model.onnx is exported on first use"
+    stamp = onnx_file.stat().st_mtime_ns
+    assert imclass.load(trained_run, backend="onnx").backend == "onnx"
+    assert onnx_file.stat().st_mtime_ns == stamp, "and reused while the checkpoint is older"
+    assert [r["decision"] for r in rows] == [r["decision"] for r in api.predict(trained_run,
+                                                                                paths)]
+    from_arrays = imclass.load(onnx_file).predict([p[0] for p in pixels])  # HxW uint8 arrays
+    assert [r["decision"] for r in from_arrays] == [r["decision"] for r in rows]
+
+
+def test_the_plain_onnxruntime_example_in_docs_deploy_runs(trained_run, tmp_path, capsys):
+    """docs/deploy.md shows how to call the file without imclass: that code must work."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "deploy.md").read_text()
+    example = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S)
+                   if "InferenceSession" in b)
+    model, _ = api.export(trained_run, tmp_path / "model.onnx")
+    pixels, _ = fmnist_pixels(1)
+    Image.fromarray(pixels[0, 0]).save(tmp_path / "shoe.png")
+    code = example.replace('"model.onnx"', repr(str(model))).replace(
+        '"shoe.png"', repr(str(tmp_path / "shoe.png")))
+    assert code != example
+    exec(compile(code, "docs/deploy.md", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    assert printed == api.predict(model, [tmp_path / "shoe.png"])[0]["decision"]
+
+
+def test_export_refuses_bad_arguments_in_one_line(trained_run, tmp_path, capsys):
+    cases = [([str(trained_run), "--format", "torchscript", "--out", str(tmp_path / "m.onnx")],
+              "must end in .ts"),
+             ([str(trained_run), "--format", "pt2", "--int8"], "--int8 needs --format onnx"),
+             ([str(tmp_path / "norun")], "does not exist")]
+    for args, message in cases:
+        assert cli.main(["export", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not list(tmp_path.glob("*.onnx"))
+    path, _ = api.export(trained_run, tmp_path)  # a folder: the default name inside it
+    assert path == tmp_path / "model.onnx" and path.is_file()

@@ -152,3 +152,17 @@ def test_the_web_page_shows_the_class_of_an_uploaded_image(server, trained_run, 
     severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"
               and not any(r in e["message"] for r in expected_refusals)]
     assert severe == [], severe
+
+
+def test_serve_refuses_a_busy_port_and_bad_limits_in_one_line(trained_run, capsys):
+    from imclass import cli
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert cli.main(["serve", str(trained_run), "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot listen on 127.0.0.1:{port}" in err and err.count("\n") == 1
+    assert cli.main(["serve", str(trained_run), "--max-batch", "0"]) == 2
+    assert "--max-batch must be at least 1" in capsys.readouterr().err

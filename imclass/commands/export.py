@@ -33,7 +33,12 @@ def export(run_dir: str | Path, out: str | Path | None = None, fmt: str = "onnx"
         raise ConfigError("--int8 needs --format onnx (ONNX Runtime quantizes the graph)")
     run_dir = Path(run_dir)
     module, contract = pixel_model_of_run(run_dir, device="cpu")
-    out = Path(out) if out else run_dir / f"model{'-int8' if int8 else ''}{FORMATS[fmt]}"
+    name = f"model{'-int8' if int8 else ''}{FORMATS[fmt]}"
+    out = Path(out) if out else run_dir / name
+    if out.is_dir():
+        out = out / name
+    if out.suffix != FORMATS[fmt]:  # the suffix is how imclass.load knows the format
+        raise ConfigError(f"--out {out}: a {fmt} file must end in {FORMATS[fmt]}")
     if not int8:
         write(module, contract, out, fmt)
         return out, None

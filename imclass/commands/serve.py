@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from swagger_ui_bundle import swagger_ui_path
 
 from imclass.data.decode import TOO_LARGE
-from imclass.errors import DataError
+from imclass.errors import ConfigError, DataError
 from imclass.predictor import Predictor, load
 
 class Batcher:
@@ -210,6 +210,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, backend: str
           max_wait_ms: float = 5, top_k: int = 3) -> None:
     import uvicorn
 
+    check_port(host, port)
     predictor = load(model, backend)
     app = create_app(predictor, api_key=api_key, max_upload_mb=max_upload_mb,
                      max_batch=max_batch, max_wait_ms=max_wait_ms, top_k=top_k)
@@ -219,3 +220,17 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, backend: str
     print(f"imclass serve: {predictor.backend} model {model} on http://{host}:{port}/ "
           f"(API: /predict, /model, /health; docs: /docs)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that cannot be bound in one line, before the model loads."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose "
+                          "another --port or --host") from None
