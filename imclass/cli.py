@@ -43,6 +43,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"imclass: error: {message}\n")
 
 
+class VersionAction(argparse.Action):
+    """`imclass --version`: what a bug report needs, imclass and the libraries it runs on."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        parts = [f"imclass {__version__}"]
+        for lib in ("torch", "timm"):
+            try:
+                parts.append(f"{lib} {version(lib)}")
+            except PackageNotFoundError:
+                parts.append(f"{lib} not installed")
+        print(", ".join(parts))
+        parser.exit(0)
+
+
 def _flag(name: str, meta: dict) -> str:
     return "--" + (meta["flag"] or name).replace("_", "-")
 
@@ -74,10 +90,27 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections=None, skip=()) -
                                      default=argparse.SUPPRESS, help=_help(f, meta), **switch)
 
 
+def _add_track_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("tracking")
+    group.add_argument("--track", metavar="KINDS", help="also send the run to tensorboard "
+                       "(RUN_DIR/tensorboard/) and/or mlflow, comma-separated (default none)")
+    group.add_argument("--mlflow-uri", default="sqlite:///mlruns/mlflow.db",
+                       help="MLflow tracking server or store (default a local SQLite store "
+                       "in ./mlruns)")
+    group.add_argument("--mlflow-experiment", default="imclass",
+                       help="MLflow experiment name (default imclass)")
+
+
+def _track_options(args: argparse.Namespace):
+    from imclass.tracking import TrackOptions, parse_kinds
+    return TrackOptions(parse_kinds(args.track), args.mlflow_uri, args.mlflow_experiment)
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="imclass", allow_abbrev=False, description="Train, evaluate and use image classifiers. "
                     "Run 'imclass COMMAND --help' for a command's options.")
-    parser.add_argument("--version", action="version", version=f"imclass {__version__}")
+    parser.add_argument("--version", action=VersionAction, nargs=0,
+                        help="the versions of imclass, torch and timm")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -87,7 +120,11 @@ def build_parser() -> Parser:
     train.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<time>)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --out")
-    train.add_argument("--quiet", action="store_true", help="print nothing but the result")
+    train.add_argument("--quiet", action="store_true", help="print nothing but the result "
+                       "and errors")
+    train.add_argument("--verbose", action="store_true", help="also print how long each "
+                       "stage took (data, training, evaluation, report)")
+    _add_track_flags(train)
     _add_config_flags(train)
     train.set_defaults(func=_train)
 
@@ -116,7 +153,8 @@ def build_parser() -> Parser:
 
     models = sub.add_parser("models", help="list the architectures --model accepts")
     models.add_argument("pattern", nargs="?", default="*", metavar="PATTERN",
-                        help="shell-style filter, e.g. '*efficientnet*'")
+                        help="a word found anywhere in the name (resnet), or a shell-style "
+                        "pattern (resnet5?)")
     models.add_argument("--pretrained", action="store_true",
                         help="only those with pretrained weights")
     models.set_defaults(func=_models)
@@ -153,6 +191,7 @@ def build_parser() -> Parser:
                       help="skip training the best configuration on the test set")
     tune.add_argument("--config", help="YAML file of the fixed config values")
     tune.add_argument("--quiet", action="store_true")
+    _add_track_flags(tune)
     _add_config_flags(tune)
     tune.set_defaults(func=_tune)
 
@@ -217,7 +256,8 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 
     cfg = _base_config(args)
     run_dir = api.train(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet,
-                        command=shlex.join(["imclass", *argv]))
+                        verbose=args.verbose, command=shlex.join(["imclass", *argv]),
+                        track=_track_options(args))
     print(run_dir / "report.html")
     return 0
 
@@ -252,23 +292,34 @@ def _models(args: argparse.Namespace, argv: list[str]) -> int:
     import fnmatch
 
     from imclass.models import MODELS
-    from imclass.models.weights import LITE0_NAMES, lite0_package_file
-    from imclass.models.zoo import list_models
+    from imclass.models import zoo
 
-    ours = [m for m in MODELS if fnmatch.fnmatch(m, args.pattern) and not args.pretrained]
-    for name in ours:
-        print(f"{name}  (imclass's own CNN)")
-    offline = lite0_package_file() is not None
-    names = list_models(args.pattern, pretrained=args.pretrained)
+    pattern = args.pattern if any(ch in args.pattern for ch in "*?[") else f"*{args.pattern}*"
+    ours = [m for m in MODELS if fnmatch.fnmatch(m, pattern) and not args.pretrained]
+    names = zoo.list_models(args.pattern, pretrained=args.pretrained)
     if args.pretrained:  # timm lists name.tag; one line per architecture
         names = sorted({n.split(".")[0] for n in names})
-    for name in names:
-        note = "  (pretrained weights installed, work offline)" if offline and name in \
-            LITE0_NAMES else ""
-        print(f"{name}{note}")
     if not ours and not names:
-        raise ImclassError(f"no model matches '{args.pattern}'")
+        raise ImclassError(f"no model matches '{args.pattern}' (a word matches anywhere in a "
+                           "name; try a shorter one, or imclass models with no pattern)")
+    detailed = len(names) <= DETAILED_MODELS  # parameter counts take a model build each
+    rows = [(name, "any (native)", "", "imclass's own CNN, random init") for name in ours]
+    for name in names:
+        spec = zoo.input_spec(name)
+        params = f"{zoo.parameter_count(name) / 1e6:.1f}M" if detailed else ""
+        rows.append((name, f"{spec.channels}x{spec.size}x{spec.size}", params,
+                     zoo.weights_note(name)))
+    header = ("model", "default input", "parameters" if detailed else "", "weights")
+    widths = [max(len(r[k]) for r in (header, *rows)) for k in range(4)]
+    for row in (header, *rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    if not detailed:
+        print(f"({len(rows)} models; narrow the pattern to {DETAILED_MODELS} or fewer to see "
+              "their parameter counts)")
     return 0
+
+
+DETAILED_MODELS = 40
 
 
 def _analyze(args: argparse.Namespace, argv: list[str]) -> int:
@@ -304,14 +355,17 @@ def _tune(args: argparse.Namespace, argv: list[str]) -> int:
     base = _base_config(args)
     params = tune.load_space(args.space, base)
     out = Path(args.out)
+    from imclass.tracking import study_run
+    track = study_run(_track_options(args), out.name, {p.key: str(p.choices or (p.low, p.high))
+                                                       for p in params})
     study = tune.run_study(base, params, out, method=args.method, trials=args.trials,
                            timeout=args.timeout, pruner=args.pruner, storage=args.storage,
-                           seed=base.train.seed, heartbeat_s=args.heartbeat)
+                           seed=base.train.seed, heartbeat_s=args.heartbeat, track=track)
     header, rows = tune.trial_rows(study)
     from imclass.commands.compare import text_table
     print(text_table(header, rows))
     summary = tune.write_outputs(study, base, params, out, final_run=not args.no_final_run,
-                                 quiet=args.quiet)
+                                 quiet=args.quiet, track=track)
     print(f"\nbest trial {summary['best_trial']}: validation accuracy "
           f"{summary['best_val_acc']:.4f} with {summary['best_params']}")
     if summary["test"]:
@@ -405,6 +459,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imclass: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `imclass models | head`: the reader left; no traceback
+        quiet_stdout()
+        return 0
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so Python's flush at exit does not fail on the closed pipe
+    (the recipe of the Python docs, 'Note on SIGPIPE')."""
+    import os
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -216,10 +216,14 @@ class OverfitWatch:
 
 
 class Progress:
-    """A tqdm bar per epoch with live loss, accuracy and throughput, and a line per epoch."""
+    """A tqdm bar per epoch with live loss, accuracy and throughput, and a line per epoch.
+    The bar only on a terminal: in a log file (CI, `> log.txt`) its redraws would be noise,
+    so there each epoch is its one line."""
 
-    def __init__(self, enabled: bool = True, stream=sys.stderr):
+    def __init__(self, enabled: bool = True, stream=None):
+        stream = stream or sys.stderr
         self.enabled, self.stream = enabled, stream
+        self.live = enabled and hasattr(stream, "isatty") and stream.isatty()
         self.bar = None
         self.started = time.perf_counter()
 
@@ -227,7 +231,7 @@ class Progress:
         if not self.enabled:
             return None
         from tqdm import tqdm
-        if event == "epoch_start":
+        if event == "epoch_start" and self.live:
             self.bar = tqdm(total=info["steps"], desc=f"epoch {info['epoch']}/{info['epochs']}",
                             unit="batch", file=self.stream, leave=False, dynamic_ncols=True)
         elif event == "batch_end" and self.bar is not None:

@@ -7,6 +7,7 @@ history.csv and checkpoints) -> thresholds on validation -> test metrics -> run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 from imclass import checkpoint, config as config_mod, plots
 from imclass.config import RunConfig
-from imclass.console import Log, make_log
+from imclass.console import Log, StageClock, make_log
 from imclass.data.audit import write_analysis
 from imclass.data.augment import build_augment
 from imclass.data.batches import Batches
@@ -26,23 +27,29 @@ from imclass.report import write_report
 from imclass.run_setup import Setup, build_run_model, prepare_training
 from imclass.runfolder import (Checkpointer, HistoryWriter, check_run_dir, checkpoint_meta,
                                prepare_run_dir, write_json)
+from imclass.tracking import TrackOptions, trackers
 from imclass.training import EarlyStopping, OverfitWatch, Progress, fit
 from imclass.version import versions
 
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, *,
-          overwrite: bool = False, quiet: bool = False, command: str | None = None,
-          callbacks: list | None = None, evaluate_test: bool = True) -> Path:
+          overwrite: bool = False, quiet: bool = False, verbose: bool = False,
+          command: str | None = None,
+          callbacks: list | None = None, evaluate_test: bool = True,
+          track: TrackOptions | None = None) -> Path:
     """Train, evaluate on the test set and write the report; returns the run folder.
 
     `callbacks` are called with the training loop's events after the built-in ones (a
     hyperparameter search's pruner is one). With `evaluate_test=False` the test set is never
     looked at: model selection (a search, say) must work from validation figures alone.
+    `track` also sends the run to TensorBoard and/or MLflow (tracking.py).
     """
     started = time.perf_counter()
     log = make_log(quiet)
+    clock = StageClock(log, verbose and not quiet)
     check_run_dir(out, overwrite)
     setup = prepare_training(config, log)
+    clock.done("data")
     cfg, splits, task, device = setup.cfg, setup.splits, setup.task, setup.device
     if device.type == "cpu":
         keep_freed_memory()  # no mmap/munmap storm per step (devices.py)
@@ -57,9 +64,13 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
         setup = dataclasses.replace(setup, cfg=cfg)
     config_mod.save_yaml(cfg, run_dir / "config.yaml")
     meta = checkpoint_meta(cfg, splits, task) | {"architecture": setup.architecture}
+    tracked = trackers(track, run_dir, config_mod.to_dict(cfg), {
+        "task": task.name, "architecture": setup.architecture or cfg.model.name,
+        "dataset": Path(cfg.data.source).name, "run": run_dir.name}, log)
     result, overfit_warnings = fit_run(run_dir, setup, model, quiet, log,
-                                       list(callbacks or []), meta)
+                                       [*tracked, *(callbacks or [])], meta)
     thresholds = tune_thresholds(run_dir, model, setup, log)
+    clock.done("training")
     best = result.history[result.best_epoch - 1]
     write_json(run_dir / "metrics.json", {"validation": {
         k: best[k] for k in ("epoch", "val_loss", "val_acc", "train_loss", "train_acc")}})
@@ -78,9 +89,15 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
                        thresholds=thresholds, input_size=splits.input_size)
     else:
         plots.curves(result.history, run_dir / "plots" / "curves.png")
+    clock.done("evaluation")
     summary["total_seconds"] = time.perf_counter() - started  # all but writing the report
+    summary["stage_seconds"] = clock.seconds
     write_json(run_dir / "run.json", summary)
     report = write_report(run_dir)
+    clock.done("report")
+    test = json.loads((run_dir / "metrics.json").read_text()).get("test", {})
+    for tracker in tracked:
+        tracker.finish(run_dir, config_mod.to_dict(cfg), test)
     log(f"total {summary['total_seconds']:.0f}s; report: {report.resolve()}")
     return run_dir
 

@@ -221,7 +221,7 @@ class PruneOnValidation:
         return None
 
 
-def trial_objective(base: RunConfig, params: list[Param], out: Path):
+def trial_objective(base: RunConfig, params: list[Param], out: Path, track=None):
 
     def objective(trial) -> float:
         values = {p.key: suggest(trial, p) for p in params}
@@ -231,7 +231,7 @@ def trial_objective(base: RunConfig, params: list[Param], out: Path):
         cfg = config_mod.override(base, values)
         run_dir = train(cfg, out / "trials" / f"trial-{trial.number:03d}", overwrite=True,
                             quiet=True, evaluate_test=False,
-                            callbacks=[PruneOnValidation(trial)])
+                            callbacks=[PruneOnValidation(trial)], track=track)
         import json
         best = json.loads((run_dir / "metrics.json").read_text())["validation"]
         trial.set_user_attr("run_dir", str(run_dir))
@@ -279,7 +279,7 @@ def open_storage(url: str, heartbeat_s: int):
 def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = "tpe",
               trials: int = 20, timeout: float | None = None, pruner: str = "median",
               storage: str | None = None, seed: int = 0, heartbeat_s: int = 10,
-              callbacks: list | None = None):
+              callbacks: list | None = None, track=None):
     """Run (or resume) the study until `trials` trials are finished; returns the study.
     `callbacks` are Optuna's: called as callback(study, frozen_trial) after each trial."""
     import optuna
@@ -302,8 +302,9 @@ def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = 
         # trial's point is retried first); a finished grid is left alone.
         remaining = None if finished(study) < grid_size else 0
     if remaining is None or remaining > 0:
-        study.optimize(trial_objective(base, params, out), n_trials=remaining, timeout=timeout,
-                       gc_after_trial=True, catch=(DuplicatePoint,), callbacks=callbacks)
+        study.optimize(trial_objective(base, params, out, track), n_trials=remaining,
+                       timeout=timeout, gc_after_trial=True, catch=(DuplicatePoint,),
+                       callbacks=callbacks)
     return study
 
 
@@ -350,7 +351,7 @@ def _plots(study, folder: Path) -> dict[str, Path]:
 
 
 def write_outputs(study, base: RunConfig, params: list[Param], out: Path, *,
-                  final_run: bool = True, quiet: bool = False) -> dict:
+                  final_run: bool = True, quiet: bool = False, track=None) -> dict:
     """trials.csv, plots/, best.yaml, the final labelled test run, and study.html."""
     import csv
 
@@ -370,7 +371,7 @@ def write_outputs(study, base: RunConfig, params: list[Param], out: Path, *,
     config_mod.save_yaml(cfg, out / "best.yaml")
     test = None
     if final_run:
-        run = train(cfg, out / "best-run", overwrite=True, quiet=quiet,
+        run = train(cfg, out / "best-run", overwrite=True, quiet=quiet, track=track,
                         command=f"imclass train --config {out / 'best.yaml'}")
         import json
         test = json.loads((run / "metrics.json").read_text())["test"]

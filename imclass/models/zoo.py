@@ -89,5 +89,34 @@ def build_timm(cfg: ModelConfig, in_channels: int, num_outputs: int,
 
 
 def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """timm's architectures matching `pattern`; a bare word matches as a substring
+    (`resnet` is `*resnet*`), shell wildcards as written."""
     import timm
+    if pattern and not any(ch in pattern for ch in "*?["):
+        pattern = f"*{pattern}*"
     return timm.list_models(pattern or "*", pretrained=pretrained)
+
+
+def parameter_count(architecture: str) -> int:
+    """Parameters of the architecture as timm builds it (ImageNet head), without allocating
+    the weights (built on the meta device)."""
+    import timm
+    import torch
+    with torch.device("meta"):
+        net = timm.create_model(architecture, pretrained=False)
+    return sum(p.numel() for p in net.parameters())
+
+
+def weights_note(architecture: str) -> str:
+    """Where pretrained weights would come from: installed (offline), cached, the hub, none."""
+    import timm
+
+    from imclass.models.weights import LITE0_NAMES, hub_cache_file, lite0_package_file
+    if architecture in LITE0_NAMES and lite0_package_file() is not None:
+        return "pretrained: installed package (offline)"
+    if hub_cache_file(architecture) is not None:
+        return "pretrained: Hugging Face cache (offline)"
+    cfg = timm.get_pretrained_cfg(architecture)
+    if cfg is not None and (getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None)):
+        return "pretrained: from the hub (needs the network once)"
+    return "no pretrained weights"
