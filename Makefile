@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[test,offline]"
+	$(PY) -m pip install -q -e ".[all,test]"
 	touch $(STAMP)
 
 # Fashion-MNIST: Debian's dataset-fashion-mnist when apt-get is usable (root), else imclass

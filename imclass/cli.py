@@ -437,6 +437,9 @@ def _export(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace, argv: list[str]) -> int:
+    from imclass.extras import SERVE, need_all
+
+    need_all(SERVE, "serve", "imclass serve")
     from imclass.commands.serve import serve
 
     if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_upload_mb <= 0:

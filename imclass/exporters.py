@@ -23,6 +23,7 @@ import torch
 
 from imclass.atomic import atomic_write
 from imclass.contract import Contract
+from imclass.extras import ONNX, need_all
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2"}
 OPSET = 18
@@ -40,6 +41,8 @@ def batch_dim() -> dict:
 
 def write(module: torch.nn.Module, contract: Contract, out: Path, fmt: str) -> None:
     """`module` (a PixelModel on the CPU, in eval mode) as a `fmt` file at `out`."""
+    if fmt == "onnx":
+        need_all(ONNX, "onnx", "an ONNX export")
     # weights in the default layout: channels_last ones (as load_run keeps them for eager
     # speed) make the exporter add layout ops, 1.5x slower in ONNX Runtime at 224 px
     module = copy.deepcopy(module).to(memory_format=torch.contiguous_format)

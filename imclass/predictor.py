@@ -25,6 +25,7 @@ from imclass.data.decode import channels_first, fitted, read_pixels
 from imclass.data.labels import ancestors, node_probabilities
 from imclass.devices import resolve_device
 from imclass.errors import DataError, ImclassError
+from imclass.extras import need
 from imclass.runfolder import load_run
 from imclass.tasks import get_task
 
@@ -217,7 +218,7 @@ def onnx_of_run(run_dir: Path) -> Path:
 
 
 def onnx_session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
+    ort = need("onnxruntime", "onnx", f"running {path.name} with ONNX Runtime")
 
     options = ort.SessionOptions()
     # no busy-waiting between calls: the threads decoding the next batch need those cores

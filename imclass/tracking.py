@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from imclass.errors import ConfigError
+from imclass.extras import need
 
 KINDS = ("tensorboard", "mlflow")
 DEFAULT_MLFLOW_URI = "sqlite:///mlruns/mlflow.db"
@@ -52,16 +53,6 @@ def parse_kinds(text: str | None) -> tuple[str, ...]:
 
 def warn(message: str) -> None:
     print(f"imclass: warning: {message}", file=sys.stderr, flush=True)
-
-
-def need(module: str, extra: str, feature: str):
-    """Import `module`, or refuse in one line naming the extra that installs it."""
-    import importlib
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"{feature} needs the {module.split('.')[0]} package: pip install "
-                          f"'imclass[{extra}]'") from None
 
 
 def flat_config(cfg_dict: dict) -> dict[str, Any]:
@@ -255,6 +246,12 @@ def study_run(options: TrackOptions | None, study: str, space: dict[str, str]
         kinds = tuple(k for k in options.kinds if k != "mlflow")
         return dataclasses.replace(options, kinds=kinds)
     return dataclasses.replace(options, parent_run_id=run_id)
+
+
+def check_available(options: TrackOptions | None) -> None:
+    """Refuse a tracker whose library is missing before any work starts."""
+    for kind in (options.kinds if options else ()):
+        need(kind, "tracking", f"--track {kind}")
 
 
 def trackers(options: TrackOptions | None, run_dir: Path, cfg_dict: dict,

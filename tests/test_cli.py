@@ -57,3 +57,61 @@ def test_missing_data_is_one_clear_sentence(tmp_path, monkeypatch, capsys):
 def test_predict_on_a_missing_run_or_image(tmp_path, capsys):
     code, err = run_cli(capsys, "predict", str(tmp_path / "norun"), "x.png")
     assert code == 2 and "run folder" in err and "does not exist" in err
+
+
+def test_version_names_imclass_torch_and_timm():
+    from importlib.metadata import version
+    out = subprocess.run([sys.executable, "-m", "imclass", "--version"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0
+    assert out.stdout.strip() == (f"imclass {imclass_version()}, torch {version('torch')}, "
+                                  f"timm {version('timm')}")
+
+
+def imclass_version() -> str:
+    from imclass.version import __version__
+    return __version__
+
+
+def test_a_command_piped_into_head_exits_quietly():
+    """`imclass models | head -2`: the reader leaves early; no BrokenPipeError traceback."""
+    shell = f"{sys.executable} -m imclass models | head -2"
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "" and len(out.stdout.splitlines()) == 2
+
+
+def test_models_matches_a_bare_word_and_describes_each(capsys):
+    assert cli.main(["models", "resnet5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["model", "default", "input", "parameters", "weights"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert "resnet50" in rows and "cnn" not in rows  # a substring, not an exact name
+    assert "3x224x224" in rows["resnet50"] and "25.6M" in rows["resnet50"]
+    assert cli.main(["models", "lite0"]) == 0
+    lite0 = next(x for x in capsys.readouterr().out.splitlines()
+                 if x.startswith("efficientnet_lite0 "))
+    assert "installed package (offline)" in lite0
+    assert cli.main(["models", "resnet5?"]) == 0  # wildcards still work as written
+    names = [x.split()[0] for x in capsys.readouterr().out.splitlines()[1:]]
+    assert "resnet50" in names and all(n.startswith("resnet5") and len(n) == 8 for n in names)
+    code, err = run_cli(capsys, "models", "no-such-net")
+    assert code == 2 and "no model matches 'no-such-net'" in err
+
+
+@pytest.mark.slow
+def test_logs_off_a_terminal_have_no_redraws_and_verbose_adds_stage_times(tmp_path):
+    run = [sys.executable, "-m", "imclass", "train", "--subset", "600", "--epochs", "2",
+           "--out", str(tmp_path / "r1")]
+    out = subprocess.run(run + ["--verbose"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "\r" not in out.stderr, "a progress bar redrew itself into a log"
+    epochs = [x for x in out.stderr.splitlines() if x.startswith("epoch ")]
+    assert len(epochs) == 2 and epochs[0].startswith("epoch   1/2  train loss")
+    stages = [x.split(":")[0] for x in out.stderr.splitlines() if x.startswith("stage ")]
+    assert stages == ["stage data", "stage training", "stage evaluation", "stage report"]
+    quiet = subprocess.run(run[:-1] + [str(tmp_path / "r2"), "--quiet"], capture_output=True,
+                           text=True)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert quiet.stdout.strip() == str(tmp_path / "r2" / "report.html")

@@ -27,7 +27,7 @@ from imclass.report import write_report
 from imclass.run_setup import Setup, build_run_model, prepare_training
 from imclass.runfolder import (Checkpointer, HistoryWriter, check_run_dir, checkpoint_meta,
                                prepare_run_dir, write_json)
-from imclass.tracking import TrackOptions, trackers
+from imclass.tracking import TrackOptions, check_available, trackers
 from imclass.training import EarlyStopping, OverfitWatch, Progress, fit
 from imclass.version import versions
 
@@ -48,6 +48,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     log = make_log(quiet)
     clock = StageClock(log, verbose and not quiet)
     check_run_dir(out, overwrite)
+    check_available(track)
     setup = prepare_training(config, log)
     clock.done("data")
     cfg, splits, task, device = setup.cfg, setup.splits, setup.task, setup.device

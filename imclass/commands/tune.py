@@ -25,6 +25,7 @@ from imclass import config as config_mod
 from imclass.commands.train import train
 from imclass.config import KEYS, RunConfig
 from imclass.errors import ConfigError
+from imclass.extras import need
 from imclass.run_setup import check_names
 
 METHODS = ("grid", "random", "tpe")
@@ -289,6 +290,8 @@ def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    if url.startswith("postgresql"):
+        need("psycopg", "postgres", "a PostgreSQL study (--storage postgresql://...)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     lock = grid_lock(url, out, out.name) if method == "grid" else None
     study = optuna.create_study(storage=open_storage(url, heartbeat_s),
