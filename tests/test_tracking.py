@@ -147,3 +147,47 @@ def test_an_unknown_tracker_is_refused_by_name(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown tracker 'wandb'" in err and "tensorboard, mlflow" in err
     assert not (tmp_path / "r").exists()
+
+
+def wait_for_text(browser, words: str, seconds: float = 90) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        text = browser.execute_script("return document.body ? document.body.innerText : ''")
+        if words in text:
+            return text
+        time.sleep(1)
+    raise AssertionError(f"'{words}' did not appear in the page within {seconds:.0f} s; it "
+                         f"shows: {text[:1500]!r}")
+
+
+def test_the_run_shows_in_the_mlflow_and_tensorboard_web_uis(mlflow_server, tmp_path,
+                                                             browser):
+    """What a user opens: MLflow's UI lists the run by name, TensorBoard's shows its curves."""
+    from mlflow import MlflowClient
+
+    out = tmp_path / "ui-check-run"
+    assert cli.main(["train", *QUICK, "--out", str(out), "--track", "tensorboard,mlflow",
+                     "--mlflow-uri", mlflow_server, "--mlflow-experiment", "ui-check"]) == 0
+    experiment = MlflowClient(mlflow_server).get_experiment_by_name("ui-check")
+    browser.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs")
+    wait_for_text(browser, "ui-check-run")
+    port = free_port()
+    board = subprocess.Popen([str(Path(sys.executable).parent / "tensorboard"), "--logdir",
+                              str(out / "tensorboard"), "--host", "127.0.0.1", "--port",
+                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "tensorboard did not start within 60 s"
+                time.sleep(0.5)
+        browser.get(f"http://127.0.0.1:{port}/#timeseries")
+        figures = len(list((out / "plots").glob("*.png")))
+        text = wait_for_text(browser, f"figures{figures} cards")  # every figure of the report
+        assert "accuracy\n/val" in text and "loss2 cards" in text  # and the curves
+    finally:
+        board.terminate()
+        board.wait(timeout=30)
