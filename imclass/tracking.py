@@ -144,9 +144,7 @@ class MlflowTracker(Tracker):
 
     def start(self, options: TrackOptions, cfg_dict: dict, tags: dict[str, str]) -> None:
         self.client = client(self.uri)
-        experiment = self.client.get_experiment_by_name(options.experiment)
-        experiment_id = experiment.experiment_id if experiment else \
-            self.client.create_experiment(options.experiment)
+        experiment_id = experiment_of(self.client, options)
         if options.parent_run_id:
             tags = {**tags, "mlflow.parentRunId": options.parent_run_id}
         self.run_id = self.client.create_run(experiment_id, tags=tags,
@@ -198,6 +196,19 @@ def client(uri: str):
     return MlflowClient(uri)
 
 
+def experiment_of(c, options: TrackOptions) -> str:
+    """The experiment's id, created when new. In a SQLite store its artifacts go beside the
+    database (MLflow's default is ./mlruns under whatever folder the process runs in)."""
+    experiment = c.get_experiment_by_name(options.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if options.mlflow_uri.startswith("sqlite:///"):
+        db = Path(options.mlflow_uri.removeprefix("sqlite:///"))
+        location = (db.parent / "artifacts").resolve().as_uri()
+    return c.create_experiment(options.experiment, artifact_location=location)
+
+
 def log_onnx_model(uri: str, run_id: str, run_dir: Path) -> None:
     """The run's exported model.onnx in MLflow's ONNX flavor, with its signature."""
     import mlflow
@@ -229,9 +240,7 @@ def study_run(options: TrackOptions | None, study: str, space: dict[str, str]
     need("mlflow", "tracking", "--track mlflow")
     try:
         c = client(options.mlflow_uri)
-        experiment = c.get_experiment_by_name(options.experiment)
-        experiment_id = experiment.experiment_id if experiment else \
-            c.create_experiment(options.experiment)
+        experiment_id = experiment_of(c, options)
         found = c.search_runs([experiment_id], f"tags.`imclass.study` = '{study}'",
                               max_results=1)
         if found:

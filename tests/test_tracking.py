@@ -112,9 +112,11 @@ def test_an_mlflow_server_receives_params_metrics_artifacts_and_the_model(mlflow
     assert probs.shape == (2, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
-def test_tune_trials_are_nested_runs_under_the_study(tmp_path):
+def test_tune_trials_are_nested_runs_under_the_study(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     space = tmp_path / "space.yaml"
     space.write_text("lr: [0.05, 0.1]\n")
@@ -129,6 +131,9 @@ def test_tune_trials_are_nested_runs_under_the_study(tmp_path):
     assert len(children) == 3  # two trials and the final run of the best configuration
     assert {c.data.params["train.lr"] for c in children} == {"0.05", "0.1"}
     assert study.data.params["space.lr"] == "(0.05, 0.1)"
+    assert list((tmp_path / "cwd").iterdir()) == [], "nothing written where the process runs"
+    artifacts = tmp_path / "mlruns" / "artifacts"
+    assert (artifacts / children[0].info.run_id / "artifacts" / "config.yaml").is_file()
 
 
 def test_a_tracking_server_that_is_down_costs_one_warning_line(tmp_path, capsys):
