@@ -259,7 +259,8 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
                         verbose=args.verbose, command=shlex.join(["imclass", *argv]),
                         track=_track_options(args))
     print(run_dir / "report.html")
-    return 0
+    stopped = json.loads((run_dir / "run.json").read_text()).get("stopped")
+    return 128 + stopped["signal_number"] if stopped else 0  # 130 Ctrl-C, 143 SIGTERM
 
 
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
@@ -458,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, argv)
     except ImclassError as exc:
         print(f"imclass: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("imclass: interrupted", file=sys.stderr)
         return 130

@@ -78,6 +78,12 @@ def _summary(run: dict, test: dict) -> str:
              f"{escape(str(run.get('hardware')))} from {escape(str(data.get('source')))}. "
              f"Best epoch {run.get('best_epoch')} of {run.get('epochs_run')}"
              f"{' (stopped early)' if run.get('stopped_early') else ''}.</p>")
+    stopped = run.get("stopped")
+    if stopped:
+        html += (f'<div class="warn">Stopped by the user ({escape(stopped["by"])}) at epoch '
+                 f'{stopped["epoch"]} of {stopped["epochs"]}: that epoch was dropped, and the '
+                 f'figures below are those of epoch {run.get("best_epoch")}, the best of the '
+                 f'{run.get("epochs_run")} it completed.</div>')
     return html
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -68,10 +70,47 @@ def l1_penalty(model: nn.Module) -> torch.Tensor:
 Hits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # batch -> summed accuracy
 
 
+class StopSignal:
+    """Ctrl-C (SIGINT) or SIGTERM while training: the first asks the loop to stop after the
+    current batch (the run then keeps and evaluates what it learned); a second one stops at
+    once, as without this handler. Installed in the main thread only (signal's rule)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self.previous[s] = signal.signal(s, self.handle)
+        return self
+
+    def handle(self, signum, frame) -> None:
+        if self.signum is not None:  # the second one: out now (files are written atomically)
+            self.__exit__()
+            raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+        self.signum = signum
+        print(f"\nimclass: {signal.Signals(signum).name}: stopping after this batch (again "
+              "to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
 def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: TrainConfig,
                     device: torch.device, emit: Callable[[str, dict], Any] = lambda e, i: None,
-                    hits: Hits = argmax_hits) -> dict[str, float]:
-    """One pass over `batches`; returns mean loss, accuracy, images/s and seconds."""
+                    hits: Hits = argmax_hits, stop: StopSignal | None = None
+                    ) -> dict[str, float]:
+    """One pass over `batches` (cut short when `stop` is requested); returns mean loss,
+    accuracy, images/s and seconds."""
     train_mode(model)
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
@@ -92,6 +131,8 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
         emit("batch_end", {"step": step + 1, "steps": len(batches), "seen": seen,
                            "loss_sum": loss_sum, "correct": correct,
                            "seconds": time.perf_counter() - start})
+        if stop is not None and stop.requested:
+            break
     seconds = time.perf_counter() - start
     return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen,
             "images_per_s": seen / seconds, "seconds": seconds}
@@ -118,14 +159,18 @@ class FitResult:
     best_val_loss: float = math.inf
     stopped_early: bool = False
     stages: list[dict] = field(default_factory=list)
+    stopped_by: str | None = None    # SIGINT or SIGTERM: the user stopped the run
+    stopped_in_epoch: int | None = None  # the epoch that was cut short (not counted)
 
 
 def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainConfig,
-        device: torch.device, callbacks: list[Callback] = (), hits: Hits = argmax_hits
-        ) -> FitResult:
+        device: torch.device, callbacks: list[Callback] = (), hits: Hits = argmax_hits,
+        stop: StopSignal | None = None) -> FitResult:
     """Train for cfg.epochs (or until a callback says stop), in stages when fine-tuning
     (imclass.finetune); ends holding the best weights, those of the epoch with the lowest
-    validation loss. A "stop" during the frozen stage moves on to fine-tuning."""
+    validation loss. A "stop" during the frozen stage moves on to fine-tuning. A `stop`
+    signal ends it after the current batch; that epoch is dropped (no validation, no
+    checkpoint) and the best of the finished epochs is kept."""
     result = FitResult()
     best_state = None
     epoch = 0
@@ -148,7 +193,11 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             emit("epoch_start", {"epoch": epoch, "epochs": cfg.epochs,
                                  "steps": len(train_batches)})
             train = train_one_epoch(model, train_batches, optimizer, scheduler, loss_fn, cfg,
-                                    device, emit, hits)
+                                    device, emit, hits, stop)
+            if stop is not None and stop.requested:
+                result.stopped_by = signal.Signals(stop.signum).name
+                result.stopped_in_epoch = epoch
+                break
             if not math.isfinite(train["loss"]):
                 from imclass.errors import ImclassError
                 raise ImclassError(f"training diverged at epoch {epoch} (the loss is "
@@ -168,7 +217,7 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             if "stop" in emit("epoch_end", record):
                 result.stopped_early = stage is stages[-1] and epoch < cfg.epochs
                 break
-        if result.stopped_early:
+        if result.stopped_early or result.stopped_by:
             break
     for p in model.parameters():
         p.requires_grad_(True)
@@ -241,9 +290,13 @@ class Progress:
                 self.bar.set_postfix(loss=f"{info['loss_sum'].item() / seen:.4f}",
                                      acc=f"{info['correct'].item() / seen:.4f}",
                                      img_s=f"{seen / info['seconds']:.0f}", refresh=False)
+        elif event == "train_end" and self.bar is not None:  # an epoch cut short
+            self.bar.close()
+            self.bar = None
         elif event == "epoch_end":
             if self.bar is not None:
                 self.bar.close()
+                self.bar = None
             elapsed = time.perf_counter() - self.started
             eta = elapsed / info["epoch"] * (info["epochs"] - info["epoch"])
             mark = " *" if info["improved"] else ""

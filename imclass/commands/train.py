@@ -6,8 +6,10 @@ history.csv and checkpoints) -> thresholds on validation -> test metrics -> run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from imclass.data.audit import write_analysis
 from imclass.data.augment import build_augment
 from imclass.data.batches import Batches
 from imclass.devices import hardware, keep_freed_memory
+from imclass.errors import Stopped
 from imclass.evaluation import evaluate_split
 from imclass.lr_find import find_lr
 from imclass.metrics import predict_probabilities
@@ -28,7 +31,7 @@ from imclass.run_setup import Setup, build_run_model, prepare_training
 from imclass.runfolder import (Checkpointer, HistoryWriter, check_run_dir, checkpoint_meta,
                                prepare_run_dir, write_json)
 from imclass.tracking import TrackOptions, check_available, trackers
-from imclass.training import EarlyStopping, OverfitWatch, Progress, fit
+from imclass.training import EarlyStopping, OverfitWatch, Progress, StopSignal, fit
 from imclass.version import versions
 
 
@@ -36,13 +39,16 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
           overwrite: bool = False, quiet: bool = False, verbose: bool = False,
           command: str | None = None,
           callbacks: list | None = None, evaluate_test: bool = True,
-          track: TrackOptions | None = None) -> Path:
+          track: TrackOptions | None = None, stop_on_signal: bool = True) -> Path:
     """Train, evaluate on the test set and write the report; returns the run folder.
 
     `callbacks` are called with the training loop's events after the built-in ones (a
     hyperparameter search's pruner is one). With `evaluate_test=False` the test set is never
     looked at: model selection (a search, say) must work from validation figures alone.
     `track` also sends the run to TensorBoard and/or MLflow (tracking.py).
+    With `stop_on_signal`, Ctrl-C or SIGTERM ends training after the current batch and the
+    run is finished with the epochs it completed (run.json "stopped" says so); a search turns
+    it off, so that its trial is interrupted, not scored.
     """
     started = time.perf_counter()
     log = make_log(quiet)
@@ -69,7 +75,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
         "task": task.name, "architecture": setup.architecture or cfg.model.name,
         "dataset": Path(cfg.data.source).name, "run": run_dir.name}, log)
     result, overfit_warnings = fit_run(run_dir, setup, model, quiet, log,
-                                       [*tracked, *(callbacks or [])], meta)
+                                       [*tracked, *(callbacks or [])], meta, stop_on_signal)
+    stopped = stop_summary(result, cfg.train.epochs, log)
     thresholds = tune_thresholds(run_dir, model, setup, log)
     clock.done("training")
     best = result.history[result.best_epoch - 1]
@@ -84,7 +91,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
                "device": device.type, "train_seconds": time.perf_counter() - started,
                "command": command, "versions": versions(), "task": task.name,
                "thresholds": thresholds,
-               "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc")}}
+               "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc")},
+               "stopped": stopped}
     if evaluate_test:
         evaluate_split(run_dir, model, task, splits.test, splits.norm, cfg, device, log,
                        thresholds=thresholds, input_size=splits.input_size)
@@ -149,8 +157,25 @@ def plot_augmented(path: Path, train, augment, seed: int, count: int = 24) -> No
     plots.image_grid((x * 255).round().to(torch.uint8).numpy(), title, path)
 
 
+def stop_summary(result, epochs: int, log: Log) -> dict | None:
+    """What run.json and the report say of a run the user stopped; Stopped (exit 130 or 143)
+    when it stopped before finishing one epoch, with nothing to keep."""
+    if result.stopped_by is None:
+        return None
+    signum = int(getattr(signal, result.stopped_by))
+    where = f"epoch {result.stopped_in_epoch} of {epochs}"
+    if not result.history:
+        raise Stopped(f"stopped by the user ({result.stopped_by}) in {where}, before any "
+                      "epoch finished: nothing to keep", signum)
+    log(f"stopped by the user ({result.stopped_by}) at {where}; that epoch is dropped and "
+        f"the run finishes with epoch {result.best_epoch}, the best of the "
+        f"{len(result.history)} it completed")
+    return {"by": result.stopped_by, "signal_number": signum,
+            "epoch": result.stopped_in_epoch, "epochs": epochs}
+
+
 def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_callbacks: list,
-            meta: dict):
+            meta: dict, stop_on_signal: bool = True):
     """The training loop with its callbacks; returns the FitResult and overfitting warnings."""
     cfg, splits, device = setup.cfg, setup.splits, setup.device
     t = cfg.train
@@ -167,8 +192,10 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
                  HistoryWriter(run_dir / "history.csv"),
                  Checkpointer(run_dir / "checkpoints", model, meta),
                  *extra_callbacks]
-    result = fit(model, train_batches, val_batches, setup.task.loss(t.loss, t.label_smoothing),
-                 t, device, callbacks, hits=setup.task.hits)
+    with StopSignal() if stop_on_signal else contextlib.nullcontext() as stop:
+        result = fit(model, train_batches, val_batches,
+                     setup.task.loss(t.loss, t.label_smoothing), t, device, callbacks,
+                     hits=setup.task.hits, stop=stop)
     if result.stopped_early:
         log(f"early stopping after epoch {len(result.history)}: no validation-loss improvement "
             f"for {t.patience} epochs; keeping epoch {result.best_epoch}")

@@ -232,7 +232,8 @@ def trial_objective(base: RunConfig, params: list[Param], out: Path, track=None)
         cfg = config_mod.override(base, values)
         run_dir = train(cfg, out / "trials" / f"trial-{trial.number:03d}", overwrite=True,
                             quiet=True, evaluate_test=False,
-                            callbacks=[PruneOnValidation(trial)], track=track)
+                            callbacks=[PruneOnValidation(trial)], track=track,
+                            stop_on_signal=False)  # a Ctrl-C interrupts the trial
         import json
         best = json.loads((run_dir / "metrics.json").read_text())["validation"]
         trial.set_user_attr("run_dir", str(run_dir))
