@@ -141,13 +141,41 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"run folder {run_dir} does not exist")
-    state, meta = checkpoint.load(run_dir / "checkpoints" / which)
-    cfg = config_mod.from_dict(meta["config"])
-    dev = resolve_device(device)
-    run = LoadedRun(None, meta, cfg, dev)
-    model = build_model(cfg.model, meta["input"]["channels"],
-                        run.task.num_outputs(len(meta["class_names"])),
-                        meta.get("architecture"))
-    model.load_state_dict(state)
+    stem = run_dir / "checkpoints" / which
+    state, meta = checkpoint.load(stem)
+    sidecar = stem.with_suffix(".json")
+    check_written_by_us(meta, sidecar)
+    try:
+        cfg = config_mod.from_dict(meta["config"])
+        dev = resolve_device(device)
+        run = LoadedRun(None, meta, cfg, dev)
+        model = build_model(cfg.model, meta["input"]["channels"],
+                            run.task.num_outputs(len(meta["class_names"])),
+                            meta.get("architecture"))
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{sidecar} lacks what it takes to rebuild the model ({exc!r} "
+                        "missing or malformed); the file was edited or cut short") from None
+    except ConfigError as exc:
+        raise DataError(f"{sidecar}: its config is not valid here ({exc})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # torch's message lists every missing or misshapen tensor
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise DataError(f"{stem.with_suffix('.safetensors')} does not fit the model its "
+                        f"sidecar describes ({first[:200]}); the files come from different "
+                        "runs or were edited") from None
     run.model = model.to(dev, memory_format=torch.channels_last).eval()
     return run
+
+
+def check_written_by_us(meta: dict, sidecar: Path) -> None:
+    """Refuse a run folder written by a newer imclass: it may hold what this one misreads."""
+    from imclass.version import __version__
+
+    written = str((meta.get("versions") or {}).get("imclass", "0"))
+
+    def parts(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split(".")[:3] if x.isdigit())
+    if parts(written) > parts(__version__):
+        raise DataError(f"{sidecar} was written by imclass {written}, newer than this "
+                        f"imclass {__version__}; upgrade imclass to use this run")
