@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -262,6 +263,8 @@ def coerce(key: str, value: Any, typ: Any) -> Any:
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"'{key}' takes a list such as 32,64,128; got {value!r}")
         return tuple(coerce(key, v, args[0]) for v in items)
+    if isinstance(value, (list, tuple, dict, set)):
+        raise ConfigError(f"'{key}' takes one value; got {value!r}")
     try:
         if typ is bool:
             if isinstance(value, str):
@@ -276,11 +279,11 @@ def coerce(key: str, value: Any, typ: Any) -> Any:
                 raise ValueError
             return int(value)
         if typ is float:
-            if isinstance(value, bool):
-                raise ValueError
+            if isinstance(value, bool) or not math.isfinite(float(value)):
+                raise ValueError  # nan would slip past every range check
             return float(value)
         return str(value)
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):
         raise ConfigError(f"'{key}' must be {typ.__name__}; got {value!r}") from None
 
 

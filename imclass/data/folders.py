@@ -203,20 +203,31 @@ def _entry(listing: Listing, images_dir: Path, name: str, labels: tuple[str, ...
     if not name:
         finding("warning", "empty_name", f"row of {csv_name} has no image name; fill it in")
         return None
+    if "\x00" in name:  # no file system takes it; os.path would raise ValueError
+        finding("error", "bad_name", f"row of {csv_name} names an image with a NUL byte in "
+                "it; fix the row (the CSV may be damaged or not text)")
+        return None
     if pure.is_absolute() or ".." in pure.parts or ":" in pure.parts[0]:
         finding("error", "unsafe_path", "the image path is absolute or leaves the dataset "
                 "folder; it was not opened. Give paths relative to images/")
         return None
     parts = pure.parts[1:] if pure.parts[0] == "images" else pure.parts
     path = images_dir.joinpath(*parts)
-    if not path.resolve().is_relative_to(listing.folder.resolve()):
+    try:
+        inside = path.resolve().is_relative_to(listing.folder.resolve())
+        exists = path.is_file()
+    except OSError as exc:  # a name too long for the file system, say
+        finding("error", "bad_name", f"row of {csv_name} names an image the system cannot "
+                f"look up ({exc.strerror or exc}); fix the row")
+        return None
+    if not inside:
         finding("error", "unsafe_path", "the image path leads outside the dataset folder "
                 "(through a link); it was not opened")
         return None
     if not labels:
         finding("warning", "no_label", f"row of {csv_name} has no label; the image is skipped")
         return None
-    if not path.is_file():
+    if not exists:
         finding("warning", "missing_file", f"row of {csv_name} names an image that does not "
                 "exist in images/; fix the name or remove the row")
         return None
