@@ -6,9 +6,9 @@ gathers them under one name."""
 from imclass.commands.evaluate import evaluate
 from imclass.commands.export import export
 from imclass.commands.predict import predict
-from imclass.commands.train import train
+from imclass.commands.train import resume_run, train
 from imclass.predictor import Predictor, load
 from imclass.runfolder import LoadedRun, load_run
 
-__all__ = ["train", "evaluate", "predict", "export", "load", "Predictor", "load_run",
+__all__ = ["train", "resume_run", "evaluate", "predict", "export", "load", "Predictor", "load_run",
            "LoadedRun"]

@@ -120,6 +120,9 @@ def build_parser() -> Parser:
     train.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<time>)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --out")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or stopped run "
+                       "from its last finished epoch, with its own config (only --device, "
+                       "--quiet, --verbose and --track may be given)")
     train.add_argument("--quiet", action="store_true", help="print nothing but the result "
                        "and errors")
     train.add_argument("--verbose", action="store_true", help="also print how long each "
@@ -254,13 +257,31 @@ def build_parser() -> Parser:
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     from imclass import api
 
-    cfg = _base_config(args)
-    run_dir = api.train(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet,
-                        verbose=args.verbose, command=shlex.join(["imclass", *argv]),
-                        track=_track_options(args))
+    if args.resume:
+        run_dir = _resume(args, argv)
+    else:
+        cfg = _base_config(args)
+        run_dir = api.train(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet,
+                            verbose=args.verbose, command=shlex.join(["imclass", *argv]),
+                            track=_track_options(args))
     print(run_dir / "report.html")
     stopped = json.loads((run_dir / "run.json").read_text()).get("stopped")
     return 128 + stopped["signal_number"] if stopped else 0  # 130 Ctrl-C, 143 SIGTERM
+
+
+def _resume(args: argparse.Namespace, argv: list[str]):
+    """--resume: the run's own config; a flag that would change the result is refused."""
+    from imclass import api
+
+    flags = {k.split(":", 1)[1] for k in vars(args) if k.startswith("cfg:")} - {"device"}
+    given = sorted(flags) + [f for f in ("config", "out", "overwrite") if getattr(args, f)]
+    if given:
+        raise ImclassError(f"--resume takes the run's own config ({args.resume}/config.yaml);"
+                           f" drop --{given[0].replace('_', '-')} (only --device, --quiet, "
+                           "--verbose and --track may change)")
+    device = vars(args).get("cfg:device")
+    return api.resume_run(args.resume, quiet=args.quiet, verbose=args.verbose, device=device,
+                          track=_track_options(args), command=shlex.join(["imclass", *argv]))
 
 
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:

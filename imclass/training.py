@@ -165,29 +165,53 @@ class FitResult:
 
 def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainConfig,
         device: torch.device, callbacks: list[Callback] = (), hits: Hits = argmax_hits,
-        stop: StopSignal | None = None) -> FitResult:
+        stop: StopSignal | None = None, on_state: Callable[[dict], None] | None = None,
+        resume: dict | None = None) -> FitResult:
     """Train for cfg.epochs (or until a callback says stop), in stages when fine-tuning
     (imclass.finetune); ends holding the best weights, those of the epoch with the lowest
     validation loss. A "stop" during the frozen stage moves on to fine-tuning. A `stop`
     signal ends it after the current batch; that epoch is dropped (no validation, no
-    checkpoint) and the best of the finished epochs is kept."""
+    checkpoint) and the best of the finished epochs is kept.
+
+    After every epoch `on_state` gets what a resumed run needs (the optimizer, scheduler,
+    where the loop is, the result so far); `resume` (imclass.resume.load's dict, model
+    weights and generators already restored by the caller) continues from such a state."""
     result = FitResult()
     best_state = None
     epoch = 0
+    start_stage, done_in_stage = 0, 0
+    if resume is not None:
+        loop = resume["loop"]
+        result.history, result.stages = loop["history"], loop["stages"]
+        result.best_epoch, result.best_val_loss = loop["best_epoch"], loop["best_val_loss"]
+        best_state, epoch = resume["best"], loop["epoch"]
+        start_stage, done_in_stage = loop["stage_index"], loop["epochs_in_stage"]
+        if loop["stage_finished"]:
+            start_stage, done_in_stage = start_stage + 1, 0
 
     def emit(event: str, info: dict) -> list:
         return [cb(event, info) for cb in callbacks]
 
     stages = plan_stages(model, cfg)
-    result.stages = [{"name": st.name, "number": st.number, "first_epoch": 0,
-                      "epochs": st.epochs, "peak_lr": st.groups[0][1],
-                      "lowest_lr": st.groups[-1][1]} for st in stages]
-    for stage, summary in zip(stages, result.stages):
+    if resume is None:
+        result.stages = [{"name": st.name, "number": st.number, "first_epoch": 0,
+                          "epochs": st.epochs, "peak_lr": st.groups[0][1],
+                          "lowest_lr": st.groups[-1][1]} for st in stages]
+    finished = resume is not None and resume["loop"]["finished"]
+    for index, (stage, summary) in enumerate(zip(stages, result.stages)):
+        if finished or index < start_stage:
+            continue
         apply_stage(model, stage)
-        summary["first_epoch"] = epoch + 1
         optimizer = make_optimizer(stage.groups, cfg)
         scheduler = make_schedule(optimizer, cfg, stage.epochs * len(train_batches))
-        for _ in range(stage.epochs):
+        already = 0
+        if resume is not None and index == start_stage and done_in_stage:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["loop"]["scheduler"])
+            already = done_in_stage
+        else:
+            summary["first_epoch"] = epoch + 1
+        for in_stage in range(already + 1, stage.epochs + 1):
             epoch += 1
             lr = optimizer.param_groups[0]["lr"]
             emit("epoch_start", {"epoch": epoch, "epochs": cfg.epochs,
@@ -214,8 +238,17 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                       "stage": stage.number, "improved": improved,
                       "epochs_since_best": epoch - result.best_epoch, "epochs": cfg.epochs}
             result.history.append(record)
-            if "stop" in emit("epoch_end", record):
+            stop_asked = "stop" in emit("epoch_end", record)
+            if stop_asked:
                 result.stopped_early = stage is stages[-1] and epoch < cfg.epochs
+            if on_state is not None:
+                on_state({"epoch": epoch, "stage_index": index, "epochs_in_stage": in_stage,
+                          "stage_finished": stop_asked or in_stage == stage.epochs,
+                          "finished": result.stopped_early or (
+                              index == len(stages) - 1 and in_stage == stage.epochs),
+                          "optimizer": optimizer, "scheduler": scheduler, "result": result,
+                          "best": best_state})
+            if stop_asked:
                 break
         if result.stopped_early or result.stopped_by:
             break

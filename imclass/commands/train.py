@@ -16,20 +16,21 @@ from pathlib import Path
 import torch
 
 from imclass import checkpoint, config as config_mod, plots
+from imclass import resume as resume_mod
 from imclass.config import RunConfig
 from imclass.console import Log, StageClock, make_log
 from imclass.data.audit import write_analysis
 from imclass.data.augment import build_augment
 from imclass.data.batches import Batches
 from imclass.devices import hardware, keep_freed_memory
-from imclass.errors import Stopped
+from imclass.errors import ConfigError, DataError, Stopped
 from imclass.evaluation import evaluate_split
 from imclass.lr_find import find_lr
 from imclass.metrics import predict_probabilities
 from imclass.report import write_report
 from imclass.run_setup import Setup, build_run_model, prepare_training
-from imclass.runfolder import (Checkpointer, HistoryWriter, check_run_dir, checkpoint_meta,
-                               prepare_run_dir, write_json)
+from imclass.runfolder import (HISTORY_COLUMNS, Checkpointer, HistoryWriter, check_run_dir,
+                               checkpoint_meta, prepare_run_dir, write_json)
 from imclass.tracking import TrackOptions, check_available, trackers
 from imclass.training import EarlyStopping, OverfitWatch, Progress, StopSignal, fit
 from imclass.version import versions
@@ -39,7 +40,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
           overwrite: bool = False, quiet: bool = False, verbose: bool = False,
           command: str | None = None,
           callbacks: list | None = None, evaluate_test: bool = True,
-          track: TrackOptions | None = None, stop_on_signal: bool = True) -> Path:
+          track: TrackOptions | None = None, stop_on_signal: bool = True,
+          resume_state: dict | None = None) -> Path:
     """Train, evaluate on the test set and write the report; returns the run folder.
 
     `callbacks` are called with the training loop's events after the built-in ones (a
@@ -48,19 +50,20 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     `track` also sends the run to TensorBoard and/or MLflow (tracking.py).
     With `stop_on_signal`, Ctrl-C or SIGTERM ends training after the current batch and the
     run is finished with the epochs it completed (run.json "stopped" says so); a search turns
-    it off, so that its trial is interrupted, not scored.
+    it off, so that its trial is interrupted, not scored. `resume_state` (see `resume_run`)
+    continues a run in its own folder from the state saved after its last finished epoch.
     """
     started = time.perf_counter()
     log = make_log(quiet)
     clock = StageClock(log, verbose and not quiet)
-    check_run_dir(out, overwrite)
+    check_run_dir(out, overwrite or resume_state is not None)
     check_available(track)
     setup = prepare_training(config, log)
     clock.done("data")
     cfg, splits, task, device = setup.cfg, setup.splits, setup.task, setup.device
     if device.type == "cpu":
         keep_freed_memory()  # no mmap/munmap storm per step (devices.py)
-    run_dir = prepare_run_dir(out, cfg, overwrite)
+    run_dir = prepare_run_dir(out, cfg, overwrite or resume_state is not None)
     torch.manual_seed(cfg.train.seed)  # weights and kornia's augmentation draws
     record_analysis(run_dir, splits.analysis, log)
     model, model_info = build_run_model(setup, log)
@@ -75,7 +78,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
         "task": task.name, "architecture": setup.architecture or cfg.model.name,
         "dataset": Path(cfg.data.source).name, "run": run_dir.name}, log)
     result, overfit_warnings = fit_run(run_dir, setup, model, quiet, log,
-                                       [*tracked, *(callbacks or [])], meta, stop_on_signal)
+                                       [*tracked, *(callbacks or [])], meta, stop_on_signal,
+                                       resume_state)
     stopped = stop_summary(result, cfg.train.epochs, log)
     thresholds = tune_thresholds(run_dir, model, setup, log)
     clock.done("training")
@@ -174,8 +178,28 @@ def stop_summary(result, epochs: int, log: Log) -> dict | None:
             "epoch": result.stopped_in_epoch, "epochs": epochs}
 
 
+def resume_run(run_dir: str | Path, *, quiet: bool = False, verbose: bool = False,
+               device: str | None = None, track: TrackOptions | None = None,
+               command: str | None = None) -> Path:
+    """Continue a killed or stopped run from the state saved after its last finished epoch,
+    with the run's own config; on the same device it ends as if never interrupted."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise DataError(f"{run_dir} holds no run to resume (no config.yaml)")
+    summary = run_dir / "run.json"
+    if summary.is_file() and not json.loads(summary.read_text()).get("stopped"):
+        raise ConfigError(f"{run_dir} is a finished run: nothing to resume (its report is "
+                          f"{run_dir / 'report.html'})")
+    state = resume_mod.load(run_dir / "checkpoints")
+    cfg = config_mod.load_yaml(run_dir / "config.yaml")
+    if device is not None:
+        cfg = config_mod.override(cfg, {"device": device})
+    return train(cfg, run_dir, quiet=quiet, verbose=verbose, track=track, command=command,
+                 resume_state=state)
+
+
 def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_callbacks: list,
-            meta: dict, stop_on_signal: bool = True):
+            meta: dict, stop_on_signal: bool = True, resume_state: dict | None = None):
     """The training loop with its callbacks; returns the FitResult and overfitting warnings."""
     cfg, splits, device = setup.cfg, setup.splits, setup.device
     t = cfg.train
@@ -192,11 +216,38 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
                  HistoryWriter(run_dir / "history.csv"),
                  Checkpointer(run_dir / "checkpoints", model, meta),
                  *extra_callbacks]
+    history = callbacks[3]
+    if resume_state is not None:
+        restore(resume_state, model, train_batches, overfit, history, log)
+
+    def save_state(info: dict) -> None:
+        result = info["result"]
+        loop = {k: info[k] for k in ("epoch", "stage_index", "epochs_in_stage",
+                                     "stage_finished", "finished")}
+        loop |= {"history": result.history, "stages": result.stages,
+                 "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                 "overfit": {"streak": overfit.streak, "previous": overfit.previous,
+                             "warnings": overfit.warnings}}
+        resume_mod.save(run_dir / "checkpoints", model=model, best=info["best"],
+                        optimizer=info["optimizer"], scheduler=info["scheduler"],
+                        order=train_batches.generator, loop=loop)
     with StopSignal() if stop_on_signal else contextlib.nullcontext() as stop:
         result = fit(model, train_batches, val_batches,
                      setup.task.loss(t.loss, t.label_smoothing), t, device, callbacks,
-                     hits=setup.task.hits, stop=stop)
+                     hits=setup.task.hits, stop=stop, on_state=save_state,
+                     resume=resume_state)
     if result.stopped_early:
         log(f"early stopping after epoch {len(result.history)}: no validation-loss improvement "
             f"for {t.patience} epochs; keeping epoch {result.best_epoch}")
     return result, overfit.warnings
+
+
+def restore(state: dict, model, train_batches, overfit, history, log: Log) -> None:
+    """The loop's state as it was after the saved epoch: weights, generators, callbacks."""
+    loop = state["loop"]
+    model.load_state_dict(state["model"])
+    resume_mod.restore_generators(state, train_batches.generator)
+    history.rows = [{k: row[k] for k in HISTORY_COLUMNS} for row in loop["history"]]
+    overfit.streak, overfit.previous = loop["overfit"]["streak"], loop["overfit"]["previous"]
+    overfit.warnings = loop["overfit"]["warnings"]
+    log(f"resuming after epoch {loop['epoch']} (best so far: epoch {loop['best_epoch']})")

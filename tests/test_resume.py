@@ -1,0 +1,134 @@
+"""`imclass train --resume`: a run killed with SIGKILL (at a random batch, or in the middle of
+writing its state) or stopped with Ctrl-C, then resumed, ends with the same weights (bitwise),
+history and metrics as a run never interrupted."""
+import csv
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from imclass import cli
+
+pytestmark = pytest.mark.slow
+FLAGS = ["--subset", "3000", "--epochs", "5", "--quiet"]
+TIMING = ("seconds", "images_per_s")  # wall-clock columns of history.csv differ by nature
+
+
+def train_cmd(out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "imclass", "train", *FLAGS, "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("resume") / "whole"
+    subprocess.run(train_cmd(out), check=True, capture_output=True)
+    return out
+
+
+def wait_for_epochs(proc, out: Path, count: int) -> None:
+    history, deadline = out / "history.csv", time.monotonic() + 120
+    while not (history.is_file() and len(history.read_text().splitlines()) > count):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def resume(out: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "imclass", "train", "--resume", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming after epoch" in done.stderr
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    for stem in ("best", "last"):
+        wa = load_file(str(a / "checkpoints" / f"{stem}.safetensors"))
+        wb = load_file(str(b / "checkpoints" / f"{stem}.safetensors"))
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f"{stem} weights differ"
+
+    def rows(run):
+        with (run / "history.csv").open() as fh:
+            return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(fh)]
+    assert rows(a) == rows(b) and len(rows(a)) == 5
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
+    assert ma == mb
+
+
+def test_killed_at_a_random_batch_then_resumed_is_the_same_run(uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(out), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_for_epochs(proc, out, 2)
+    time.sleep(random.uniform(0, 0.5))  # somewhere in epoch 3 (0.6 s an epoch here)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists() or "test" not in json.loads(
+        (out / "metrics.json").read_text())
+    resume(out)
+    assert_same_run(uninterrupted, out)
+
+
+KILL_WHILE_WRITING = """
+import os, sys
+import imclass.resume as r
+calls = {"n": 0}
+real = r.save_file
+def half_then_die(tensors, path):
+    calls["n"] += 1
+    if calls["n"] == 3:  # the state after epoch 3: half of it on disk, then the process dies
+        real(tensors, path)
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+        os._exit(137)
+    real(tensors, path)
+r.save_file = half_then_die
+from imclass.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_killed_while_writing_its_state_then_resumed_is_the_same_run(uninterrupted,
+                                                                      tmp_path):
+    out = tmp_path / "cut"
+    done = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING, *train_cmd(out)[3:]],
+                          capture_output=True, text=True)
+    assert done.returncode == 137, done.stderr[-2000:]
+    leftovers = list((out / "checkpoints").glob(".state.safetensors.*.tmp"))
+    assert leftovers, "the half-written state is left under its temporary name"
+    assert json.loads((out / "checkpoints" / "state.json").read_text())["epoch"] == 2
+    resume(out)
+    assert_same_run(uninterrupted, out)
+
+
+def test_a_run_stopped_with_ctrl_c_resumes_to_the_same_run(uninterrupted, tmp_path):
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(train_cmd(out), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_for_epochs(proc, out, 2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert json.loads((out / "run.json").read_text())["stopped"]["by"] == "SIGINT"
+    resume(out)
+    assert_same_run(uninterrupted, out)
+    assert json.loads((out / "run.json").read_text())["stopped"] is None
+
+
+def test_resume_refuses_a_finished_run_a_changed_flag_and_a_folder_without_state(
+        uninterrupted, tmp_path, capsys):
+    cases = [(["--resume", str(uninterrupted)], "is a finished run: nothing to resume"),
+             (["--resume", str(uninterrupted), "--lr", "0.5"], "drop --lr"),
+             (["--resume", str(tmp_path / "none")], "holds no run to resume")]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.yaml").write_text((uninterrupted / "config.yaml").read_text())
+    cases.append((["--resume", str(tmp_path / "old")], "state.safetensors is missing"))
+    for args, message in cases:
+        assert cli.main(["train", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
