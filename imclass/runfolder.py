@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,11 +31,34 @@ HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val
                    "seconds", "images_per_s")
 
 
+MIN_FREE_BYTES = 50 * 2 ** 20  # plots, report, history and a small model's checkpoints
+
+
 def check_run_dir(out: str | Path | None, overwrite: bool) -> None:
-    """Refuse to mix a new run into a folder that holds an earlier one."""
-    if out is not None and (Path(out) / "config.yaml").exists() and not overwrite:
+    """Refuse, before any work: a folder that holds an earlier run, a file where the folder
+    should be, a place that cannot be written, a disk too full for a run."""
+    if out is None:
+        return
+    out = Path(out)
+    if (out / "config.yaml").exists() and not overwrite:
         raise ConfigError(f"{out} already holds a run; choose another --out or pass "
                           "--overwrite to replace it")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder; choose another "
+                          "--out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {existing} cannot be written (permission denied); "
+                          "choose another --out")
+    check_space(existing, MIN_FREE_BYTES)
+
+
+def check_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ConfigError(f"only {free / 2 ** 20:.0f} MB free where the run goes ({folder}); "
+                          f"it needs about {needed / 2 ** 20:.0f} MB: free some space or "
+                          "choose another --out")
 
 
 def prepare_run_dir(out: str | Path | None, cfg: RunConfig, overwrite: bool) -> Path:

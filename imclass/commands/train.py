@@ -29,8 +29,9 @@ from imclass.lr_find import find_lr
 from imclass.metrics import predict_probabilities
 from imclass.report import write_report
 from imclass.run_setup import Setup, build_run_model, prepare_training
-from imclass.runfolder import (HISTORY_COLUMNS, Checkpointer, HistoryWriter, check_run_dir,
-                               checkpoint_meta, prepare_run_dir, write_json)
+from imclass.runfolder import (HISTORY_COLUMNS, MIN_FREE_BYTES, Checkpointer, HistoryWriter,
+                               check_run_dir, check_space, checkpoint_meta, prepare_run_dir,
+                               write_json)
 from imclass.tracking import TrackOptions, check_available, trackers
 from imclass.training import EarlyStopping, OverfitWatch, Progress, StopSignal, fit
 from imclass.version import versions
@@ -67,6 +68,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     torch.manual_seed(cfg.train.seed)  # weights and kornia's augmentation draws
     record_analysis(run_dir, splits.analysis, log)
     model, model_info = build_run_model(setup, log)
+    # checkpoints best + last, the resume state (current, best, optimizer) and a margin
+    check_space(run_dir, 8 * 4 * model_info["parameters"] + MIN_FREE_BYTES)
     lr_found = None
     if cfg.train.lr == "auto":
         lr_found = find_lr(setup, model, run_dir / "plots" / "lr_find.png", log)
@@ -231,11 +234,16 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
         resume_mod.save(run_dir / "checkpoints", model=model, best=info["best"],
                         optimizer=info["optimizer"], scheduler=info["scheduler"],
                         order=train_batches.generator, loop=loop)
-    with StopSignal() if stop_on_signal else contextlib.nullcontext() as stop:
-        result = fit(model, train_batches, val_batches,
-                     setup.task.loss(t.loss, t.label_smoothing), t, device, callbacks,
-                     hits=setup.task.hits, stop=stop, on_state=save_state,
-                     resume=resume_state)
+    try:
+        with StopSignal() if stop_on_signal else contextlib.nullcontext() as stop:
+            result = fit(model, train_batches, val_batches,
+                         setup.task.loss(t.loss, t.label_smoothing), t, device, callbacks,
+                         hits=setup.task.hits, stop=stop, on_state=save_state,
+                         resume=resume_state)
+    except OSError as exc:  # a full disk, a vanished folder: every write is atomic
+        raise DataError(f"could not write {exc.filename or 'into the run folder'} "
+                        f"({exc.strerror or exc}); the files written before are intact: "
+                        f"make room, then imclass train --resume {run_dir}") from None
     if result.stopped_early:
         log(f"early stopping after epoch {len(result.history)}: no validation-loss improvement "
             f"for {t.patience} epochs; keeping epoch {result.best_epoch}")
