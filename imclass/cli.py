@@ -316,8 +316,8 @@ def _models(args: argparse.Namespace, argv: list[str]) -> int:
     from imclass.models import MODELS
     from imclass.models import zoo
 
-    pattern = args.pattern if any(ch in args.pattern for ch in "*?[") else f"*{args.pattern}*"
-    ours = [m for m in MODELS if fnmatch.fnmatch(m, pattern) and not args.pretrained]
+    ours = [m for m in MODELS if fnmatch.fnmatch(m, zoo.as_pattern(args.pattern))
+            and not args.pretrained]
     names = zoo.list_models(args.pattern, pretrained=args.pretrained)
     if args.pretrained:  # timm lists name.tag; one line per architecture
         names = sorted({n.split(".")[0] for n in names})

@@ -30,7 +30,6 @@ from imclass.runfolder import load_run
 from imclass.tasks import get_task
 
 Forward = Callable[[np.ndarray], np.ndarray]  # uint8 [N, C, D, D] -> float32 [N, K]
-EXPORTED_SUFFIXES = (".onnx", ".ts", ".pt2")
 
 
 @dataclass
@@ -82,13 +81,12 @@ class Predictor:
             out.append(item)
         return out
 
-    def predict(self, items: Iterable[Any], top_k: int = 3, batch_size: int = 64,
-                names: Iterable[str] | None = None) -> list[dict]:
+    def predict(self, items: Iterable[Any], top_k: int = 3, batch_size: int = 64
+                ) -> list[dict]:
         """One result per input, in order: {"image", "top", decision...}, or {"image",
         "error"} for an input that could not be read (the others are still scored)."""
         items = list(items)
-        labels = list(names) if names is not None else [describe(i, k) for k, i in
-                                                          enumerate(items)]
+        labels = [describe(item, k) for k, item in enumerate(items)]
         decoded: list[np.ndarray | str] = []
         for item in items:
             try:

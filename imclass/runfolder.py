@@ -158,6 +158,17 @@ class LoadedRun:
     def thresholds(self) -> list[float] | None:
         return self.meta.get("thresholds")
 
+    @property
+    def data_config(self):
+        return model_data_config(self.config, self.meta)
+
+
+def model_data_config(cfg: RunConfig, meta: dict):
+    """The run's data config at the size its model was trained at (a folder dataset's
+    default size is measured from the images, not saved), so a rebuilt split matches it."""
+    import dataclasses
+    return dataclasses.replace(cfg.data, image_size=meta["input"]["height"])
+
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> LoadedRun:
     """Rebuild a run's model from its checkpoint (safetensors + JSON sidecar; no pickle)."""

@@ -23,8 +23,7 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
         raise ConfigError(f"--split must be test or val; got '{split}'")
     run = load_run(run_dir)
     builtin = run.config.data.source in SOURCES
-    # the size the model was trained at (a folder dataset's default is measured, not saved)
-    data_cfg = dataclasses.replace(run.config.data, image_size=run.meta["input"]["height"])
+    data_cfg = run.data_config
     if data_dir is not None:
         data_cfg = dataclasses.replace(data_cfg, **({"data_dir": str(data_dir)} if builtin
                                                     else {"source": str(data_dir)}))

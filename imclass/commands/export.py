@@ -8,8 +8,6 @@ accuracy, file size and speed against the fp32 file.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -53,13 +51,11 @@ def export(run_dir: str | Path, out: str | Path | None = None, fmt: str = "onnx"
 
 def run_splits(run_dir: Path):
     """The run's validation and test sets, decoded as its model expects."""
-    from imclass.config import from_dict
     from imclass.data import prepare
+    from imclass.runfolder import load_run
 
-    meta = json.loads((run_dir / "checkpoints" / "best.json").read_text())
-    cfg = from_dict(meta["config"])
-    data_cfg = dataclasses.replace(cfg.data, image_size=meta["input"]["height"])
-    return prepare(data_cfg, cfg.train.seed)
+    run = load_run(run_dir, device="cpu")
+    return prepare(run.data_config, run.config.train.seed)
 
 
 class Calibration:

@@ -92,9 +92,15 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     """timm's architectures matching `pattern`; a bare word matches as a substring
     (`resnet` is `*resnet*`), shell wildcards as written."""
     import timm
-    if pattern and not any(ch in pattern for ch in "*?["):
-        pattern = f"*{pattern}*"
-    return timm.list_models(pattern or "*", pretrained=pretrained)
+    return timm.list_models(as_pattern(pattern), pretrained=pretrained)
+
+
+def as_pattern(text: str | None) -> str:
+    """A bare word matches anywhere in a name (`resnet` is `*resnet*`); a pattern with shell
+    wildcards is kept as written."""
+    if not text:
+        return "*"
+    return text if any(ch in text for ch in "*?[") else f"*{text}*"
 
 
 def parameter_count(architecture: str) -> int:
