@@ -6,7 +6,7 @@ gathers them under one name."""
 from imclass.commands.evaluate import evaluate
 from imclass.commands.export import export
 from imclass.commands.predict import predict
-from imclass.commands.train import resume_run, train
+from imclass.commands.train import RESUMABLE, resume_run, train
 from imclass.predictor import Predictor, load
 from imclass.runfolder import LoadedRun, load_run
 

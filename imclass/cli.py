@@ -273,15 +273,16 @@ def _resume(args: argparse.Namespace, argv: list[str]):
     """--resume: the run's own config; a flag that would change the result is refused."""
     from imclass import api
 
-    flags = {k.split(":", 1)[1] for k in vars(args) if k.startswith("cfg:")} - {"device"}
-    given = sorted(flags) + [f for f in ("config", "out", "overwrite") if getattr(args, f)]
+    flags = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("cfg:")}
+    given = sorted(set(flags) - set(api.RESUMABLE)) + [
+        f for f in ("config", "out", "overwrite") if getattr(args, f)]
     if given:
         raise ImclassError(f"--resume takes the run's own config ({args.resume}/config.yaml);"
-                           f" drop --{given[0].replace('_', '-')} (only --device, --quiet, "
-                           "--verbose and --track may change)")
-    device = vars(args).get("cfg:device")
-    return api.resume_run(args.resume, quiet=args.quiet, verbose=args.verbose, device=device,
-                          track=_track_options(args), command=shlex.join(["imclass", *argv]))
+                           f" drop --{given[0].replace('_', '-')} (only --device, "
+                           "--checkpoint-minutes, --quiet, --verbose and --track may change)")
+    return api.resume_run(args.resume, quiet=args.quiet, verbose=args.verbose,
+                          overrides=flags, track=_track_options(args),
+                          command=shlex.join(["imclass", *argv]))
 
 
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:

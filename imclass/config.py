@@ -192,6 +192,10 @@ class TrainConfig:
                                  "rising validation loss and falling training loss", low=2)
     seed: int = option(0, "seed for the split, the batch order, augmentation and the weights",
                        low=0)
+    checkpoint_minutes: float = option(10.0, "also save the resume state every this many "
+                                       "minutes inside an epoch, so a killed run over a large "
+                                       "dataset loses at most that; 0: at epoch ends only",
+                                       low=0, high=10_000)
     device: str = option("auto", "where to train: cuda (with mixed precision) when present, "
                          "else cpu", choices=("auto", "cpu", "cuda"))
     eval_batch_size: int = option(1024, "images per forward pass when evaluating", low=1)

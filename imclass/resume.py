@@ -1,5 +1,6 @@
-"""The training state saved after every epoch, so `imclass train --resume RUN_DIR` continues a
-killed run and ends with the same model as one never interrupted (on the same device).
+"""The training state saved after every epoch (and every --checkpoint-minutes inside a long
+one), so `imclass train --resume RUN_DIR` continues a killed run and ends with the same model
+as one never interrupted (on the same device).
 
 checkpoints/state.safetensors holds every tensor: the current and the best weights, the
 optimizer's buffers, torch's random generator and the batch order's. checkpoints/state.json
@@ -55,14 +56,17 @@ def join_optimizer(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
 
 
 def save(folder: Path, *, model: torch.nn.Module, best: dict | None, optimizer, scheduler,
-         order: torch.Generator, loop: dict[str, Any]) -> None:
-    """Write the state after an epoch; `loop` is the JSON part (epoch, stage, history, ...)."""
+         order_state: torch.Tensor, loop: dict[str, Any]) -> None:
+    """Write the state after an epoch, or after a batch inside one (`loop["mid_epoch"]`: the
+    batches done and the epoch's sums so far; `order_state` is then the batch order's
+    generator from before that epoch drew its order, so the resumed run draws it again).
+    `loop` is the JSON part (epoch, stage, history, ...)."""
     opt_tensors, opt_plain = split_optimizer(optimizer.state_dict())
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors |= {f"best.{k}": v.detach().cpu().contiguous() for k, v in (best or {}).items()}
     tensors |= opt_tensors
     tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.order"] = order.get_state()
+    tensors["rng.order"] = order_state
     weights = folder / f"{STATE}.safetensors"
     atomic_write(weights, lambda tmp: save_file(tensors, str(tmp)))
     np_state = np.random.get_state()

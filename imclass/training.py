@@ -107,16 +107,24 @@ class StopSignal:
 
 def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: TrainConfig,
                     device: torch.device, emit: Callable[[str, dict], Any] = lambda e, i: None,
-                    hits: Hits = argmax_hits, stop: StopSignal | None = None
-                    ) -> dict[str, float]:
+                    hits: Hits = argmax_hits, stop: StopSignal | None = None,
+                    partial: dict | None = None,
+                    on_batch: Callable[[dict], None] | None = None) -> dict[str, float]:
     """One pass over `batches` (cut short when `stop` is requested); returns mean loss,
-    accuracy, images/s and seconds."""
+    accuracy, images/s and seconds. `partial` (a resumed epoch: the batches done and their
+    sums, as `on_batch` got them after each batch) continues a pass in the middle; the
+    batches must then be imclass.data.Batches, which can skip its first batches."""
     train_mode(model)
-    start = time.perf_counter()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
-    seen = 0
-    for step, (x, y) in enumerate(batches):
+    partial = partial or {"step": 0, "loss_sum": 0.0, "correct": 0.0, "seen": 0,
+                          "seconds": 0.0}
+    batches_to_skip = partial["step"]
+    if batches_to_skip:
+        batches.skip = batches_to_skip
+    start = time.perf_counter() - partial["seconds"]
+    loss_sum = torch.tensor(partial["loss_sum"], dtype=torch.float32, device=device)
+    correct = torch.tensor(partial["correct"], dtype=torch.float32, device=device)
+    seen = partial["seen"]
+    for step, (x, y) in enumerate(batches, start=batches_to_skip):
         with autocast(device):
             logits = model(x)
             loss = loss_fn(logits.float(), y)
@@ -133,6 +141,9 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
                            "seconds": time.perf_counter() - start})
         if stop is not None and stop.requested:
             break
+        if on_batch is not None and step + 1 < len(batches):
+            on_batch({"step": step + 1, "loss_sum": loss_sum, "correct": correct, "seen": seen,
+                      "seconds": time.perf_counter() - start})
     seconds = time.perf_counter() - start
     return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen,
             "images_per_s": seen / seconds, "seconds": seconds}
@@ -179,15 +190,17 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
     result = FitResult()
     best_state = None
     epoch = 0
-    start_stage, done_in_stage = 0, 0
+    start_stage, done_in_stage, partial = 0, 0, None
     if resume is not None:
         loop = resume["loop"]
         result.history, result.stages = loop["history"], loop["stages"]
         result.best_epoch, result.best_val_loss = loop["best_epoch"], loop["best_val_loss"]
         best_state, epoch = resume["best"], loop["epoch"]
         start_stage, done_in_stage = loop["stage_index"], loop["epochs_in_stage"]
+        partial = loop.get("mid_epoch")
         if loop["stage_finished"]:
             start_stage, done_in_stage = start_stage + 1, 0
+    saver = MidEpochSaver(on_state, cfg.checkpoint_minutes)
 
     def emit(event: str, info: dict) -> list:
         return [cb(event, info) for cb in callbacks]
@@ -205,7 +218,7 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         optimizer = make_optimizer(stage.groups, cfg)
         scheduler = make_schedule(optimizer, cfg, stage.epochs * len(train_batches))
         already = 0
-        if resume is not None and index == start_stage and done_in_stage:
+        if resume is not None and index == start_stage and (done_in_stage or partial):
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["loop"]["scheduler"])
             already = done_in_stage
@@ -213,11 +226,17 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             summary["first_epoch"] = epoch + 1
         for in_stage in range(already + 1, stage.epochs + 1):
             epoch += 1
-            lr = optimizer.param_groups[0]["lr"]
+            lr = partial["lr"] if partial else optimizer.param_groups[0]["lr"]
             emit("epoch_start", {"epoch": epoch, "epochs": cfg.epochs,
-                                 "steps": len(train_batches)})
+                                 "steps": len(train_batches),
+                                 "first_step": partial["step"] if partial else 0})
+            saver.where = {"epoch": epoch - 1, "stage_index": index,
+                           "epochs_in_stage": in_stage - 1, "stage_finished": False,
+                           "finished": False, "optimizer": optimizer, "scheduler": scheduler,
+                           "result": result, "best": best_state, "lr": lr}
             train = train_one_epoch(model, train_batches, optimizer, scheduler, loss_fn, cfg,
-                                    device, emit, hits, stop)
+                                    device, emit, hits, stop, partial, saver)
+            partial = None
             if stop is not None and stop.requested:
                 result.stopped_by = signal.Signals(stop.signum).name
                 result.stopped_in_epoch = epoch
@@ -247,7 +266,8 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                           "finished": result.stopped_early or (
                               index == len(stages) - 1 and in_stage == stage.epochs),
                           "optimizer": optimizer, "scheduler": scheduler, "result": result,
-                          "best": best_state})
+                          "best": best_state, "mid_epoch": None})
+                saver.saved()
             if stop_asked:
                 break
         if result.stopped_early or result.stopped_by:
@@ -258,6 +278,32 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         model.load_state_dict(best_state)
     emit("train_end", {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early})
     return result
+
+
+class MidEpochSaver:
+    """Inside an epoch, hands `on_state` the state after the current batch once `minutes`
+    have passed since the last save (the end of an epoch counts), so a long epoch loses at
+    most that much when killed. `where` is set by `fit` before each epoch: the loop's place
+    and the state it owns; the epoch's own sums come with each batch."""
+
+    def __init__(self, on_state: Callable[[dict], None] | None, minutes: float):
+        self.on_state = on_state
+        self.every_s = minutes * 60
+        self.where: dict = {}
+        self.saved()
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+    def __call__(self, partial: dict) -> None:
+        if self.on_state is None or not self.every_s or (
+                time.monotonic() - self.last < self.every_s):
+            return
+        where = dict(self.where)
+        mid = {**partial, "loss_sum": partial["loss_sum"].item(),
+               "correct": partial["correct"].item(), "lr": where.pop("lr")}
+        self.on_state({**where, "mid_epoch": mid})
+        self.saved()
 
 
 class EarlyStopping:
@@ -315,7 +361,8 @@ class Progress:
         from tqdm import tqdm
         if event == "epoch_start" and self.live:
             self.bar = tqdm(total=info["steps"], desc=f"epoch {info['epoch']}/{info['epochs']}",
-                            unit="batch", file=self.stream, leave=False, dynamic_ncols=True)
+                            unit="batch", file=self.stream, leave=False, dynamic_ncols=True,
+                            initial=info.get("first_step", 0))
         elif event == "batch_end" and self.bar is not None:
             self.bar.update(1)
             if info["step"] % 10 == 0 or info["step"] == info["steps"]:

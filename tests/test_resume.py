@@ -39,11 +39,11 @@ def wait_for_epochs(proc, out: Path, count: int) -> None:
         time.sleep(0.02)
 
 
-def resume(out: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "imclass", "train", "--resume", str(out)],
-                          capture_output=True, text=True)
+def resume(out: Path, *extra: str, where: str = "after epoch") -> None:
+    done = subprocess.run([sys.executable, "-m", "imclass", "train", "--resume", str(out),
+                           *extra], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "resuming after epoch" in done.stderr
+    assert f"resuming {where}" in done.stderr
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -72,6 +72,32 @@ def test_killed_at_a_random_batch_then_resumed_is_the_same_run(uninterrupted, tm
     assert not (out / "metrics.json").exists() or "test" not in json.loads(
         (out / "metrics.json").read_text())
     resume(out)
+    assert_same_run(uninterrupted, out)
+
+
+def in_epoch_3_after(state_file: Path, batches: int) -> bool:
+    try:
+        state = json.loads(state_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    return state["epoch"] == 2 and (state["mid_epoch"] or {}).get("step", 0) >= batches
+
+
+def test_killed_in_the_middle_of_an_epoch_resumes_from_that_batch(uninterrupted, tmp_path):
+    """--checkpoint-minutes: the state inside an epoch (here after every batch), killed at a
+    random batch of epoch 3; the resumed run continues that epoch at the batch it reached."""
+    out, every_batch = tmp_path / "mid", ["--checkpoint-minutes", "0.00001"]
+    proc = subprocess.Popen(train_cmd(out, *every_batch), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    target, deadline = random.randint(1, 8), time.monotonic() + 120  # 9 batches an epoch
+    while not in_epoch_3_after(out / "checkpoints" / "state.json", target):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["mid_epoch"]["step"] >= target, state["mid_epoch"]
+    resume(out, *every_batch, where=f"in epoch 3 after batch {state['mid_epoch']['step']}")
     assert_same_run(uninterrupted, out)
 
 

@@ -181,11 +181,16 @@ def stop_summary(result, epochs: int, log: Log) -> dict | None:
             "epoch": result.stopped_in_epoch, "epochs": epochs}
 
 
+# The train keys a resumed run may change: they do not change its result.
+RESUMABLE = ("device", "checkpoint_minutes")
+
+
 def resume_run(run_dir: str | Path, *, quiet: bool = False, verbose: bool = False,
-               device: str | None = None, track: TrackOptions | None = None,
+               overrides: dict | None = None, track: TrackOptions | None = None,
                command: str | None = None) -> Path:
-    """Continue a killed or stopped run from the state saved after its last finished epoch,
-    with the run's own config; on the same device it ends as if never interrupted."""
+    """Continue a killed or stopped run from its last saved state (an epoch's end, or a batch
+    inside a long epoch), with the run's own config; on the same device it ends as if never
+    interrupted. `overrides` may set the RESUMABLE keys only."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise DataError(f"{run_dir} holds no run to resume (no config.yaml)")
@@ -195,8 +200,12 @@ def resume_run(run_dir: str | Path, *, quiet: bool = False, verbose: bool = Fals
                           f"{run_dir / 'report.html'})")
     state = resume_mod.load(run_dir / "checkpoints")
     cfg = config_mod.load_yaml(run_dir / "config.yaml")
-    if device is not None:
-        cfg = config_mod.override(cfg, {"device": device})
+    unknown = set(overrides or {}) - set(RESUMABLE)
+    if unknown:
+        raise ConfigError(f"a resumed run keeps its config; {sorted(unknown)[0]} cannot change "
+                          f"(only {', '.join(RESUMABLE)})")
+    if overrides:
+        cfg = config_mod.override(cfg, overrides)
     return train(cfg, run_dir, quiet=quiet, verbose=verbose, track=track, command=command,
                  resume_state=state)
 
@@ -226,14 +235,15 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
     def save_state(info: dict) -> None:
         result = info["result"]
         loop = {k: info[k] for k in ("epoch", "stage_index", "epochs_in_stage",
-                                     "stage_finished", "finished")}
+                                     "stage_finished", "finished", "mid_epoch")}
         loop |= {"history": result.history, "stages": result.stages,
                  "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                  "overfit": {"streak": overfit.streak, "previous": overfit.previous,
                              "warnings": overfit.warnings}}
         resume_mod.save(run_dir / "checkpoints", model=model, best=info["best"],
                         optimizer=info["optimizer"], scheduler=info["scheduler"],
-                        order=train_batches.generator, loop=loop)
+                        order_state=train_batches.pass_start_state if info["mid_epoch"]
+                        else train_batches.generator.get_state(), loop=loop)
     try:
         with StopSignal() if stop_on_signal else contextlib.nullcontext() as stop:
             result = fit(model, train_batches, val_batches,
@@ -258,4 +268,7 @@ def restore(state: dict, model, train_batches, overfit, history, log: Log) -> No
     history.rows = [{k: row[k] for k in HISTORY_COLUMNS} for row in loop["history"]]
     overfit.streak, overfit.previous = loop["overfit"]["streak"], loop["overfit"]["previous"]
     overfit.warnings = loop["overfit"]["warnings"]
-    log(f"resuming after epoch {loop['epoch']} (best so far: epoch {loop['best_epoch']})")
+    mid = loop.get("mid_epoch")
+    where = (f"in epoch {loop['epoch'] + 1} after batch {mid['step']} of {len(train_batches)}"
+             if mid else f"after epoch {loop['epoch']}")
+    log(f"resuming {where} (best so far: epoch {loop['best_epoch']})")

@@ -64,6 +64,11 @@ class Batches:
         self.drop_last, self.device, self.channels_last = drop_last, device, channels_last
         self.size = size  # the model's input side: larger images are centre-cropped to it
         self.generator = torch.Generator().manual_seed(seed)
+        # The batch order's generator as it was before the current pass drew its order, and
+        # batches to skip at the start of the next pass: together they let a resumed run
+        # continue an epoch in the middle (imclass.resume).
+        self.pass_start_state = self.generator.get_state()
+        self.skip = 0
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -71,8 +76,10 @@ class Batches:
 
     def __iter__(self):
         n = len(self.labels)
+        self.pass_start_state = self.generator.get_state()
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        first, self.skip = self.skip * self.batch_size, 0
+        for start in range(first, len(self) * self.batch_size, self.batch_size):
             index = order[start:start + self.batch_size]
             if self.preloaded is not None:
                 index = index.to(self.preloaded.device)
