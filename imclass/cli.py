@@ -162,6 +162,18 @@ def build_parser() -> Parser:
                         help="only those with pretrained weights")
     models.set_defaults(func=_models)
 
+    cache = sub.add_parser("cache", help="list the decode cache (~/.cache/imclass/decoded) "
+                           "or prune it")
+    cache.add_argument("action", nargs="?", choices=("list", "prune"), default="list")
+    cache.add_argument("--older-than", type=float, metavar="DAYS",
+                       help="prune: entries no run has used for this many days")
+    cache.add_argument("--max-size", metavar="SIZE", help="prune: the least recently used "
+                       "entries until the rest fit, e.g. 2GB or 500MB")
+    cache.add_argument("--all", action="store_true", help="prune: every entry")
+    cache.add_argument("--dry-run", action="store_true", help="prune: only say what would go")
+    cache.add_argument("--cache-dir", help="the cache folder (default ~/.cache/imclass)")
+    cache.set_defaults(func=_cache)
+
     evaluate = sub.add_parser("evaluate", help="re-evaluate a saved run on its test set")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--data-dir", help="the same kind of dataset in another folder "
@@ -343,6 +355,31 @@ def _models(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 DETAILED_MODELS = 40
+
+
+def _cache(args: argparse.Namespace, argv: list[str]) -> int:
+    from pathlib import Path
+
+    from imclass.commands import cache
+    from imclass.config import DataConfig
+    from imclass.data.own import cache_root
+
+    root = cache_root(DataConfig(cache_dir=args.cache_dir))
+    rules = {"older_than_days": args.older_than, "max_size": args.max_size,
+             "everything": args.all}
+    if args.action == "list":
+        given = [f"--{k}" for k, v in (("older-than", args.older_than),
+                                       ("max-size", args.max_size), ("all", args.all),
+                                       ("dry-run", args.dry_run)) if v]
+        if given:
+            raise ImclassError(f"{given[0]} is for imclass cache prune")
+        print(cache.describe(Path(root)))
+        return 0
+    if args.older_than is None and args.max_size is None and not args.all:
+        raise ImclassError("imclass cache prune needs what to remove: --older-than DAYS, "
+                           "--max-size SIZE or --all (add --dry-run to see it first)")
+    print(cache.prune(Path(root), dry_run=args.dry_run, **rules))
+    return 0
 
 
 def _analyze(args: argparse.Namespace, argv: list[str]) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imclass.atomic import atomic_write_text
+from imclass.data import cache
 
 # Pillow's decompression-bomb limit (pixels); a larger image is refused, not decoded.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
@@ -187,17 +188,21 @@ def cache_key(infos: list[dict], size: int, channels: int, interpolation: str | 
 
 def decode_all(infos: list[dict], size: int, channels: int, cache_dir: Path,
                workers: int | None = None, interpolation: str | None = None,
-               fit: str = "squash") -> Decoded:
-    """Decode every inspected file (those without an error) at `size`, through the cache."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
+               fit: str = "squash", source: str = "?") -> Decoded:
+    """Decode every inspected file (those without an error) at `size`, through the cache
+    (imclass.data.cache: `source` names the folder in `imclass cache`)."""
     key = cache_key(infos, size, channels, interpolation, fit)
     array_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if array_file.is_file() and meta_file.is_file():
         meta = json.loads(meta_file.read_text())
+        cache.touch(meta_file)  # its age is the entry's last use, for imclass cache prune
         images = np.load(array_file, mmap_mode="c")  # copy-on-write: nothing read up front
         merged = [i | extra for i, extra in zip(infos, meta["extra"])]
         return Decoded(images, meta["ok"], merged, array_file, True)
     todo = [k for k, i in enumerate(infos) if "error" not in i]
+    cache.check_room(cache_dir, len(todo) * channels * size * size,
+                     f"{len(todo)} images at {size}x{size}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
     results = _pool_map(decode, [(infos[k]["file"], size, channels, interpolation, fit)
                                  for k in todo], workers)
     ok = [k for k, (array, _) in zip(todo, results) if array is not None]
@@ -213,6 +218,7 @@ def decode_all(infos: list[dict], size: int, channels: int, cache_dir: Path,
     del out
     os.replace(tmp, array_file)
     # written last: its presence marks the array complete
-    atomic_write_text(meta_file, json.dumps({"ok": ok, "extra": extra}))
+    atomic_write_text(meta_file, json.dumps({"ok": ok, "extra": extra, "source": source,
+                                             "shape": [channels, size, size]}))
     merged = [i | e for i, e in zip(infos, extra)]
     return Decoded(np.load(array_file, mmap_mode="c"), ok, merged, array_file, False)

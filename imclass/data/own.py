@@ -15,7 +15,7 @@ import torch
 
 from imclass.atomic import atomic_write_text
 from imclass.config import DataConfig
-from imclass.data import decode, labels as label_mod
+from imclass.data import cache, decode, labels as label_mod
 from imclass.data.folders import Entry, Finding, Listing, find_splits, list_split
 from imclass.data.images import ImageSet
 from imclass.errors import DataError
@@ -133,8 +133,8 @@ def _decode(data: FolderDataset, cfg: DataConfig) -> None:
     for split, listing in data.listings.items():
         infos = data.infos[split]
         out = decode.decode_all(infos, data.size, data.channels,
-                                cache_root(cfg) / "decoded", cfg.workers, cfg.interpolation,
-                                cfg.fit)
+                                cache.decoded_dir(cache_root(cfg)), cfg.workers,
+                                cfg.interpolation, cfg.fit, source=str(listing.folder))
         data.infos[split] = out.infos
         reused.append(out.reused)
         good = set(out.ok)
