@@ -39,10 +39,12 @@ def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: tor
         result["tta"] = task.metrics(labels, tta_probs, names, thresholds)
     folder.mkdir(parents=True, exist_ok=True)
     if task.name == "multilabel":
-        write_multilabel_figures(folder, data, labels, probs, result["plain"], history)
+        write_multilabel_figures(folder, model, data, norm, device, labels, probs,
+                                 result["plain"], history)
     else:
-        write_figures(folder, model, data, norm, device, labels, probs, result["plain"],
-                      history, seed)
+        predicted = task.predictions(probs, thresholds)  # the decisions the metrics count
+        write_figures(folder, model, data, norm, device, labels, probs, predicted,
+                      result["plain"], history, seed)
     return result
 
 
@@ -82,11 +84,16 @@ def tta_flips(cfg: RunConfig) -> tuple[int, ...]:
     return flips
 
 
-def write_multilabel_figures(folder: Path, data: ImageSet, labels: np.ndarray,
-                             probs: np.ndarray, metrics: dict, history) -> None:
-    """Curves, per-label ROC and PR, per-label scores and sample label sets. The single-label
-    views (confusion matrix, calibration of the top class, galleries) have no multilabel form."""
+def write_multilabel_figures(folder: Path, model, data: ImageSet, norm, device,
+                             labels: np.ndarray, probs: np.ndarray, metrics: dict,
+                             history) -> None:
+    """Curves, per-label ROC and PR, per-label scores, and the single-label views per label,
+    each label decided at its threshold as the metrics count it: confusion matrices, sample
+    label sets, the surest wrong label decisions, Grad-CAM of a few labels. (Calibration of
+    the top class and the class-coloured embedding have no multilabel form.)"""
     names = list(data.class_names)
+    images = data.images.numpy()
+    thresholds = metrics["thresholds"]
     if history:
         plots.curves(history, folder / "curves.png")
     plots.roc(roc_curves(labels, probs), auc_per_class(labels, probs),
@@ -94,13 +101,30 @@ def write_multilabel_figures(folder: Path, data: ImageSet, labels: np.ndarray,
     plots.precision_recall(pr_curves(labels, probs), average_precision_per_class(labels, probs),
                            names, folder / "pr.png")
     plots.per_label_scores(metrics["per_class"], folder / "labels.png")
-    decided = probs >= np.asarray(metrics["thresholds"])[None, :]
-    plots.label_set_grid(data.images.numpy(), labels > 0.5, decided, names,
-                         folder / "predictions.png")
+    decided = probs >= np.asarray(thresholds)[None, :]
+    plots.label_confusions(labels > 0.5, decided, names, folder / "label_confusion.png")
+    plots.label_set_grid(images, labels > 0.5, decided, names, folder / "predictions.png")
+    rows, cols = interpret.label_mistakes(labels, probs, thresholds, GALLERY_SIZE)
+    plots.captioned_grid(images, rows, [
+        f"{names[k]}: {'false positive' if probs[i, k] >= thresholds[k] else 'missed'}\n"
+        f"{probs[i, k]:.0%} (threshold {thresholds[k]:.0%})" for i, k in zip(rows, cols)],
+        [True] * len(rows),
+        "worst label mistakes: wrong with the highest confidence", folder / "mistakes.png")
+    rows, cols = interpret.label_examples(labels, probs, thresholds, CAM_IMAGES)
+    if len(rows):
+        x = norm.apply(data.images[rows].float().div(255)).to(device)
+        heat = interpret.gradcam(model, x, torch.as_tensor(cols, device=device))
+        plots.captioned_grid(images, rows, [f"{names[k]} {probs[i, k]:.0%}"
+                                            for i, k in zip(rows, cols)], [False] * len(rows),
+                             "where the model looked for each label (Grad-CAM)",
+                             folder / "gradcam.png", heat=heat)
 
 
 def write_figures(folder: Path, model, data: ImageSet, norm, device, labels: np.ndarray,
-                  probs: np.ndarray, metrics: dict, history, seed: int) -> None:
+                  probs: np.ndarray, predicted: np.ndarray, metrics: dict, history,
+                  seed: int) -> None:
+    """Every single-label figure; each view shows the decisions `predicted` that the
+    metrics count (a binary run's at its tuned threshold)."""
     names = list(data.class_names)
     images = data.images.numpy()
     matrix = np.array(metrics["confusion_matrix"])
@@ -113,34 +137,37 @@ def write_figures(folder: Path, model, data: ImageSet, norm, device, labels: np.
     plots.precision_recall(pr_curves(labels, probs), average_precision_per_class(labels, probs),
                            names, folder / "pr.png")
     plots.reliability(metrics["calibration"], metrics["ece"], folder / "calibration.png")
-    plots.prediction_grid(images, labels, probs, names, folder / "predictions.png")
-    plots.gallery(images, labels, probs, names,
-                  interpret.worst_mistakes(labels, probs, GALLERY_SIZE),
+    plots.prediction_grid(images, labels, probs, predicted, names, folder / "predictions.png")
+    plots.gallery(images, labels, probs, predicted, names,
+                  interpret.worst_mistakes(labels, probs, GALLERY_SIZE, predicted),
                   "worst mistakes: wrong with the highest confidence", folder / "mistakes.png")
-    plots.gallery(images, labels, probs, names,
-                  interpret.least_confident_right(labels, probs, GALLERY_SIZE),
+    plots.gallery(images, labels, probs, predicted, names,
+                  interpret.least_confident_right(labels, probs, GALLERY_SIZE, predicted),
                   "least confident right answers", folder / "unsure.png")
-    _heatmaps(folder / "gradcam.png", model, data, norm, device, labels, probs)
-    _embedding(folder / "embedding.png", model, data, norm, device, labels, probs, seed)
+    _heatmaps(folder / "gradcam.png", model, data, norm, device, labels, probs, predicted)
+    _embedding(folder / "embedding.png", model, data, norm, device, labels, predicted, seed)
 
 
-def _heatmaps(path: Path, model, data: ImageSet, norm, device, labels, probs) -> None:
-    """Grad-CAM for the predicted class over a few right and a few wrong test images."""
+def _heatmaps(path: Path, model, data: ImageSet, norm, device, labels, probs,
+              predicted) -> None:
+    """Grad-CAM for the decided class over a few right and a few wrong test images."""
     half = CAM_IMAGES // 2
-    right = np.flatnonzero(probs.argmax(1) == labels)
+    right = np.flatnonzero(predicted == labels)
     right = right[interpret.sample_per_class(labels[right], 1, seed=0)][:half]  # distinct classes
-    chosen = np.concatenate([right, interpret.worst_mistakes(labels, probs, half)]).astype(int)
+    chosen = np.concatenate([right, interpret.worst_mistakes(labels, probs, half, predicted)]
+                            ).astype(int)
     x = norm.apply(data.images[chosen].float().div(255)).to(device)
-    targets = torch.as_tensor(probs[chosen].argmax(1), device=device)
+    targets = torch.as_tensor(predicted[chosen], device=device)
     heat = interpret.gradcam(model, x, targets)
-    plots.gallery(data.images.numpy(), labels, probs, list(data.class_names), chosen,
+    plots.gallery(data.images.numpy(), labels, probs, predicted, list(data.class_names), chosen,
                   "where the model looked (Grad-CAM of the predicted class)", path, heat=heat)
 
 
-def _embedding(path: Path, model, data: ImageSet, norm, device, labels, probs, seed) -> None:
+def _embedding(path: Path, model, data: ImageSet, norm, device, labels, predicted,
+               seed) -> None:
     chosen = interpret.sample_per_class(labels, EMBED_PER_CLASS, seed)
     subset = data.take(torch.as_tensor(chosen))
     features = interpret.embeddings(model, Batches(subset, 1024, norm, device=device))
     points, method = interpret.project_2d(features, seed)
-    wrong = probs[chosen].argmax(1) != labels[chosen]
+    wrong = predicted[chosen] != labels[chosen]
     plots.embedding(points, labels[chosen], wrong, list(data.class_names), method, path)

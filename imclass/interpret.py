@@ -69,13 +69,42 @@ def sample_per_class(labels: np.ndarray, per_class: int, seed: int = 0) -> np.nd
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=int)
 
 
-def worst_mistakes(labels: np.ndarray, probs: np.ndarray, n: int) -> np.ndarray:
-    """Wrong predictions, most confident first."""
-    wrong = np.flatnonzero(probs.argmax(1) != labels)
-    return wrong[np.argsort(-probs[wrong].max(1), kind="stable")][:n]
+def confidence(probs: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Each image's probability of the class it was decided to be (for a binary run at its
+    tuned threshold that need not be the larger of the two)."""
+    return probs[np.arange(len(probs)), predicted]
 
 
-def least_confident_right(labels: np.ndarray, probs: np.ndarray, n: int) -> np.ndarray:
-    """Right predictions, least confident first."""
-    right = np.flatnonzero(probs.argmax(1) == labels)
-    return right[np.argsort(probs[right].max(1), kind="stable")][:n]
+def worst_mistakes(labels: np.ndarray, probs: np.ndarray, n: int,
+                   predicted: np.ndarray) -> np.ndarray:
+    """Wrong decisions (`predicted`, as the metrics count them), most confident first."""
+    wrong = np.flatnonzero(predicted != labels)
+    return wrong[np.argsort(-confidence(probs, predicted)[wrong], kind="stable")][:n]
+
+
+def least_confident_right(labels: np.ndarray, probs: np.ndarray, n: int,
+                          predicted: np.ndarray) -> np.ndarray:
+    """Right decisions, least confident first."""
+    right = np.flatnonzero(predicted == labels)
+    return right[np.argsort(confidence(probs, predicted)[right], kind="stable")][:n]
+
+
+def label_mistakes(truth: np.ndarray, probs: np.ndarray, thresholds, n: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Multilabel: (image, label) index pairs of wrong label decisions, the surest first: a
+    label decided present though absent, or absent though present, farthest from its
+    threshold."""
+    t = np.asarray(thresholds, dtype=float)
+    rows, cols = np.nonzero((probs >= t[None, :]) != (truth > 0.5))
+    order = np.argsort(-np.abs(probs[rows, cols] - t[cols]), kind="stable")[:n]
+    return rows[order], cols[order]
+
+
+def label_examples(truth: np.ndarray, probs: np.ndarray, thresholds, n: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Multilabel, for Grad-CAM: per label (the most frequent first, up to `n` labels) the
+    image where it is present and found with the highest probability."""
+    found = (truth > 0.5) & (probs >= np.asarray(thresholds, dtype=float)[None, :])
+    labels = [k for k in np.argsort(-(truth > 0.5).sum(0), kind="stable") if found[:, k].any()]
+    rows = [int(np.flatnonzero(found[:, k])[probs[found[:, k], k].argmax()]) for k in labels[:n]]
+    return np.array(rows, dtype=int), np.array(labels[:n], dtype=int)

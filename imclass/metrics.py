@@ -136,11 +136,13 @@ def most_confused(matrix: np.ndarray, class_names, n: int = 10) -> list[dict]:
             for c, i, j in pairs[:n]]
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names) -> dict:
-    """The metrics.json 'test' block for a multiclass problem."""
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names,
+                           y_pred: np.ndarray | None = None) -> dict:
+    """The metrics.json 'test' block for a single-label problem; the decisions `y_pred`
+    default to the most probable class (a binary run passes its thresholded ones)."""
     k = len(class_names)
     labels = list(range(k))
-    y_pred = probs.argmax(1)
+    y_pred = probs.argmax(1) if y_pred is None else y_pred
     out = {"accuracy": float(skm.accuracy_score(y_true, y_pred)), "count": int(len(y_true))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)  # a class never predicted: 0

@@ -133,11 +133,23 @@ def _show(ax, img: np.ndarray, title: str, wrong: bool, heat: np.ndarray | None 
         spine.set(color="red" if wrong else "white", linewidth=3 if wrong else 0)
 
 
-def gallery(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names,
-            indices: np.ndarray, title: str, path: Path, columns: int = 8,
+def gallery(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray,
+            class_names, indices: np.ndarray, title: str, path: Path,
             heat: np.ndarray | None = None) -> Path:
-    """The chosen images in a grid with true and predicted label and confidence; with `heat`
-    ([len(indices), H, W] in [0, 1]), each image is shown beside its heatmap overlay."""
+    """The chosen images with true and decided label (`predicted`, as the metrics count it)
+    and its probability; with `heat`, each beside its heatmap overlay."""
+    captions = [f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} "
+                f"{probs[i, predicted[i]]:.0%}" for i in indices]
+    return captioned_grid(images, indices, captions, [predicted[i] != labels[i] for i in indices],
+                          title, path, heat=heat)
+
+
+def captioned_grid(images: np.ndarray, indices, captions: list[str], wrong: list[bool],
+                   title: str, path: Path, columns: int = 8,
+                   heat: np.ndarray | None = None) -> Path:
+    """Images `indices` of uint8 [N, C, H, W] in a grid, each with its caption, a red frame
+    where `wrong`; with `heat` ([len(indices), H, W] in [0, 1]), each image is shown beside
+    its heatmap overlay."""
     plt = pyplot()
     per_item = 2 if heat is not None else 1
     rows = max(1, -(-len(indices) * per_item // columns))
@@ -145,20 +157,45 @@ def gallery(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_nam
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    predicted = probs.argmax(1)
-    for n, i in enumerate(indices):
-        wrong = predicted[i] != labels[i]
-        text = (f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} "
-                f"{probs[i].max():.0%}")
+    for n, (i, text, bad) in enumerate(zip(indices, captions, wrong)):
         cell = axes.flat[n * per_item]
         cell.axis("on")
-        _show(cell, images[i], text, wrong)
+        _show(cell, images[i], text, bad)
         if heat is not None:
             axes.flat[n * per_item + 1].axis("on")
-            _show(axes.flat[n * per_item + 1], images[i], "Grad-CAM", wrong, heat[n])
+            _show(axes.flat[n * per_item + 1], images[i], "Grad-CAM", bad, heat[n])
     if not len(indices):
         axes.flat[0].text(0.5, 0.5, "none", ha="center", va="center")
     fig.suptitle(title, fontsize=11)
+    return save_figure(fig, path)
+
+
+def label_confusions(truth: np.ndarray, decided: np.ndarray, class_names, path: Path,
+                     columns: int = 5) -> Path:
+    """Multilabel: one 2x2 confusion matrix per label (rows true absent/present, columns
+    decided absent/present, each label at its own threshold)."""
+    from sklearn.metrics import multilabel_confusion_matrix
+
+    plt = pyplot()
+    matrices = multilabel_confusion_matrix(truth, decided)
+    columns = min(columns, len(class_names))
+    rows = -(-len(class_names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.3 * rows + 0.5),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, name, m in zip(axes.flat, class_names, matrices):
+        ax.axis("on")
+        ax.imshow(m / max(m.sum(), 1), cmap="Blues", vmin=0, vmax=1)
+        for (r, c), count in np.ndenumerate(m):
+            ax.text(c, r, str(count), ha="center", va="center", fontsize=9,
+                    color="white" if m[r, c] > m.sum() / 2 else "black")
+        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["no", "yes"],
+               yticklabels=["no", "yes"], title=name[:24])
+        ax.tick_params(labelsize=7)
+    fig.supxlabel("decided", fontsize=9)
+    fig.supylabel("true", fontsize=9)
+    fig.suptitle("confusion matrix per label (at its threshold)", fontsize=11)
     return save_figure(fig, path)
 
 
@@ -194,16 +231,15 @@ def image_grid(images: np.ndarray, title: str, path: Path, columns: int = 8) -> 
     return save_figure(fig, path)
 
 
-def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names,
-                    path: Path, per_class: int = 4) -> Path:
-    """A few test images per class (rows) with true and predicted label; mistakes in red.
+def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                    predicted: np.ndarray, class_names, path: Path, per_class: int = 4) -> Path:
+    """A few test images per class (rows) with true and decided label; mistakes in red.
 
     Each row shows the first misclassified image of that class (when there is one) and then
     correct ones, so both kinds are always visible.
     """
     plt = pyplot()
     k = len(class_names)
-    predicted = probs.argmax(1)
     fig, axes = plt.subplots(k, per_class, figsize=(2.0 * per_class, 2.1 * k), squeeze=False)
     for c in range(k):
         members = np.flatnonzero(labels == c)
@@ -214,7 +250,7 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, c
         for ax, i in zip(axes[c], list(wrong) + list(right)):
             ax.axis("on")
             _show(ax, images[i], f"true: {class_names[labels[i]]}\npred: "
-                  f"{class_names[predicted[i]]} {probs[i].max():.0%}", predicted[i] != labels[i])
+                  f"{class_names[predicted[i]]} {probs[i, predicted[i]]:.0%}", predicted[i] != labels[i])
     fig.suptitle("sample test predictions (red: wrong)", fontsize=11)
     return save_figure(fig, path)
 

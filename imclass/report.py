@@ -229,7 +229,8 @@ def _multilabel_results(test: dict, tta: dict, plots: Path) -> str:
         [[name, m["threshold"], m["precision"], m["recall"], m["f1"], m["support"],
           _na(m["auc"]), _na(m["average_precision"]), m["tp"], m["fp"], m["fn"], m["tn"]]
          for name, m in test.get("per_class", {}).items()])
-    return html + img_tag(plots / "labels.png", "per-label scores") + (
+    return html + img_tag(plots / "labels.png", "per-label scores") + img_tag(
+        plots / "label_confusion.png", "confusion matrix per label") + (
         '<div class="pair">' + img_tag(plots / "roc.png", "ROC curves per label")
         + img_tag(plots / "pr.png", "precision-recall curves per label") + "</div>")
 

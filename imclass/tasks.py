@@ -85,8 +85,11 @@ class Binary(Multiclass):
         return [best_f1_threshold(y_true == 1, probs[:, 1])]
 
     def metrics(self, y_true, probs, class_names, thresholds=None) -> dict:
-        from imclass.metrics import binary_metrics
-        return {**super().metrics(y_true, probs, class_names),
+        """Every decision-based figure (accuracy, per-class precision and recall, the
+        confusion matrix) at the tuned threshold, as the galleries show it."""
+        from imclass.metrics import binary_metrics, classification_metrics
+        return {**classification_metrics(y_true, probs, class_names,
+                                         self.predictions(probs, thresholds)),
                 **binary_metrics(y_true, probs[:, 1], (thresholds or [0.5])[0], class_names),
                 "task": self.name}
 

@@ -65,10 +65,11 @@ def test_multilabel_csv_metrics_thresholds_per_label_and_report(tmp_path):
     assert test["mean_average_precision"] > 0.8 and test["hamming_loss"] < 0.25
     red = test["per_class"]["red"]
     assert red["tp"] + red["fn"] == red["support"] and red["auc"] is not None
-    assert {"labels.png", "roc.png", "pr.png", "predictions.png"} <= {
-        p.name for p in (out / "plots").iterdir()}
+    assert {"labels.png", "roc.png", "pr.png", "predictions.png", "label_confusion.png",
+            "mistakes.png"} <= {p.name for p in (out / "plots").iterdir()}
     html = (out / "report.html").read_text()
-    assert "Per label" in html and "Hamming loss" in html and "confusion matrix" not in html
+    assert "Per label" in html and "Hamming loss" in html
+    assert 'alt="confusion matrix per label"' in html and 'alt="confusion matrix"' not in html
     image = sorted((root / "test" / "images").iterdir())[0]
     predicted = api.predict(out, [image])[0]
     assert set(predicted["labels"]) <= {"red", "green", "blue"}
