@@ -395,15 +395,35 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
             for s in SECTIONS}
 
 
-def load_yaml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+def read_yaml(path: str | Path, what: str):
+    """The parsed content of a YAML file the user named (`what`: "config file", ...); a
+    missing file, a folder, bytes that are not UTF-8 or broken YAML are one ConfigError
+    naming the file (and the line)."""
     import yaml
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give the YAML file itself")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"{what} {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save it as "
+                          "UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        tab = "\\t" in problem  # PyYAML writes the tab it choked on as \t
+        hint = "; YAML indents with spaces, not tabs" if tab else ""
+        raise ConfigError(f"{path} is not valid YAML ({where}{problem}){hint}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror})") from None
+
+
+def load_yaml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    path = Path(path)
+    data = read_yaml(path, "config file") or {}
     try:
         return from_dict(data, base)
     except ConfigError as exc:

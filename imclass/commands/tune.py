@@ -23,7 +23,7 @@ from typing import Any
 
 from imclass import config as config_mod
 from imclass.commands.train import train
-from imclass.config import KEYS, RunConfig
+from imclass.config import KEYS, RunConfig, read_yaml
 from imclass.errors import ConfigError
 from imclass.extras import need
 from imclass.run_setup import check_names
@@ -99,12 +99,10 @@ def parse_space(space: dict[str, Any], base: RunConfig) -> list[Param]:
 
 
 def load_space(path: str | Path, base: RunConfig) -> list[Param]:
-    import yaml
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search space file {path} does not exist")
+    data = read_yaml(path, "search space file")
     try:
-        return parse_space(yaml.safe_load(path.read_text(encoding="utf-8-sig")), base)
+        return parse_space(data, base)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

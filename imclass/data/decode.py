@@ -87,6 +87,8 @@ def read_pixels(data: bytes, size: tuple[int, int], channels: int, with_hash: bo
     keeps the centre (no distortion, the usual way to feed photos to a network)."""
     import imagehash
 
+    if not data:
+        return None, "the file is empty (0 bytes)"
     try:
         with _open(data) as img:
             img.draft("RGB" if channels == 3 else "L", size)  # JPEG: decode at reduced scale

@@ -9,6 +9,7 @@ rows without a label) become findings with their file and row, for `imclass anal
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -69,7 +70,8 @@ class Listing:
 def find_splits(root: Path) -> dict[str, Path]:
     """{split: folder}: train/ (and val/, test/) under `root`, or `root` itself as train."""
     if not root.is_dir():
-        raise DataError(f"dataset folder {root} does not exist; give --data a folder holding "
+        state = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"dataset folder {root} {state}; give --data a folder holding "
                         "train/ (and test/), or a CSV with images/, or one folder per class")
     found = {s: root / s for s in SPLITS if (root / s).is_dir()}
     if found and "train" not in found:
@@ -94,9 +96,60 @@ def list_split(split: str, folder: Path, *, image_column: str | None = None,
     return _list_class_folders(split, folder, hierarchy_sep)
 
 
+@dataclass
+class Walk:
+    files: list[Path] = field(default_factory=list)
+    unreadable: list[Path] = field(default_factory=list)  # folders that could not be listed
+    loops: list[Path] = field(default_factory=list)       # links back to a folder seen
+
+
+def walk_images(folder: Path) -> Walk:
+    """Every image file below `folder`, sorted, following links to folders (a class folder
+    is often a link to where the photos live) but never into one already visited (a link
+    loop). Python's Path.rglob neither follows such links nor reports a folder it may not
+    read, and either would silently drop a whole class."""
+    walk, seen = Walk(), set()
+
+    def unreadable(exc: OSError) -> None:
+        walk.unreadable.append(Path(exc.filename))
+    for here, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        stat = os.stat(here)
+        if (stat.st_dev, stat.st_ino) in seen:
+            walk.loops.append(Path(here))
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs.sort()
+        walk.files += [Path(here) / n for n in names if is_image(Path(n))
+                       and (Path(here) / n).is_file()]
+    walk.files.sort()
+    return walk
+
+
+def _walk_findings(listing: Listing, walk: Walk) -> None:
+    for path in walk.unreadable:
+        listing.findings.append(Finding(
+            "error", "unreadable_folder", "this folder cannot be listed (permission denied); "
+            "its images would be missing from the dataset: make it readable", listing.split,
+            _shown(listing, path)))
+    for path in walk.loops:
+        listing.findings.append(Finding(
+            "warning", "link_loop", "a link leads back to a folder already listed; it was "
+            "not followed again", listing.split, _shown(listing, path)))
+
+
+def _shown(listing: Listing, path: Path) -> str:
+    try:
+        return listing.relative(path)
+    except ValueError:  # outside the folder (through a link)
+        return str(path)
+
+
 def _list_class_folders(split: str, folder: Path, hierarchy_sep: str) -> Listing:
     listing = Listing(split, folder, "folders")
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and is_image(p)):
+    walk = walk_images(folder)
+    _walk_findings(listing, walk)
+    for path in walk.files:
         parts = path.relative_to(folder).parts[:-1]
         if not parts:
             listing.findings.append(Finding(
@@ -119,12 +172,24 @@ def _read_rows(path: Path) -> list[list[str]]:
     lines = text.splitlines()
     first = lines[0] if lines else ""
     delimiter = next((d for d in (",", "\t", ";") if d in first), ",")
-    return [row for row in csv.reader(lines, delimiter=delimiter)]
+    # csv's default cap (128 KiB a field) would crash on one absurd cell; a field of any
+    # length is read, and an overlong name then becomes its row's bad_name finding.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+    reader = csv.reader(lines, delimiter=delimiter)
+    try:
+        return list(reader)
+    except csv.Error as exc:
+        raise DataError(f"{path} line {reader.line_num}: {exc}; fix the quoting of that "
+                        "row") from None
 
 
 def _pick_column(header: list[str], asked: str | None, known: tuple[str, ...], what: str,
                  path: Path) -> int | None:
     lowered = [h.strip().lower() for h in header]
+    for name in (asked.strip().lower(),) if asked is not None else known:
+        if lowered.count(name) > 1:
+            raise DataError(f"{path}: the header names column '{name}' more than once "
+                            f"({', '.join(header)}); rename or remove the extra one")
     if asked is not None:
         if asked.strip().lower() not in lowered:
             raise DataError(f"{path} has no column '{asked}' (--{what}-column); its columns: "
@@ -177,8 +242,10 @@ def _list_csv(split: str, folder: Path, path: Path, image_column, label_column,
             listing.entries.append(entry)
     listed = {e.path.resolve() for e in listing.entries}
     if images_dir.is_dir():
-        for p in sorted(images_dir.rglob("*")):
-            if p.is_file() and is_image(p) and p.resolve() not in listed:
+        walk = walk_images(images_dir)
+        _walk_findings(listing, walk)
+        for p in walk.files:
+            if p.resolve() not in listed:
                 listing.findings.append(Finding(
                     "warning", "unlisted_file", f"no row of {path.name} mentions this image; "
                     "add a row for it or remove it", split, listing.relative(p)))
