@@ -193,6 +193,37 @@ def _damaged_run(folder: Path, run: Path) -> list[str]:
     return ["evaluate", str(copy)]
 
 
+def _weights_flags(path: Path, folder: Path) -> list[str]:
+    return ["train", "--weights", str(path), "--subset", "300", "--epochs", "1", "--quiet",
+            "--out", str(folder / "new")]
+
+
+def _truncated_weights(folder: Path, run: Path) -> list[str]:
+    data = (run / "checkpoints" / "best.safetensors").read_bytes()
+    (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    return _weights_flags(folder / "truncated.safetensors", folder)
+
+
+def _garbage_weights(folder: Path, run: Path) -> list[str]:
+    (folder / "junk.pth").write_bytes(b"PK\x03\x04 not a torch file")
+    return _weights_flags(folder / "junk.pth", folder)
+
+
+def _weights_from_damaged_run(folder: Path, run: Path) -> list[str]:
+    _damaged_run(folder, run)
+    return _weights_flags(folder / "run", folder)
+
+
+def _resume_damaged_state(folder: Path, run: Path) -> list[str]:
+    """A run killed before it finished (no run.json) whose saved state was then cut short."""
+    copy = folder / "run"
+    shutil.copytree(run, copy)
+    (copy / "run.json").unlink()
+    state = copy / "checkpoints" / "state.safetensors"
+    state.write_bytes(state.read_bytes()[:1000])
+    return ["train", "--resume", str(copy)]
+
+
 def _garbled_sidecar(folder: Path, run: Path) -> list[str]:
     copy = folder / "run"
     shutil.copytree(run, copy)
@@ -297,6 +328,10 @@ CASES: list[Case] = [
     Case("predict-garbled-sidecar", _garbled_sidecar, "not valid JSON"),
     Case("predict-not-a-model", _not_a_model, "not a readable ONNX model"),
     Case("predict-bad-and-missing-files", _predict_bad_files, "3 failed", exit_code=1),
+    Case("weights-truncated-file", _truncated_weights, "truncated.safetensors"),
+    Case("weights-not-a-weights-file", _garbage_weights, "junk.pth"),
+    Case("weights-damaged-run", _weights_from_damaged_run, "damaged"),
+    Case("resume-damaged-state", _resume_damaged_state, "state is damaged"),
     Case("export-missing-run", lambda f, r: ["export", str(f / "nothing")], "nothing"),
     Case("serve-missing-model", lambda f, r: ["serve", str(f / "nothing")], "nothing"),
     Case("serve-port-in-use", _serve_busy_port, "in use"),

@@ -125,8 +125,9 @@ def lite0_state_dict(path: Path, target_keys: list[str]) -> dict[str, torch.Tens
 
 
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.is_dir():  # an imclass run folder: its best checkpoint
-        path = path / "checkpoints" / "best.safetensors"
+    if path.is_dir():  # an imclass run folder: its best checkpoint, checked against its sidecar
+        from imclass import checkpoint
+        return checkpoint.load(path / "checkpoints" / "best")[0]
     if not path.is_file():
         raise DataError(f"weights file {path} does not exist")
     try:
