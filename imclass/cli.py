@@ -123,6 +123,10 @@ def build_parser() -> Parser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or stopped run "
                        "from its last finished epoch, with its own config (only --device, "
                        "--quiet, --verbose and --track may be given)")
+    train.add_argument("--nproc", type=int, metavar="N", help="train with N processes on "
+                       "this machine, data-parallel (DistributedDataParallel: gloo on CPUs, "
+                       "NCCL with one GPU each); the same as torchrun --nproc-per-node N -m "
+                       "imclass train ...; --batch-size stays the global batch")
     train.add_argument("--quiet", action="store_true", help="print nothing but the result "
                        "and errors")
     train.add_argument("--verbose", action="store_true", help="also print how long each "
@@ -267,8 +271,15 @@ def build_parser() -> Parser:
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    import os
+
     from imclass import api
 
+    if args.nproc is not None and args.nproc < 1:
+        raise ImclassError(f"--nproc {args.nproc}: give 1 or more processes")
+    if (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:
+        from imclass.distributed import launch
+        return launch(args.nproc, without_flag(argv, "--nproc"))
     if args.resume:
         run_dir = _resume(args, argv)
     else:
@@ -276,9 +287,24 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         run_dir = api.train(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet,
                             verbose=args.verbose, command=shlex.join(["imclass", *argv]),
                             track=_track_options(args))
+    if os.environ.get("RANK", "0") != "0":  # another rank: rank 0 says where the run went
+        return 0
     print(run_dir / "report.html")
     stopped = json.loads((run_dir / "run.json").read_text()).get("stopped")
     return 128 + stopped["signal_number"] if stopped else 0  # 130 Ctrl-C, 143 SIGTERM
+
+
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """argv without `flag VALUE` or `flag=VALUE`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
 
 
 def _resume(args: argparse.Namespace, argv: list[str]):
@@ -514,17 +540,32 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    rank = rank_prefix()
     try:
         return args.func(args, argv)
     except ImclassError as exc:
-        print(f"imclass: error: {exc}", file=sys.stderr)
+        print(f"imclass: error: {rank}{exc}", file=sys.stderr)
         return exc.exit_code
+    except RuntimeError as exc:
+        if not rank:
+            raise
+        # a collective that lost a peer (killed, out of memory): torchrun names the rank
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"imclass: error: {rank}lost the other processes ({first[:200]})",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("imclass: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `imclass models | head`: the reader left; no traceback
         quiet_stdout()
         return 0
+
+
+def rank_prefix() -> str:
+    """'rank N: ' for the processes of a distributed run, so an error says whose it is."""
+    import os
+    return f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
 
 
 def quiet_stdout() -> None:

@@ -192,6 +192,11 @@ class TrainConfig:
                                  "rising validation loss and falling training loss", low=2)
     seed: int = option(0, "seed for the split, the batch order, augmentation and the weights",
                        low=0)
+    channels_last: bool = option(True, "images and weights in the channels-last memory layout "
+                                 "(faster convolutions); false: PyTorch's default layout. "
+                                 "The two round differently, so runs differ slightly")
+    sync_bn: bool = option(True, "with several processes (torchrun, --nproc), BatchNorm "
+                           "statistics over the whole global batch, as in one process")
     checkpoint_minutes: float = option(10.0, "also save the resume state every this many "
                                        "minutes inside an epoch, so a killed run over a large "
                                        "dataset loses at most that; 0: at epoch ends only",

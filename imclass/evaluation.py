@@ -12,6 +12,7 @@ from imclass import interpret, plots
 from imclass.config import RunConfig
 from imclass.data.batches import Batches, Normalization
 from imclass.data.images import ImageSet
+from imclass.distributed import SINGLE, Dist, gather_in_order
 from imclass.errors import ConfigError
 from imclass.metrics import (auc_per_class, average_precision_per_class, averaged_roc, headline,
                              pr_curves, predict_probabilities, roc_curves)
@@ -22,20 +23,34 @@ CAM_IMAGES = 8     # images with a Grad-CAM overlay: half right, half wrong
 EMBED_PER_CLASS = 60  # points per class in the t-SNE view (t-SNE grows fast with points)
 
 
+def predict_split(model, data: ImageSet, norm: Normalization, batch_size: int, task,
+                  device: torch.device, dist: Dist = SINGLE, flips=()
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, labels) of every image of `data`, in order. In a distributed run each
+    rank scores its own share (no image twice, none padded in) and all get the whole."""
+    share = data.take(torch.as_tensor(dist.shard(len(data)))) if dist.active else data
+    probs, labels = predict_probabilities(model, Batches(share, batch_size, norm, device=device),
+                                          task, device, flips=flips)
+    return gather_in_order(dist, probs, len(data)), gather_in_order(dist, labels, len(data))
+
+
 def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: torch.device,
                    folder: Path, *, history: list[dict] | None = None, tta_flips=(),
                    batch_size: int = 1024, seed: int = 0, thresholds=None,
-                   input_size: int | None = None) -> dict:
+                   input_size: int | None = None, dist: Dist = SINGLE) -> dict:
     """Metrics of `model` on `data` ({"plain": ..., "tta": ... when tta_flips}) and the
     figures in `folder`. `thresholds` (binary, multilabel) come from the validation split.
-    Images decoded with a crop margin are centre-cropped to `input_size` first."""
+    Images decoded with a crop margin are centre-cropped to `input_size` first. In a
+    distributed run every rank scores its share and rank 0 alone computes and draws."""
     data = data.center_cropped(input_size)
-    batches = Batches(data, batch_size, norm, device=device)
-    probs, labels = predict_probabilities(model, batches, task, device)
+    probs, labels = predict_split(model, data, norm, batch_size, task, device, dist)
+    tta_probs = predict_split(model, data, norm, batch_size, task, device, dist,
+                              flips=tta_flips)[0] if tta_flips else None
+    if not dist.is_main:
+        return {}
     names = list(data.class_names)
     result = {"plain": task.metrics(labels, probs, names, thresholds)}
-    if tta_flips:
-        tta_probs, _ = predict_probabilities(model, batches, task, device, flips=tta_flips)
+    if tta_probs is not None:
         result["tta"] = task.metrics(labels, tta_probs, names, thresholds)
     folder.mkdir(parents=True, exist_ok=True)
     if task.name == "multilabel":
@@ -50,7 +65,7 @@ def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: tor
 
 def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunConfig,
                    device: torch.device, log, *, split: str = "test", tta: bool = False,
-                   thresholds=None, input_size: int | None = None) -> dict:
+                   thresholds=None, input_size: int | None = None, dist: Dist = SINGLE) -> dict:
     """A run's model on one labelled split: its metrics into the run's metrics.json under
     `split` (and `split`_tta), its figures under plots/ (plots/<split>/ for val), a console line."""
     flips = tta_flips(cfg) if tta else ()
@@ -59,7 +74,9 @@ def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunCon
     result = evaluate_model(model, task, data, norm, device, folder, history=history,
                             tta_flips=flips, batch_size=cfg.train.eval_batch_size,
                             seed=cfg.train.seed, thresholds=thresholds,
-                            input_size=input_size)
+                            input_size=input_size, dist=dist)
+    if not dist.is_main:
+        return result
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     for m in result.values():

@@ -17,6 +17,7 @@ from imclass.console import Log
 from imclass.data import Splits, check_source, prepare, scan
 from imclass.data.batches import Normalization
 from imclass.devices import hardware, resolve_device
+from imclass.distributed import SINGLE, Dist
 from imclass.models import MODELS, build_model, check_model_name, count_parameters, \
     flops_per_image
 from imclass.models.weights import load_pretrained, resolve_architecture
@@ -35,6 +36,7 @@ class Setup:
     architecture: str
     weights_source: str | None
     recipe: Recipe
+    dist: Dist = SINGLE  # this process's place in a distributed run
 
 
 def check_names(cfg: RunConfig) -> RunConfig:
@@ -44,12 +46,12 @@ def check_names(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def prepare_training(config: RunConfig | None, log: Log) -> Setup:
+def prepare_training(config: RunConfig | None, log: Log, dist: Dist = SINGLE) -> Setup:
     """Config resolved, the recipe chosen from a scan of the data, data decoded and split,
     task chosen: everything that can fail on bad input fails here, before a run folder
     exists (and a missing pretrained model before a minute of decoding)."""
     cfg = check_names(config_mod.validate(config or RunConfig()))
-    device = resolve_device(cfg.train.device)
+    device = dist.device(resolve_device(cfg.train.device))
     scanned = scan(cfg.data)
     facts = facts_of(scanned, cfg.data.val_fraction) if scanned is not None else None
     recipe = choose(cfg, facts, device.type)
@@ -67,7 +69,7 @@ def prepare_training(config: RunConfig | None, log: Log) -> Setup:
         f"{f' (decoded at {splits.train.size[0]} px)' if splits.train.size[0] != splits.input_size else ''}, "
         f"{len(splits.train.class_names)} classes ({splits.task}), from {splits.train.source}")
     task = get_task(splits.task, cfg.data.hierarchy_sep)
-    return Setup(cfg, device, splits, task, architecture, weights_source, recipe)
+    return Setup(cfg, device, splits, task, architecture, weights_source, recipe, dist)
 
 
 def data_for_model(cfg: RunConfig, architecture: str) -> RunConfig:

@@ -22,6 +22,7 @@ from torch import nn
 
 from imclass.config import TrainConfig
 from imclass.devices import autocast
+from imclass.distributed import SINGLE, Dist, all_sum, any_rank, wrapper
 from imclass.finetune import apply_stage, plan_stages, train_mode
 from imclass.tasks import Loss, argmax_hits
 
@@ -109,11 +110,14 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
                     device: torch.device, emit: Callable[[str, dict], Any] = lambda e, i: None,
                     hits: Hits = argmax_hits, stop: StopSignal | None = None,
                     partial: dict | None = None,
-                    on_batch: Callable[[dict], None] | None = None) -> dict[str, float]:
+                    on_batch: Callable[[dict], None] | None = None,
+                    dist: Dist = SINGLE) -> dict[str, float]:
     """One pass over `batches` (cut short when `stop` is requested); returns mean loss,
     accuracy, images/s and seconds. `partial` (a resumed epoch: the batches done and their
     sums, as `on_batch` got them after each batch) continues a pass in the middle; the
-    batches must then be imclass.data.Batches, which can skip its first batches."""
+    batches must then be imclass.data.Batches, which can skip its first batches.
+    In a distributed run `model` is the DDP wrapper, `batches` this rank's slices, and the
+    figures returned are those of all ranks together."""
     train_mode(model)
     partial = partial or {"step": 0, "loss_sum": 0.0, "correct": 0.0, "seen": 0,
                           "seconds": 0.0}
@@ -139,19 +143,22 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
         emit("batch_end", {"step": step + 1, "steps": len(batches), "seen": seen,
                            "loss_sum": loss_sum, "correct": correct,
                            "seconds": time.perf_counter() - start})
-        if stop is not None and stop.requested:
+        if stop is not None and any_rank(dist, stop.requested):
             break
         if on_batch is not None and step + 1 < len(batches):
             on_batch({"step": step + 1, "loss_sum": loss_sum, "correct": correct, "seen": seen,
                       "seconds": time.perf_counter() - start})
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen,
+    loss_total, correct_total, seen = all_sum(dist, [loss_sum.item(), correct.item(), seen])
+    return {"loss": loss_total / seen, "acc": correct_total / seen,
             "images_per_s": seen / seconds, "seconds": seconds}
 
 
 @torch.no_grad()
-def validate(model, batches, loss_fn: Loss, device: torch.device, hits: Hits = argmax_hits
-             ) -> dict[str, float]:
+def validate(model, batches, loss_fn: Loss, device: torch.device, hits: Hits = argmax_hits,
+             dist: Dist = SINGLE) -> dict[str, float]:
+    """Mean loss and accuracy over `batches` (in a distributed run, over every rank's share:
+    each image counted once)."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for x, y in batches:
@@ -160,6 +167,7 @@ def validate(model, batches, loss_fn: Loss, device: torch.device, hits: Hits = a
         loss_sum += loss_fn(logits, y).item() * len(y)
         correct += hits(logits, y).item()
         seen += len(y)
+    loss_sum, correct, seen = all_sum(dist, [loss_sum, correct, seen])
     return {"loss": loss_sum / seen, "acc": correct / seen}
 
 
@@ -177,7 +185,7 @@ class FitResult:
 def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainConfig,
         device: torch.device, callbacks: list[Callback] = (), hits: Hits = argmax_hits,
         stop: StopSignal | None = None, on_state: Callable[[dict], None] | None = None,
-        resume: dict | None = None) -> FitResult:
+        resume: dict | None = None, dist: Dist = SINGLE) -> FitResult:
     """Train for cfg.epochs (or until a callback says stop), in stages when fine-tuning
     (imclass.finetune); ends holding the best weights, those of the epoch with the lowest
     validation loss. A "stop" during the frozen stage moves on to fine-tuning. A `stop`
@@ -186,7 +194,12 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
 
     After every epoch `on_state` gets what a resumed run needs (the optimizer, scheduler,
     where the loop is, the result so far); `resume` (imclass.resume.load's dict, model
-    weights and generators already restored by the caller) continues from such a state."""
+    weights and generators already restored by the caller) continues from such a state.
+
+    In a distributed run (`dist`) the model trains through DistributedDataParallel, each
+    rank's random stream (augmentation, dropout) is reseeded per epoch from the seed, the
+    epoch and the rank (so a resumed run draws what an uninterrupted one would), and the
+    state is saved at epoch ends only."""
     result = FitResult()
     best_state = None
     epoch = 0
@@ -200,7 +213,8 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         partial = loop.get("mid_epoch")
         if loop["stage_finished"]:
             start_stage, done_in_stage = start_stage + 1, 0
-    saver = MidEpochSaver(on_state, cfg.checkpoint_minutes)
+    saver = MidEpochSaver(on_state, 0 if dist.active else cfg.checkpoint_minutes)
+    wrap = wrapper(dist, device)
 
     def emit(event: str, info: dict) -> list:
         return [cb(event, info) for cb in callbacks]
@@ -215,6 +229,7 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         if finished or index < start_stage:
             continue
         apply_stage(model, stage)
+        net = wrap(model)  # after apply_stage: DDP reduces the gradients that train now
         optimizer = make_optimizer(stage.groups, cfg)
         scheduler = make_schedule(optimizer, cfg, stage.epochs * len(train_batches))
         already = 0
@@ -234,11 +249,13 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                            "epochs_in_stage": in_stage - 1, "stage_finished": False,
                            "finished": False, "optimizer": optimizer, "scheduler": scheduler,
                            "result": result, "best": best_state, "lr": lr}
-            train = train_one_epoch(model, train_batches, optimizer, scheduler, loss_fn, cfg,
-                                    device, emit, hits, stop, partial, saver)
+            if dist.active:
+                torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + dist.rank)
+            train = train_one_epoch(net, train_batches, optimizer, scheduler, loss_fn, cfg,
+                                    device, emit, hits, stop, partial, saver, dist)
             partial = None
-            if stop is not None and stop.requested:
-                result.stopped_by = signal.Signals(stop.signum).name
+            if stop is not None and any_rank(dist, stop.requested):
+                result.stopped_by = signal.Signals(stop.signum or signal.SIGTERM).name
                 result.stopped_in_epoch = epoch
                 break
             if not math.isfinite(train["loss"]):
@@ -246,7 +263,7 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                 raise ImclassError(f"training diverged at epoch {epoch} (the loss is "
                                    f"{train['loss']}); lower --lr (now {cfg.lr:g}) or use "
                                    "--optimizer adamw")
-            val = validate(model, val_batches, loss_fn, device, hits)
+            val = validate(model, val_batches, loss_fn, device, hits, dist)
             improved = val["loss"] < result.best_val_loss - cfg.min_delta
             if improved:
                 result.best_epoch, result.best_val_loss = epoch, val["loss"]

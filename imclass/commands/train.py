@@ -8,25 +8,28 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from imclass import checkpoint, config as config_mod, plots
+from imclass import checkpoint, config as config_mod, distributed, plots
 from imclass import resume as resume_mod
 from imclass.config import RunConfig
 from imclass.console import Log, StageClock, make_log
 from imclass.data.audit import write_analysis
 from imclass.data.augment import build_augment
 from imclass.data.batches import Batches
-from imclass.devices import hardware, keep_freed_memory
+from imclass.devices import hardware, keep_freed_memory, resolve_device
+from imclass.distributed import Dist
 from imclass.errors import ConfigError, DataError, Stopped
-from imclass.evaluation import evaluate_split
+from imclass.evaluation import evaluate_split, predict_split
 from imclass.lr_find import find_lr
-from imclass.metrics import predict_probabilities
 from imclass.report import write_report
 from imclass.run_setup import Setup, build_run_model, prepare_training
 from imclass.runfolder import (HISTORY_COLUMNS, MIN_FREE_BYTES, Checkpointer, HistoryWriter,
@@ -34,7 +37,7 @@ from imclass.runfolder import (HISTORY_COLUMNS, MIN_FREE_BYTES, Checkpointer, Hi
                                write_json)
 from imclass.tracking import TrackOptions, check_available, trackers
 from imclass.training import EarlyStopping, OverfitWatch, Progress, StopSignal, fit
-from imclass.version import versions
+from imclass.version import __version__, versions
 
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, *,
@@ -53,26 +56,55 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     run is finished with the epochs it completed (run.json "stopped" says so); a search turns
     it off, so that its trial is interrupted, not scored. `resume_state` (see `resume_run`)
     continues a run in its own folder from the state saved after its last finished epoch.
+
+    Launched by torchrun (or `imclass train --nproc N`), every process runs this function:
+    the ranks train one model together (imclass.distributed) and rank 0 alone writes `out`;
+    the others keep what they must write in a scratch folder, removed at the end.
     """
+    dist = distributed.from_environment(resolve_device((config or RunConfig()).train.device))
+    scratch = None if dist.is_main else Path(tempfile.mkdtemp(prefix=f"imclass-rank{dist.rank}-"))
+    try:
+        return _train(config, scratch or out, overwrite=overwrite or scratch is not None,
+                      quiet=quiet or scratch is not None, verbose=verbose, command=command,
+                      callbacks=callbacks, evaluate_test=evaluate_test,
+                      track=track if dist.is_main else None, stop_on_signal=stop_on_signal,
+                      resume_state=resume_state, dist=dist)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        distributed.close(dist)
+
+
+def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool, quiet: bool,
+           verbose: bool, command: str | None, callbacks: list | None, evaluate_test: bool,
+           track: TrackOptions | None, stop_on_signal: bool, resume_state: dict | None,
+           dist: Dist) -> Path:
     started = time.perf_counter()
     log = make_log(quiet)
     clock = StageClock(log, verbose and not quiet)
     check_run_dir(out, overwrite or resume_state is not None)
     check_available(track)
-    setup = prepare_training(config, log)
+    setup = prepare_training(config, log, dist)
     clock.done("data")
     cfg, splits, task, device = setup.cfg, setup.splits, setup.task, setup.device
+    distributed.check_same(dist, same_run_facts(cfg, splits))
     if device.type == "cpu":
         keep_freed_memory()  # no mmap/munmap storm per step (devices.py)
     run_dir = prepare_run_dir(out, cfg, overwrite or resume_state is not None)
     torch.manual_seed(cfg.train.seed)  # weights and kornia's augmentation draws
     record_analysis(run_dir, splits.analysis, log)
     model, model_info = build_run_model(setup, log)
+    model = model.to(memory_format=distributed.memory_format(dist, device,
+                                                             cfg.train.channels_last))
+    if dist.active and cfg.train.sync_bn:
+        model = distributed.sync_batchnorm(model, device)
     # checkpoints best + last, the resume state (current, best, optimizer) and a margin
     check_space(run_dir, 8 * 4 * model_info["parameters"] + MIN_FREE_BYTES)
     lr_found = None
     if cfg.train.lr == "auto":
-        lr_found = find_lr(setup, model, run_dir / "plots" / "lr_find.png", log)
+        if dist.is_main:  # the others wait for its finding
+            lr_found = find_lr(setup, model, run_dir / "plots" / "lr_find.png", log)
+        lr_found = distributed.broadcast(dist, lr_found)
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=lr_found))
         setup = dataclasses.replace(setup, cfg=cfg)
     config_mod.save_yaml(cfg, run_dir / "config.yaml")
@@ -102,10 +134,13 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
                "stopped": stopped}
     if evaluate_test:
         evaluate_split(run_dir, model, task, splits.test, splits.norm, cfg, device, log,
-                       thresholds=thresholds, input_size=splits.input_size)
+                       thresholds=thresholds, input_size=splits.input_size, dist=dist)
     else:
         plots.curves(result.history, run_dir / "plots" / "curves.png")
     clock.done("evaluation")
+    summary["processes"] = dist.world
+    if not dist.is_main:
+        return run_dir
     summary["total_seconds"] = time.perf_counter() - started  # all but writing the report
     summary["stage_seconds"] = clock.seconds
     write_json(run_dir / "run.json", summary)
@@ -133,16 +168,27 @@ def record_analysis(run_dir: Path, analysis: dict | None, log: Log) -> None:
         log(f"skipped {s['split']}/{s['file']}: {s['reason']}")
 
 
+def same_run_facts(cfg: RunConfig, splits) -> dict:
+    """What every rank of a distributed run must agree on before training together."""
+    config = hashlib.sha256(json.dumps(config_mod.to_dict(cfg), sort_keys=True,
+                                       default=str).encode()).hexdigest()[:16]
+    labels = hashlib.sha256(b"".join(s.labels.numpy().tobytes() for s in (
+        splits.train, splits.val, splits.test))).hexdigest()[:16]
+    return {"imclass version": __version__, "config": config,
+            "dataset": f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)} images, "
+                       f"labels {labels}"}
+
+
 def tune_thresholds(run_dir: Path, model, setup: Setup, log: Log) -> list[float] | None:
     """Binary and multilabel decision thresholds with the best validation F1, saved into the
     best checkpoint's sidecar so evaluate and predict decide the same way."""
     splits, task, device = setup.splits, setup.task, setup.device
-    batches = Batches(splits.val, setup.cfg.train.eval_batch_size, splits.norm, device=device,
-                      size=splits.input_size)
-    probs, labels = predict_probabilities(model, batches, task, device)
+    probs, labels = predict_split(model, splits.val.center_cropped(splits.input_size),
+                                  splits.norm, setup.cfg.train.eval_batch_size, task, device,
+                                  setup.dist)
     thresholds = task.tune_thresholds(labels, probs)
-    if thresholds is None:
-        return None
+    if thresholds is None or not setup.dist.is_main:
+        return thresholds
     best = run_dir / "checkpoints" / "best"
     _, saved = checkpoint.load(best)
     checkpoint.save(best, model, {**saved, "thresholds": thresholds})
@@ -213,22 +259,27 @@ def resume_run(run_dir: str | Path, *, quiet: bool = False, verbose: bool = Fals
 def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_callbacks: list,
             meta: dict, stop_on_signal: bool = True, resume_state: dict | None = None):
     """The training loop with its callbacks; returns the FitResult and overfitting warnings."""
-    cfg, splits, device = setup.cfg, setup.splits, setup.device
+    cfg, splits, device, dist = setup.cfg, setup.splits, setup.device, setup.dist
     t = cfg.train
+    distributed.check_batch(dist, t.batch_size, len(splits.train))
+    channels_last = distributed.memory_format(dist, device, t.channels_last) == \
+        torch.channels_last
     augment = build_augment(cfg.augment, (splits.train.channels, *splits.train.size),
                             splits.input_size)
     train_batches = Batches(splits.train, t.batch_size, splits.norm, shuffle=True,
                             augment=augment, seed=t.seed, device=device,
-                            drop_last=len(splits.train) > t.batch_size, size=splits.input_size)
-    val_batches = Batches(splits.val, t.eval_batch_size, splits.norm, device=device,
-                          size=splits.input_size)
-    plot_augmented(run_dir / "plots" / "augmented.png", splits.train, augment, t.seed)
+                            drop_last=len(splits.train) > t.batch_size, size=splits.input_size,
+                            shard=(dist.rank, dist.world), channels_last=channels_last)
+    val_share = splits.val.take(torch.as_tensor(dist.shard(len(splits.val))))
+    val_batches = Batches(val_share, t.eval_batch_size, splits.norm, device=device,
+                          size=splits.input_size, channels_last=channels_last)
     overfit = OverfitWatch(t.overfit_epochs, log)
-    callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit,
-                 HistoryWriter(run_dir / "history.csv"),
-                 Checkpointer(run_dir / "checkpoints", model, meta),
-                 *extra_callbacks]
-    history = callbacks[3]
+    history = HistoryWriter(run_dir / "history.csv")
+    callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit]
+    if dist.is_main:  # the files of the run; the other ranks only train
+        plot_augmented(run_dir / "plots" / "augmented.png", splits.train, augment, t.seed)
+        callbacks += [history, Checkpointer(run_dir / "checkpoints", model, meta),
+                      *extra_callbacks]
     if resume_state is not None:
         restore(resume_state, model, train_batches, overfit, history, log)
 
@@ -248,8 +299,9 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
         with StopSignal() if stop_on_signal else contextlib.nullcontext() as stop:
             result = fit(model, train_batches, val_batches,
                          setup.task.loss(t.loss, t.label_smoothing), t, device, callbacks,
-                         hits=setup.task.hits, stop=stop, on_state=save_state,
-                         resume=resume_state)
+                         hits=setup.task.hits, stop=stop,
+                         on_state=save_state if dist.is_main else None,
+                         resume=resume_state, dist=dist)
     except OSError as exc:  # a full disk, a vanished folder: every write is atomic
         raise DataError(f"could not write {exc.filename or 'into the run folder'} "
                         f"({exc.strerror or exc}); the files written before are intact: "

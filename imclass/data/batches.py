@@ -52,7 +52,8 @@ class Batches:
     def __init__(self, data: ImageSet, batch_size: int, norm: Normalization, *,
                  shuffle: bool = False, augment: BatchAugment | None = None, seed: int = 0,
                  device: str | torch.device = "cpu", drop_last: bool = False,
-                 channels_last: bool = True, size: int | None = None):
+                 channels_last: bool = True, size: int | None = None,
+                 shard: tuple[int, int] = (0, 1)):
         # On a GPU the whole set moves over once when it fits the budget; otherwise (and on
         # the CPU) each batch gathers its rows from the set's store.
         fits = len(data) * data.store[:1].numel() <= GPU_PRELOAD_BYTES
@@ -63,6 +64,9 @@ class Batches:
         self.batch_size, self.norm, self.shuffle, self.augment = batch_size, norm, shuffle, augment
         self.drop_last, self.device, self.channels_last = drop_last, device, channels_last
         self.size = size  # the model's input side: larger images are centre-cropped to it
+        # (rank, world): in a distributed run each global batch of `batch_size` is split into
+        # `world` equal slices and this process takes slice `rank` (imclass.distributed)
+        self.rank, self.world = shard
         self.generator = torch.Generator().manual_seed(seed)
         # The batch order's generator as it was before the current pass drew its order, and
         # batches to skip at the start of the next pass: together they let a resumed run
@@ -81,6 +85,9 @@ class Batches:
         first, self.skip = self.skip * self.batch_size, 0
         for start in range(first, len(self) * self.batch_size, self.batch_size):
             index = order[start:start + self.batch_size]
+            if self.world > 1:
+                per = len(index) // self.world
+                index = index[self.rank * per:(self.rank + 1) * per]
             if self.preloaded is not None:
                 index = index.to(self.preloaded.device)
                 x = self.preloaded[index].float().div_(255)

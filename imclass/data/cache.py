@@ -12,6 +12,8 @@ later runs' test sets or need the network again.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -153,6 +155,18 @@ def check_room(folder: Path, needed: int, what: str) -> None:
                         f"{free / MB:.0f} MB are free (imclass keeps "
                         f"{DISK_MARGIN_BYTES // MB} MB spare): free space, run imclass cache "
                         "prune, or point --cache-dir at a larger disk")
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock (flock) held for the block: processes decoding the same dataset
+    take turns, and the second finds what the first wrote. The lock file stays (0 bytes)."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def touch(path: Path) -> None:

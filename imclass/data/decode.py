@@ -194,6 +194,16 @@ def decode_all(infos: list[dict], size: int, channels: int, cache_dir: Path,
     """Decode every inspected file (those without an error) at `size`, through the cache
     (imclass.data.cache: `source` names the folder in `imclass cache`)."""
     key = cache_key(infos, size, channels, interpolation, fit)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # One process decodes, the others (the ranks of a distributed run, two runs started at
+    # once) wait for the lock and then find the finished array.
+    with cache.locked(cache_dir / f"{key}.lock"):
+        return _decode_through(infos, size, channels, cache_dir, key, workers, interpolation,
+                               fit, source)
+
+
+def _decode_through(infos, size, channels, cache_dir: Path, key: str, workers, interpolation,
+                    fit, source) -> Decoded:
     array_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if array_file.is_file() and meta_file.is_file():
         meta = json.loads(meta_file.read_text())
@@ -204,7 +214,6 @@ def decode_all(infos: list[dict], size: int, channels: int, cache_dir: Path,
     todo = [k for k, i in enumerate(infos) if "error" not in i]
     cache.check_room(cache_dir, len(todo) * channels * size * size,
                      f"{len(todo)} images at {size}x{size}")
-    cache_dir.mkdir(parents=True, exist_ok=True)
     results = _pool_map(decode, [(infos[k]["file"], size, channels, interpolation, fit)
                                  for k in todo], workers)
     ok = [k for k, (array, _) in zip(todo, results) if array is not None]
