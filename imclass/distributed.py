@@ -67,6 +67,7 @@ def from_environment(device: torch.device) -> Dist:
         return SINGLE
     import torch.distributed as td
 
+    die_with_parent()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
@@ -74,6 +75,18 @@ def from_environment(device: torch.device) -> Dist:
     if not td.is_initialized():
         td.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S))
     return Dist(rank, world, local_rank, backend)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this rank when its launcher dies: a killed torchrun agent (or
+    imclass train --nproc) otherwise leaves its workers training on as orphans."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, 9)
+    except (OSError, AttributeError):  # not Linux: nothing to ask
+        pass
 
 
 def close(dist: Dist) -> None:
