@@ -306,12 +306,15 @@ def launch(nproc: int, argv: list[str]) -> int:
     import sys
     import uuid
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     import logging
     # the agent's own log lines (which worker it stops, how) would bury the one line below
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in ["torch.distributed.elastic", *logging.root.manager.loggerDict]:
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     # torchrun's rule: without OMP_NUM_THREADS, each process gets its share of the cores
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
@@ -323,6 +326,8 @@ def launch(nproc: int, argv: list[str]) -> int:
         failure = rank_failure(exc.failures, nproc)
         print(f"imclass: error: {failure}", file=sys.stderr)
         return failure.exit_code
+    except SignalException as exc:  # Ctrl-C or SIGTERM: the workers got it too and stopped
+        return 128 + int(exc.sigval)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import signal
 import sys
 import threading
@@ -93,8 +94,9 @@ class StopSignal:
             self.__exit__()
             raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
         self.signum = signum
-        print(f"\nimclass: {signal.Signals(signum).name}: stopping after this batch (again "
-              "to stop at once)", file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":  # in a distributed run, rank 0 speaks
+            print(f"\nimclass: {signal.Signals(signum).name}: stopping after this batch "
+                  "(again to stop at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():

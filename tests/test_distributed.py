@@ -111,6 +111,25 @@ def test_a_killed_rank_stops_the_whole_job_in_bounded_time_naming_it(tmp_path):
     assert state["epoch"] >= 1  # the last complete state is still there to resume from
 
 
+def test_ctrl_c_stops_every_rank_after_the_same_batch_and_finishes_the_run(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "imclass", "train", "--nproc", "2",
+                             "--subset", "3000", "--epochs", "30", "--quiet", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not ((out / "history.csv").is_file()
+               and len((out / "history.csv").read_text().splitlines()) > 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.count("stopping after this batch") == 1 and "Traceback" not in err
+    stopped = json.loads((out / "run.json").read_text())["stopped"]
+    assert stopped["by"] == "SIGINT" and (out / "report.html").is_file()
+
+
 def test_ranks_that_differ_are_refused_by_name():
     same = {"imclass version": "0.1.0", "config": "ab12", "dataset": "10/2/3 images"}
     assert distributed.first_difference([same, dict(same)]) is None
