@@ -239,6 +239,16 @@ def build_parser() -> Parser:
                          "cores, at most 8; none for a few files)")
     predict.set_defaults(func=_predict)
 
+    similar = sub.add_parser("similar", help="the training images most like each query, by "
+                             "the model's features: JSON, a gallery per query and a page")
+    similar.add_argument("run_dir", metavar="RUN_DIR")
+    similar.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders, "
+                         "glob patterns or CSV files of paths")
+    similar.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
+    similar.add_argument("--out", help="folder for the galleries and similar.html (default "
+                         "RUN_DIR/similarity/queries)")
+    similar.set_defaults(func=_similar)
+
     export = sub.add_parser("export", help="a run's model as one ONNX, TorchScript or "
                             "torch.export file with its classes and thresholds inside")
     export.add_argument("run_dir", metavar="RUN_DIR")
@@ -467,6 +477,18 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     print(text)
     print(f"\ncurves: {page}")
     return 0
+
+
+def _similar(args: argparse.Namespace, argv: list[str]) -> int:
+    from imclass.commands.similar import similar
+
+    if args.k < 1:
+        raise ImclassError(f"--k {args.k}: give at least 1 neighbour")
+    results, folder = similar(args.run_dir, args.images, args.k, args.out,
+                              log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(results, indent=2))
+    print(f"galleries: {folder / 'similar.html'}", file=sys.stderr)
+    return 1 if any("error" in r for r in results) else 0
 
 
 def _predict(args: argparse.Namespace, argv: list[str]) -> int:

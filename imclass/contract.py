@@ -110,8 +110,15 @@ class PixelModel(nn.Module):
         self.side = contract.input_size
         self.sigmoid = contract.task == "multilabel"
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def normalized(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.float() / 255.0
         x = x[:, :, self.top:self.top + self.side, self.top:self.top + self.side]
-        logits = self.network((x - self.mean) / self.std).float()
+        return (x - self.mean) / self.std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        logits = self.network(self.normalized(pixels)).float()
         return logits.sigmoid() if self.sigmoid else logits.softmax(dim=1)
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The penultimate features [N, D] the head reads (imclass.similarity)."""
+        return self.network.embed(self.normalized(pixels))

@@ -21,6 +21,7 @@ import asyncio
 import hmac
 from contextlib import asynccontextmanager
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -38,6 +39,7 @@ from swagger_ui_bundle import swagger_ui_path
 from imclass.data.decode import TOO_LARGE
 from imclass.errors import ConfigError, DataError
 from imclass.predictor import Predictor, load
+from imclass.similarity import Searcher
 
 class Batcher:
     """Collects images from concurrent requests into batches for one model thread."""
@@ -186,6 +188,35 @@ def create_app(predictor: Predictor, *, api_key: str | None = None, max_upload_m
                 "source": Path(predictor.source).name, "top_k": top_k,
                 "max_upload_mb": max_upload_mb}
 
+    searcher: dict = {}  # built on the first /similar request (indexing takes a while)
+    searcher_lock = threading.Lock()
+
+    def get_searcher():
+        with searcher_lock:
+            if "it" not in searcher:
+                searcher["it"] = Searcher(predictor.source, log=lambda m: print(
+                    f"imclass serve: {m}", file=sys.stderr, flush=True))
+            return searcher["it"]
+
+    @app.post("/similar", dependencies=[Depends(require_key)])
+    async def similar(files: list[UploadFile] = File(...), k: int = 8):
+        """The k training images nearest each uploaded image by the model's features."""
+        if not Path(predictor.source).is_dir():
+            raise HTTPException(404, "/similar needs the run folder (its model and training "
+                                "images): serve RUN_DIR rather than an exported file")
+        if not 1 <= k <= 100:
+            raise HTTPException(422, "k must be between 1 and 100")
+        found = await run_in_threadpool(get_searcher)
+        datas = [await u.read() for u in files]
+        results = await run_in_threadpool(found.search, datas, k)
+        out = []
+        for upload, result in zip(files, results):
+            if "error" in result:
+                raise HTTPException(415, f"{upload.filename or 'the upload'}: "
+                                    f"{result['error']}")
+            out.append({"image": upload.filename, "neighbours": result["neighbours"]})
+        return out
+
     @app.post("/predict", dependencies=[Depends(require_key)])
     async def predict(files: list[UploadFile] = File(...)):
         """Top-k classes and the decision for each uploaded image, in order."""
@@ -218,7 +249,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, backend: str
         print("imclass serve: listening beyond this machine without --api-key: anyone who "
               "can reach the port can use the model", file=sys.stderr)
     print(f"imclass serve: {predictor.backend} model {model} on http://{host}:{port}/ "
-          f"(API: /predict, /model, /health; docs: /docs)", file=sys.stderr, flush=True)
+          f"(API: /predict, /similar, /model, /health; docs: /docs)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
