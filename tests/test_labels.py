@@ -1,0 +1,84 @@
+"""`imclass labels`: images put in the wrong class folder on purpose are found by K-fold
+out-of-fold predictions and confident learning; the corrections file feeds
+`imclass train --relabel/--exclude`, and the run's report says how many rows changed."""
+import csv
+import json
+import shutil
+
+import pytest
+
+from imagedata import folder_dataset
+from imclass import cli
+
+pytestmark = pytest.mark.slow
+QUICK = ["--model", "cnn", "--epochs", "10", "--batch-size", "16", "--lr", "0.05", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    """A colour-coded dataset with 4 red images moved into green/, audited with 3 folds."""
+    root = tmp_path_factory.mktemp("labels")
+    data = folder_dataset(root / "pets", n_train=24, n_test=6)
+    moved = []
+    for path in sorted((data / "train" / "red").iterdir())[:4]:
+        target = data / "train" / "green" / f"was-red-{path.name}"
+        shutil.move(path, target)
+        moved.append(f"green/{target.name}")
+    out = root / "review"
+    assert cli.main(["labels", str(data), "--folds", "3", "--out", str(out), "--cache-dir",
+                     str(root / "cache"), *QUICK]) == 0
+    with (out / "label_issues.csv").open() as fh:
+        issues = list(csv.DictReader(fh))
+    return root, data, out, moved, issues
+
+
+def test_mislabelled_images_are_found_and_ranked_first(audited):
+    root, data, out, moved, issues = audited
+    found = [i["image"] for i in issues]
+    hits = [f for f in found if f in moved]
+    assert len(hits) >= 3, (moved, found)  # recall at least 3 of 4 on this easy set
+    assert len(found) <= len(hits) + 2  # and few false alarms
+    assert set(found[:len(hits)]) == set(hits)  # the planted ones are the likeliest
+    assert all(i["given"] == "green" and i["suggested"] == "red" for i in issues
+               if i["image"] in moved)
+    confidences = [float(i["self_confidence"]) for i in issues]
+    assert confidences == sorted(confidences)
+    page = (out / "review.html").read_text()
+    assert page.count('class="card"') == len(issues) and "data:image/png;base64" in page
+
+
+def test_corrections_relabel_and_exclude_in_training_and_the_report_says_so(audited):
+    root, data, out, moved, issues = audited
+    rows = list(csv.DictReader((out / "corrections.csv").open()))
+    assert {r["action"] for r in rows} == {"relabel"}
+    rows[-1]["action"] = "exclude"  # the user's edit: leave one out instead
+    with (out / "corrections.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["image", "action", "given", "new_label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    run = root / "run"
+    assert cli.main(["train", "--data", str(data), "--out", str(run), "--relabel",
+                     str(out / "corrections.csv"), "--exclude", str(out / "corrections.csv"),
+                     "--cache-dir", str(root / "cache"), *QUICK]) == 0
+    findings = {f["code"]: f for f in json.loads((run / "analysis.json").read_text())["findings"]}
+    assert findings["relabelled"]["message"].startswith(f"{len(rows) - 1} image(s) relabelled")
+    assert findings["excluded"]["message"].startswith("1 image(s) left out")
+    counts = json.loads((run / "run.json").read_text())["data"]["counts"]
+    total = sum(sum(c.values()) for c in counts.values())
+    assert total == 3 * (24 + 6) - 1
+    assert "relabelled as corrections.csv says" in (run / "report.html").read_text()
+
+
+def test_bad_uses_are_refused_in_one_line(audited, capsys, tmp_path):
+    root, data, out, moved, issues = audited
+    (tmp_path / "bad.csv").write_text("file,label\nx.png,red\n")
+    cases = [(["labels", str(data), "--folds", "1"], "at least 2 folds"),
+             (["train", "--data", str(data), "--relabel", str(tmp_path / "bad.csv")],
+              "needs a header with an image column"),
+             (["train", "--relabel", str(out / "corrections.csv")], "fashion-mnist's files"),
+             (["labels", str(data), "--folds", "50", "--cache-dir", str(root / "cache"),
+               "--quiet"], "fewer images than --folds 50")]
+    for args, message in cases:
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
