@@ -110,16 +110,53 @@ def find_issues(images: ImageSet, probs: np.ndarray) -> np.ndarray:
                                      return_indices_ranked_by="self_confidence")
 
 
+QUICK_EPOCHS = 8  # the fold models' epochs when the recipe chose more (K of them train)
+
+
+def quick(setup: Setup, log) -> Setup:
+    """The run's recipe made quick for K fold models: at most QUICK_EPOCHS epochs where the
+    recipe (not you) chose more, the frozen stage shortened to match, and a fixed learning
+    rate instead of a range test per fold. Flags you give are kept."""
+    t, chosen = setup.cfg.train, setup.recipe.values
+    changes = {}
+    if "epochs" in chosen and t.epochs > QUICK_EPOCHS:
+        changes["epochs"] = QUICK_EPOCHS
+        if t.freeze_epochs:
+            changes["freeze_epochs"] = max(1, round(t.freeze_epochs * QUICK_EPOCHS / t.epochs))
+    if t.lr == "auto":
+        changes["lr"] = 0.003 if setup.cfg.model.pretrained else 0.05
+    if not changes:
+        return setup
+    log("labels: quick fold models: " + ", ".join(f"{k.replace('_', '-')} {v}"
+                                                  for k, v in changes.items())
+        + " (give the flags to choose)")
+    train = dataclasses.replace(t, **changes)
+    return dataclasses.replace(setup, cfg=dataclasses.replace(setup.cfg, train=train))
+
+
 def audit(config: RunConfig, folds: int, log) -> Audit:
     if folds < 2:
         raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds")
-    setup = prepare_training(config, log)
-    if setup.cfg.train.lr == "auto":  # the range test per fold would cost more than a fold
-        setup = dataclasses.replace(setup, cfg=dataclasses.replace(
-            setup.cfg, train=dataclasses.replace(setup.cfg.train, lr=0.05)))
-        log("labels: --lr auto becomes 0.05 for the fold models (give --lr to choose)")
+    setup = quick(prepare_training(config, log), log)
     images, ids, splits = everything(setup)
     log(f"labels: {folds}-fold cross-validation over {len(images)} images, "
         f"{setup.cfg.train.epochs} epochs each")
     probs = out_of_fold(setup, images, folds, log)
+    accuracy = agreement(images, probs)
+    log(f"labels: the fold models agree with {accuracy:.1%} of the given labels")
+    if accuracy < WEAK_MODELS:
+        log(f"warning: fold models this weak doubt good labels too: most issues below will "
+            "be the models' mistakes; give them more --epochs or a pretrained --model")
     return Audit(images, ids, splits, probs, find_issues(images, probs), folds)
+
+
+WEAK_MODELS = 0.5  # out-of-fold agreement below which the issues say more about the models
+
+
+def agreement(images: ImageSet, probs: np.ndarray) -> float:
+    """The share of given labels the out-of-fold predictions agree with (multilabel: of the
+    per-label decisions at 0.5)."""
+    labels = images.labels.numpy()
+    if images.task == "multilabel":
+        return float(((probs >= 0.5) == (labels > 0.5)).mean())
+    return float((probs.argmax(1) == labels).mean())
