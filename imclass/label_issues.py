@@ -36,6 +36,7 @@ class Audit:
     probs: np.ndarray      # out-of-fold probabilities [N, K]
     ranked: np.ndarray     # indices of likely label errors, the likeliest first
     folds: int
+    csv_rows: list         # each image's line in its CSV file, None outside CSV datasets
 
 
 def everything(setup: Setup) -> tuple[ImageSet, list[str], list[str]]:
@@ -139,6 +140,7 @@ def audit(config: RunConfig, folds: int, log) -> Audit:
         raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds")
     setup = quick(prepare_training(config, log), log)
     images, ids, splits = everything(setup)
+    rows = csv_rows(setup.cfg, ids, splits)
     log(f"labels: {folds}-fold cross-validation over {len(images)} images, "
         f"{setup.cfg.train.epochs} epochs each")
     probs = out_of_fold(setup, images, folds, log)
@@ -147,7 +149,27 @@ def audit(config: RunConfig, folds: int, log) -> Audit:
     if accuracy < WEAK_MODELS:
         log(f"warning: fold models this weak doubt good labels too: most issues below will "
             "be the models' mistakes; give them more --epochs or a pretrained --model")
-    return Audit(images, ids, splits, probs, find_issues(images, probs), folds)
+    return Audit(images, ids, splits, probs, find_issues(images, probs), folds, rows)
+
+
+def csv_rows(cfg: RunConfig, ids: list[str], splits: list[str]) -> list[int | None]:
+    """Each audited image's line in its CSV file (None for class folders, Fashion-MNIST)."""
+    from pathlib import Path
+
+    from imclass.data import SOURCES
+    from imclass.data.folders import find_splits, list_split
+
+    if cfg.data.source in SOURCES:
+        return [None] * len(ids)
+    d = cfg.data
+    lines = {}
+    for split, folder in find_splits(Path(d.source).expanduser()).items():
+        listing = list_split(split, folder, image_column=d.image_column,
+                             label_column=d.label_column, label_sep=d.label_sep,
+                             hierarchy_sep=d.hierarchy_sep)
+        lines[split] = {listing.relative(e.path): e.row for e in listing.entries}
+    return [lines.get(split, {}).get(name, lines["train"].get(name))
+            for name, split in zip(ids, splits)]
 
 
 WEAK_MODELS = 0.5  # out-of-fold agreement below which the issues say more about the models

@@ -82,3 +82,23 @@ def test_bad_uses_are_refused_in_one_line(audited, capsys, tmp_path):
         assert cli.main(args) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_a_csv_datasets_issues_name_their_csv_line(tmp_path):
+    from imagedata import csv_dataset
+
+    data = csv_dataset(tmp_path / "tags", "multiclass", n_train=60, n_test=15)
+    lines = (data / "train" / "labels.csv").read_text().splitlines()
+    flipped = {}
+    for line in (5, 9, 13):  # 1-based CSV lines, the header is line 1
+        name, label = lines[line - 1].split(",")
+        new = "green" if label != "green" else "blue"
+        lines[line - 1] = f"{name},{new}"
+        flipped[f"images/{name}"] = line
+    (data / "train" / "labels.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "review"
+    assert cli.main(["labels", str(data), "--folds", "3", "--out", str(out), "--cache-dir",
+                     str(tmp_path / "cache"), *QUICK]) == 0
+    issues = list(csv.DictReader((out / "label_issues.csv").open()))
+    named = {i["image"]: int(i["csv_row"]) for i in issues if i["image"] in flipped}
+    assert len(named) >= 2 and all(named[n] == flipped[n] for n in named), (flipped, issues)

@@ -1,7 +1,8 @@
 """`imclass labels DATA`: the images whose given label is most likely wrong
 (imclass.label_issues), written for a person to review and correct:
 
-- label_issues.csv: ranked, likeliest first: image, split, given label, suggested label,
+- label_issues.csv: ranked, likeliest first: image, its CSV line (CSV datasets), split,
+  given label, suggested label,
   self-confidence (the fold model's probability for the given label), its probability for
   the suggestion;
 - review.html: each image large, given against suggested, a filter by class;
@@ -25,7 +26,7 @@ from imclass.atomic import atomic_write, atomic_write_text
 from imclass.config import RunConfig
 from imclass.label_issues import Audit, audit
 
-ISSUE_COLUMNS = ("rank", "image", "split", "given", "suggested", "self_confidence",
+ISSUE_COLUMNS = ("rank", "image", "csv_row", "split", "given", "suggested", "self_confidence",
                  "suggested_probability")
 
 
@@ -66,7 +67,8 @@ def rows_of(found: Audit) -> list[dict]:
         else:
             suggested = images.class_names[int(probs[i].argmax())]
             confidence, suggested_p = float(probs[i, given[i]]), float(probs[i].max())
-        out.append({"rank": rank, "image": found.ids[i], "split": found.splits[i],
+        out.append({"rank": rank, "image": found.ids[i], "csv_row": found.csv_rows[i] or "",
+                    "split": found.splits[i],
                     "given": label_text(images, i, given), "suggested": suggested,
                     "self_confidence": round(confidence, 4),
                     "suggested_probability": round(suggested_p, 4), "index": int(i)})
