@@ -86,6 +86,9 @@ def main() -> None:
     print(f"imclass labels --folds 5 (cnn, {args.epochs} epochs a fold) over {args.images} "
           f"images with {len(planted)} planted errors: {len(found)} issues in {seconds:.0f} s")
     print(f"precision {hits / max(len(found), 1):.3f}, recall {hits / len(planted):.3f}")
+    print(f"(out-of-fold probabilities kept in {work / 'review' / 'out_of_fold.npz'}; "
+          f"planted: {work / 'planted.txt'})")
+    (work / "planted.txt").write_text("\n".join(sorted(planted)))
     corrections = str(work / "review" / "corrections.csv")
     imclass("train", "--data", str(data), "--out", str(work / "noisy"), *recipe)
     imclass("train", "--data", str(data), "--out", str(work / "fixed"), "--relabel",

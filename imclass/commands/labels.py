@@ -6,6 +6,7 @@
   self-confidence (the fold model's probability for the given label), its probability for
   the suggestion;
 - review.html: each image large, given against suggested, a filter by class;
+- out_of_fold.npz: the out-of-fold probabilities, given labels, image names and classes;
 - corrections.csv: one row per issue, action relabel with the suggestion filled in; edit the
   actions (relabel, exclude or keep) and labels, then `imclass train --relabel corrections.csv
   --exclude corrections.csv`.
@@ -42,6 +43,8 @@ def labels(config: RunConfig, out: str | Path, folds: int = 5, log=lambda m: Non
               [{"image": i["image"], "action": "relabel", "given": i["given"],
                 "new_label": i["suggested"]} for i in issues])
     atomic_write_text(out / "review.html", review_page(found, issues))
+    # the evidence behind the ranking, for a second look with other tools (cleanlab's own)
+    atomic_write(out / "out_of_fold.npz", lambda tmp: save_evidence(tmp, found))
     log(f"labels: {len(issues)} of {len(found.images)} images look mislabelled; review "
         f"{out / 'review.html'}, edit {out / 'corrections.csv'}, then imclass train "
         f"--relabel {out / 'corrections.csv'} --exclude {out / 'corrections.csv'}")
@@ -73,6 +76,12 @@ def rows_of(found: Audit) -> list[dict]:
                     "self_confidence": round(confidence, 4),
                     "suggested_probability": round(suggested_p, 4), "index": int(i)})
     return out
+
+
+def save_evidence(path: Path, found: Audit) -> None:
+    with open(path, "wb") as fh:  # np.savez given a name would add ".npz" to it
+        np.savez(fh, probabilities=found.probs, labels=found.images.labels.numpy(),
+                 images=np.array(found.ids), classes=np.array(found.images.class_names))
 
 
 def write_csv(path: Path, columns, rows: list[dict]) -> None:
