@@ -10,5 +10,5 @@ from imclass.commands.train import RESUMABLE, resume_run, train
 from imclass.predictor import Predictor, load
 from imclass.runfolder import LoadedRun, load_run
 
-__all__ = ["train", "resume_run", "evaluate", "predict", "export", "load", "Predictor", "load_run",
+__all__ = ["train", "resume_run", "RESUMABLE", "evaluate", "predict", "export", "load", "Predictor", "load_run",
            "LoadedRun"]

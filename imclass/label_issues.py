@@ -155,7 +155,7 @@ def audit(config: RunConfig, folds: int, log) -> Audit:
     accuracy = agreement(images, probs)
     log(f"labels: the fold models agree with {accuracy:.1%} of the given labels")
     if accuracy < WEAK_MODELS:
-        log(f"warning: fold models this weak doubt good labels too: most issues below will "
+        log("warning: fold models this weak doubt good labels too: most issues below will "
             "be the models' mistakes; give them more --epochs or a pretrained --model")
     return Audit(images, ids, splits, probs, find_issues(images, probs), folds, rows)
 

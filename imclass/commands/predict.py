@@ -20,7 +20,7 @@ import torch
 
 from imclass.atomic import atomic_write
 from imclass.contract import Contract
-from imclass.data.folders import is_image
+from imclass.data.folders import walk_images
 from imclass.errors import ConfigError, DataError
 from imclass.predictor import Predictor, load, pixels_of
 
@@ -41,8 +41,8 @@ def collect(inputs: Iterable[str | Path]) -> list[str]:
     paths: list[str] = []
     for given in map(str, inputs):
         p = Path(given)
-        if p.is_dir():
-            paths += sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image(f))
+        if p.is_dir():  # linked folders followed, link loops not (as datasets are listed)
+            paths += [str(f) for f in walk_images(p).files]
         elif p.is_file() and p.suffix.lower() == ".csv":
             paths += paths_in_csv(p)
         elif not p.exists() and any(ch in given for ch in "*?["):
