@@ -262,6 +262,24 @@ def build_parser() -> Parser:
                          "RUN_DIR/similarity/queries)")
     similar.set_defaults(func=_similar)
 
+    prune = sub.add_parser("prune", help="a sparser or smaller copy of a trained model, "
+                           "fine-tuned, as a new run folder with its own report")
+    prune.add_argument("run_dir", metavar="RUN_DIR")
+    prune.add_argument("--amount", type=float, default=0.5, help="share to prune: of all "
+                       "conv/linear weights (zeroed), or with --structured of each layer's "
+                       "channels (removed); default 0.5")
+    prune.add_argument("--structured", action="store_true", help="remove whole channels "
+                       "(torch-pruning): a smaller, faster model")
+    prune.add_argument("--fine-tune-epochs", type=int, help="epochs of fine-tuning after "
+                       "pruning (default: 30%% of the trained run's epochs, at least 3)")
+    prune.add_argument("--lr", type=float, help="peak learning rate of the fine-tuning "
+                       "(default: a tenth of the run's, or its --fine-tune-lr)")
+    prune.add_argument("--out", help="the new run folder (default: beside RUN_DIR, named "
+                       "RUN_DIR-pruned50 and the like)")
+    prune.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    prune.add_argument("--quiet", action="store_true")
+    prune.set_defaults(func=_prune)
+
     export = sub.add_parser("export", help="a run's model as one ONNX, TorchScript or "
                             "torch.export file with its classes and thresholds inside")
     export.add_argument("run_dir", metavar="RUN_DIR")
@@ -505,6 +523,20 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     text, page = compare(args.run_dirs, args.out)
     print(text)
     print(f"\ncurves: {page}")
+    return 0
+
+
+def _prune(args: argparse.Namespace, argv: list[str]) -> int:
+    from imclass.commands.prune import prune
+    from imclass.extras import need
+
+    if args.structured:
+        need("torch_pruning", "prune", "imclass prune --structured")
+    run_dir = prune(args.run_dir, args.amount, structured=args.structured,
+                    fine_tune_epochs=args.fine_tune_epochs, lr=args.lr, out=args.out,
+                    overwrite=args.overwrite, quiet=args.quiet,
+                    command=shlex.join(["imclass", *argv]))
+    print(run_dir / "report.html")
     return 0
 
 

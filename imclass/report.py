@@ -149,7 +149,7 @@ def _training_section(run: dict, plots: Path) -> str:
 def _start(run: dict) -> str:
     """The recipe, where the weights started and how the learning rate was chosen."""
     weights = run.get("model", {}).get("weights")
-    html = _recipe(run.get("recipe"))
+    html = _recipe(run.get("recipe")) + _pruned(run.get("pruned"))
     if weights:
         new = weights["mismatched"] + weights["missing"]
         html += (f"<p>Weights: {weights['loaded']} tensors from "
@@ -161,6 +161,25 @@ def _start(run: dict) -> str:
         html += (f"<p>Learning rate {run['lr_found']:.3g}, from the range test below "
                  "(<code>--lr auto</code>).</p>")
     return html
+
+
+def _pruned(pruned: dict | None) -> str:
+    """What imclass prune removed from the trained run before this fine-tuning."""
+    if not pruned:
+        return ""
+    b, a = pruned["before"], pruned["after"]
+    what = ("of every layer's channels removed (structured)" if pruned["structured"]
+            else "of the convolution and linear weights set to zero (unstructured)")
+    rows = [[label, f(b[key]), f(a[key])] for label, key, f in (
+        ("parameters", "parameters", "{:,}".format),
+        ("nonzero parameters", "nonzero_parameters", "{:,}".format),
+        ("MFLOPs per image", "flops_per_image", lambda v: f"{v / 1e6:.1f}"),
+        ("zero weights", "sparsity", lambda v: f"{v:.1%}"),
+        ("validation accuracy", "val_acc", lambda v: f"{v:.2%}"))]
+    return (f"<p>Pruned from <code>{escape(pruned['source'])}</code>: {pruned['amount']:g} "
+            f"{what}, BatchNorm statistics measured again, then fine-tuned as below. "
+            "Validation accuracy after pruning is before any fine-tuning:</p>"
+            + html_table(["", "trained", "pruned"], rows))
 
 
 def _recipe(recipe: dict | None) -> str:

@@ -193,6 +193,9 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
                         "missing or malformed); the file was edited or cut short") from None
     except ConfigError as exc:
         raise DataError(f"{sidecar}: its config is not valid here ({exc})") from None
+    if (meta.get("pruned") or {}).get("structured"):
+        from imclass.models.resize import fit_to_state
+        fit_to_state(model, state)  # its layers narrowed by imclass prune --structured
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # torch's message lists every missing or misshapen tensor

@@ -30,6 +30,7 @@ from imclass.distributed import Dist
 from imclass.errors import ConfigError, DataError, Stopped
 from imclass.evaluation import evaluate_split, predict_split
 from imclass.lr_find import find_lr
+from imclass.pruning import Pruning, PruneSpec
 from imclass.report import write_report
 from imclass.run_setup import Setup, build_run_model, prepare_training
 from imclass.runfolder import (HISTORY_COLUMNS, MIN_FREE_BYTES, Checkpointer, HistoryWriter,
@@ -45,7 +46,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
           command: str | None = None,
           callbacks: list | None = None, evaluate_test: bool = True,
           track: TrackOptions | None = None, stop_on_signal: bool = True,
-          resume_state: dict | None = None) -> Path:
+          resume_state: dict | None = None, prune: PruneSpec | None = None) -> Path:
     """Train, evaluate on the test set and write the report; returns the run folder.
 
     `callbacks` are called with the training loop's events after the built-in ones (a
@@ -56,6 +57,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     run is finished with the epochs it completed (run.json "stopped" says so); a search turns
     it off, so that its trial is interrupted, not scored. `resume_state` (see `resume_run`)
     continues a run in its own folder from the state saved after its last finished epoch.
+    With `prune` (imclass prune), the model built from the trained run's weights
+    (`config.model.weights`) is pruned before training, which fine-tunes it.
 
     Launched by torchrun (or `imclass train --nproc N`), every process runs this function:
     the ranks train one model together (imclass.distributed) and rank 0 alone writes `out`;
@@ -68,7 +71,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
                       quiet=quiet or scratch is not None, verbose=verbose, command=command,
                       callbacks=callbacks, evaluate_test=evaluate_test,
                       track=track if dist.is_main else None, stop_on_signal=stop_on_signal,
-                      resume_state=resume_state, dist=dist)
+                      resume_state=resume_state, prune=prune, dist=dist)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -78,7 +81,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
 def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool, quiet: bool,
            verbose: bool, command: str | None, callbacks: list | None, evaluate_test: bool,
            track: TrackOptions | None, stop_on_signal: bool, resume_state: dict | None,
-           dist: Dist) -> Path:
+           prune: PruneSpec | None, dist: Dist) -> Path:
     started = time.perf_counter()
     log = make_log(quiet)
     clock = StageClock(log, verbose and not quiet)
@@ -94,6 +97,13 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
     torch.manual_seed(cfg.train.seed)  # weights and kornia's augmentation draws
     record_analysis(run_dir, splits.analysis, log)
     model, model_info = build_run_model(setup, log)
+    pruned, prune_callbacks = {}, []
+    if prune is not None:
+        if dist.active:
+            raise ConfigError("imclass prune runs in one process; start it without torchrun")
+        prune.save(run_dir)  # so that --resume prunes the same way again
+        model, pruned, prune_callbacks = Pruning(prune)(model, setup, log)
+        model_info |= {k: pruned["pruned"]["after"][k] for k in ("parameters", "flops_per_image")}
     model = model.to(memory_format=distributed.memory_format(dist, device,
                                                              cfg.train.channels_last))
     if dist.active and cfg.train.sync_bn:
@@ -108,12 +118,13 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=lr_found))
         setup = dataclasses.replace(setup, cfg=cfg)
     config_mod.save_yaml(cfg, run_dir / "config.yaml")
-    meta = checkpoint_meta(cfg, splits, task) | {"architecture": setup.architecture}
+    meta = checkpoint_meta(cfg, splits, task) | {"architecture": setup.architecture} | pruned
     tracked = trackers(track, run_dir, config_mod.to_dict(cfg), {
         "task": task.name, "architecture": setup.architecture or cfg.model.name,
         "dataset": Path(cfg.data.source).name, "run": run_dir.name}, log)
     result, overfit_warnings = fit_run(run_dir, setup, model, quiet, log,
-                                       [*tracked, *(callbacks or [])], meta, stop_on_signal,
+                                       [*prune_callbacks, *tracked, *(callbacks or [])], meta,
+                                       stop_on_signal,
                                        resume_state)
     stopped = stop_summary(result, cfg.train.epochs, log)
     thresholds = tune_thresholds(run_dir, model, setup, log)
@@ -131,7 +142,7 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
                "command": command, "versions": versions(), "task": task.name,
                "thresholds": thresholds,
                "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc")},
-               "stopped": stopped}
+               "stopped": stopped, **pruned}
     if evaluate_test:
         evaluate_split(run_dir, model, task, splits.test, splits.norm, cfg, device, log,
                        thresholds=thresholds, input_size=splits.input_size, dist=dist)
@@ -253,7 +264,7 @@ def resume_run(run_dir: str | Path, *, quiet: bool = False, verbose: bool = Fals
     if overrides:
         cfg = config_mod.override(cfg, overrides)
     return train(cfg, run_dir, quiet=quiet, verbose=verbose, track=track, command=command,
-                 resume_state=state)
+                 resume_state=state, prune=PruneSpec.read(run_dir))
 
 
 def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_callbacks: list,
