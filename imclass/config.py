@@ -200,6 +200,9 @@ class TrainConfig:
     channels_last: bool = option(True, "images and weights in the channels-last memory layout "
                                  "(faster convolutions); false: PyTorch's default layout. "
                                  "The two round differently, so runs differ slightly")
+    compile: bool = option(False, "torch.compile the model for training (inductor): pays on a "
+                           "GPU; the first steps spend a minute compiling, and a model it "
+                           "cannot compile trains eagerly (PyTorch warns)")
     sync_bn: bool = option(True, "with several processes (torchrun, --nproc), BatchNorm "
                            "statistics over the whole global batch, as in one process")
     checkpoint_minutes: float = option(10.0, "also save the resume state every this many "

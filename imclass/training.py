@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from imclass.config import TrainConfig
-from imclass.devices import autocast
+from imclass.devices import autocast, compiled
 from imclass.distributed import SINGLE, Dist, all_sum, any_rank, wrapper
 from imclass.finetune import apply_stage, plan_stages, train_mode
 from imclass.tasks import Loss, argmax_hits
@@ -231,7 +231,8 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         if finished or index < start_stage:
             continue
         apply_stage(model, stage)
-        net = wrap(model)  # after apply_stage: DDP reduces the gradients that train now
+        # after apply_stage: DDP reduces the gradients that train now
+        net = compiled(wrap(model), cfg.compile)
         optimizer = make_optimizer(stage.groups, cfg)
         scheduler = make_schedule(optimizer, cfg, stage.epochs * len(train_batches))
         already = 0

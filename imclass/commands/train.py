@@ -25,7 +25,7 @@ from imclass.console import Log, StageClock, make_log
 from imclass.data.audit import write_analysis
 from imclass.data.augment import build_augment
 from imclass.data.batches import Batches
-from imclass.devices import hardware, keep_freed_memory, resolve_device
+from imclass.devices import hardware, keep_freed_memory, resolve_device, tune_backend
 from imclass.distributed import Dist
 from imclass.errors import ConfigError, DataError, Stopped
 from imclass.evaluation import evaluate_split, predict_split
@@ -93,6 +93,7 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
     distributed.check_same(dist, same_run_facts(cfg, splits))
     if device.type == "cpu":
         keep_freed_memory()  # no mmap/munmap storm per step (devices.py)
+    tune_backend(device)
     run_dir = prepare_run_dir(out, cfg, overwrite or resume_state is not None)
     torch.manual_seed(cfg.train.seed)  # weights and kornia's augmentation draws
     record_analysis(run_dir, splits.analysis, log)
