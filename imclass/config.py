@@ -111,12 +111,16 @@ class AugmentConfig:
                                      low=0, high=1)
     blur_p: float | None = option(None, "probability of a Gaussian blur", low=0, high=1)
     blur_sigma: float | None = option(None, "largest blur sigma, pixels", low=0.1, high=10)
+    erase_p: float | None = option(None, "probability of random erasing: a rectangle of the "
+                                   "image set to black (Zhong et al., 2017)", low=0, high=1)
+    erase_area: float | None = option(None, "largest erased share of the image area (the "
+                                      "smallest is 0.02)", low=0.02, high=1)
 
 
 _NO_AUGMENT = dict(hflip_p=0.0, vflip_p=0.0, rotate_p=0.0, rotate_degrees=0.0, shift_p=0.0,
                    shift=0.0, scale=0.0, brightness_p=0.0, brightness=0.0, contrast_p=0.0,
                    contrast=0.0, saturation_p=0.0, saturation=0.0, noise_p=0.0, noise_std=0.0,
-                   blur_p=0.0, blur_sigma=1.0, crop_scale=0.0)
+                   blur_p=0.0, blur_sigma=1.0, crop_scale=0.0, erase_p=0.0, erase_area=0.2)
 
 
 def _preset(name: str, **values: float) -> AugmentConfig:

@@ -28,7 +28,8 @@ def test_presets_keep_shape_dtype_and_range(preset, channels):
     dict(hflip_p=1.0), dict(vflip_p=1.0), dict(rotate_p=1.0, rotate_degrees=30.0),
     dict(shift_p=1.0, shift=0.2, scale=0.1), dict(shift_p=1.0, shift=0.2), dict(brightness_p=1.0, brightness=0.5),
     dict(contrast_p=1.0, contrast=0.5), dict(saturation_p=1.0, saturation=0.8),
-    dict(noise_p=1.0, noise_std=0.1), dict(blur_p=1.0, blur_sigma=2.0)])
+    dict(noise_p=1.0, noise_std=0.1), dict(blur_p=1.0, blur_sigma=2.0),
+    dict(erase_p=1.0, erase_area=0.3)])
 def test_each_operation_changes_images_and_draws_per_image(op):
     cfg = dataclasses.replace(PRESETS["none"], **op)
     one = torch.rand(1, 3, 28, 28)
@@ -36,7 +37,7 @@ def test_each_operation_changes_images_and_draws_per_image(op):
     out = build_augment(cfg, (3, 28, 28))(x)
     assert not torch.allclose(out, x, atol=1e-4), f"{op} left the images unchanged"
     if "hflip_p" not in op and "vflip_p" not in op:  # a flip has only one outcome
-        distinct = {tuple(o.flatten()[:200].round(decimals=4).tolist()) for o in out}
+        distinct = {tuple(o.flatten().round(decimals=4).tolist()) for o in out}
         assert len(distinct) > 8, f"{op} gave the same result to identical images"
 
 
@@ -45,6 +46,17 @@ def test_probability_sets_the_share_of_images_touched():
     x = torch.rand(4000, 1, 8, 8)
     flipped = (build_augment(cfg, (1, 8, 8))(x) != x).flatten(1).any(1).float().mean()
     assert 0.25 < flipped < 0.35
+
+
+def test_random_erasing_blacks_out_one_rectangle_within_its_area():
+    cfg = dataclasses.replace(PRESETS["none"], erase_p=1.0, erase_area=0.25)
+    out = build_augment(cfg, (1, 28, 28))(torch.ones(200, 1, 28, 28))
+    erased = out == 0
+    share = erased.flatten(1).float().mean(1)
+    assert share.min() >= 0.015 and share.max() <= 0.26
+    rows, cols = erased.any(3), erased.any(2)  # [N, 1, H] / [N, 1, W]: its bounding box
+    box = rows.sum(-1).flatten() * cols.sum(-1).flatten()
+    assert torch.equal(box, erased.flatten(1).sum(1))  # the zeros fill their box: a rectangle
 
 
 def test_none_preset_is_the_identity_in_the_batch_pipeline():

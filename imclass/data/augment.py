@@ -65,6 +65,8 @@ def _operations(cfg: AugmentConfig, channels: int, height: int, width: int,
         (cfg.noise_p, lambda p: K.RandomGaussianNoise(std=cfg.noise_std, p=p)),
         (cfg.blur_p if blur_k >= 3 else 0.0,
          lambda p: K.RandomGaussianBlur((blur_k, blur_k), (0.1, cfg.blur_sigma), p=p)),
+        (cfg.erase_p, lambda p: K.RandomErasing(scale=(0.02, cfg.erase_area),
+                                                ratio=(0.3, 3.3), value=0.0, p=p)),
     ]
 
 
