@@ -130,12 +130,13 @@ def test_a_stopped_prune_run_resumes_by_pruning_again(trained_run, tmp_path):
 
     spec = PruneSpec(str(trained_run), 0.5, True)
     cfg = fine_tune_config(trained_run, 2, None)
-    whole = train(cfg, tmp_path / "whole", quiet=True, prune=spec)
+    whole = train(cfg, tmp_path / "whole", quiet=True, prune=spec, evaluate_test=False)
 
     def interrupt(event, info):
         if event == "epoch_end" and info["epoch"] == 1:
             os.kill(os.getpid(), signal.SIGINT)
-    cut = train(cfg, tmp_path / "cut", quiet=True, prune=spec, callbacks=[interrupt])
+    cut = train(cfg, tmp_path / "cut", quiet=True, prune=spec, callbacks=[interrupt],
+                evaluate_test=False)
     assert json.loads((cut / "run.json").read_text())["stopped"]["epoch"] == 2
     resume_run(cut, quiet=True)
     a, b = load_run(whole).model.state_dict(), load_run(cut).model.state_dict()
