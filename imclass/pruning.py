@@ -32,6 +32,7 @@ from imclass.console import Log
 from imclass.data.batches import Batches
 from imclass.errors import ConfigError
 from imclass.models import count_parameters, flops_per_image
+from imclass.models.resize import follow_head
 from imclass.runfolder import load_run, model_data_config, write_json
 from imclass.training import validate
 
@@ -107,8 +108,7 @@ def remove_channels(model: nn.Module, amount: float, input_shape: tuple[int, int
                                   ignored_layers=[model.head])
     pruner.step()
     model.train(was_training)
-    if hasattr(model, "num_features"):
-        model.num_features = model.head.in_features
+    follow_head(model)
 
 
 class KeepZeros:

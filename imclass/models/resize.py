@@ -35,7 +35,7 @@ def fit_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
             else:
                 module.register_buffer(name, tensor)
         changed += 1
-    _follow_head(model)
+    follow_head(model)
     return changed
 
 
@@ -59,7 +59,7 @@ def _set_attributes(module: nn.Module, prefix: str, shapes: dict[str, torch.Size
                         "pruned by another tool?")
 
 
-def _follow_head(model: nn.Module) -> None:
+def follow_head(model: nn.Module) -> None:
     """Our CNN states its feature width; after pruning it is what the head reads."""
     head = getattr(model, "head", None)
     if isinstance(head, nn.Linear) and hasattr(model, "num_features"):
