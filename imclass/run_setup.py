@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from imclass import config as config_mod
-from imclass.config import RunConfig
+from imclass.config import OWN_MODELS, RunConfig
 from imclass.console import Log
 from imclass.data import Splits, check_source, prepare, scan
 from imclass.data.batches import Normalization
@@ -61,7 +61,7 @@ def prepare_training(config: RunConfig | None, log: Log, dist: Dist = SINGLE) ->
     cfg = data_for_model(cfg, architecture)
     log(recipe.line(cfg))
     splits = prepare(cfg.data, cfg.train.seed, scanned)
-    if weights_source is not None and cfg.model.name != "cnn":
+    if weights_source is not None and cfg.model.name not in OWN_MODELS:
         splits = dataclasses.replace(splits, norm=pretrained_norm(architecture,
                                                                   splits.train.channels))
     log(f"data: {len(splits.train)} train / {len(splits.val)} validation / {len(splits.test)} "

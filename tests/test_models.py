@@ -34,3 +34,34 @@ def test_unknown_model_suggests_the_nearest_names():
     with pytest.raises(ConfigError, match="imclass models lists them all"):
         build_model(ModelConfig(name="no-such-net"), 1, 10)
     assert "cnn" in MODELS
+
+
+def test_rescnn_stages_are_a_conv_then_residual_blocks_that_start_as_the_identity():
+    model = build_model(ModelConfig(name="rescnn", widths=(8, 16, 32), depths=(0, 2, 1)), 1, 5)
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 5)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 3 + 2 * (0 + 2 + 1)  # a conv per stage, two per residual block
+    blocks = [m for m in model.modules() if type(m).__name__ == "Residual"]
+    assert len(blocks) == 3
+    block = blocks[0].eval()
+    for bn in block.body.modules():  # a body that outputs zeros leaves x as it was
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            torch.nn.init.zeros_(bn.weight)
+    x = torch.randn(2, 16, 14, 14)
+    assert torch.equal(block(x), x)
+    # ResNet-9's shape at half width, as the long recipe trains it on 28x28 images
+    nine = build_model(ModelConfig(name="rescnn", widths=(32, 64, 128, 256),
+                                   depths=(0, 1, 0, 1)), 1, 10)
+    assert 1.6e6 < count_parameters(nine) < 1.7e6
+    assert 69e6 < flops_per_image(nine, (1, 28, 28)) < 72e6
+
+
+def test_the_cnn_refuses_an_empty_stage_and_both_need_a_depth_per_width():
+    from imclass.config import from_dict
+    with pytest.raises(ConfigError, match="at least one conv layer in every stage"):
+        from_dict({"widths": "8,16", "depths": "1,0"})
+    with pytest.raises(ConfigError, match="'widths' has 2 stages but 'depths' has 3"):
+        from_dict({"name": "rescnn", "widths": "8,16", "depths": "1,0,1"})
+    with pytest.raises(ConfigError, match="rescnn has no pretrained weights"):
+        from_dict({"name": "rescnn", "pretrained": True})
+    assert from_dict({"name": "rescnn", "depths": "0,1,0,1"}).model.depths == (0, 1, 0, 1)

@@ -26,10 +26,11 @@ def fresh(name: str = "cnn", channels: int = 1):
     return build_model(ModelConfig(name=name), channels, 4, architecture).eval()
 
 
-@pytest.mark.parametrize("name, shape", [("cnn", (1, 28, 28)),
+@pytest.mark.parametrize("name, shape", [("cnn", (1, 28, 28)), ("rescnn", (1, 28, 28)),
                                          ("efficientnet_lite0", (3, 64, 64))])
 def test_a_narrowed_model_is_rebuilt_from_its_weights_alone(name, shape):
-    """Depthwise convolutions (EfficientNet) and the CNN's head width follow the shapes."""
+    """Depthwise convolutions (EfficientNet), residual sums (rescnn: a block's input and output
+    lose the same channels) and our CNNs' head width follow the shapes."""
     model = fresh(name, shape[0])
     remove_channels(model, 0.4, shape)
     assert count_parameters(model) < 0.7 * count_parameters(fresh(name, shape[0]))
@@ -41,7 +42,7 @@ def test_a_narrowed_model_is_rebuilt_from_its_weights_alone(name, shape):
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
     assert flops_per_image(rebuilt, shape) == flops_per_image(model, shape)
-    if name == "cnn":
+    if name in ("cnn", "rescnn"):
         assert rebuilt.num_features == rebuilt.head.in_features == rebuilt.embed(x).shape[1]
 
 

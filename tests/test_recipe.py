@@ -205,3 +205,23 @@ def test_a_run_with_a_crop_margin_evaluates_and_predicts_on_the_centre(tmp_path,
     image = next((root / "test" / "blue").iterdir())
     assert before > 0.9  # the tint survives a centre crop
     assert api.predict(out, [image])[0]["top"][0]["class"] == "blue"
+
+
+def test_the_long_recipe_trains_the_residual_cnn_longer_and_flags_still_win(tmp_path):
+    plain = RunConfig()
+    long, values = chosen(override(plain, {"recipe": "long"}), None)
+    assert (long.model.name, long.model.depths, long.train.epochs) == (
+        "rescnn", (0, 1, 0, 1), recipe_mod.LONG_EPOCHS)
+    assert long.train.patience is None and long.augment.erase_p > 0
+    assert values["epochs"] > plain.train.epochs
+    mine, values = chosen(override(plain, {"recipe": "long", "epochs": 3, "erase_p": 0}), None)
+    assert (mine.train.epochs, mine.augment.erase_p) == (3, 0) and "epochs" not in values
+    # a folder: the scratch recipe's size and batch, many more passes than it would get
+    small = facts(3000, channels=3, edge=40)
+    scratch, _ = chosen(folder_cfg(tmp_path, pretrained=False), small)
+    folder, _ = chosen(folder_cfg(tmp_path, recipe="long"), small)
+    assert folder.model.name == "rescnn" and folder.data.image_size == scratch.data.image_size
+    assert folder.train.batch_size == scratch.train.batch_size
+    assert folder.train.epochs > 2 * scratch.train.epochs
+    assert "for an hour (--recipe long): rescnn from scratch at 40 px" in (
+        choose(folder, small, "cpu").line(folder))
