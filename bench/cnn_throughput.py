@@ -1,10 +1,11 @@
-"""Training throughput (images/s) of CNN shapes on this machine: forward, backward and an SGD
+"""Training throughput (images/s) of our CNNs' shapes on this machine: forward, backward and an SGD
 step on a 256-image batch of 28x28 greyscale input, median of several timed repeats; as
 GFLOP/s (forward + backward counted as 3x the forward FLOPs) and as a share of a 4096x4096
 fp32 matmul measured in the same process before and after. With --compile, each shape also
 under torch.compile (inductor; its compile time is left out of the rate).
 
     .venv/bin/python bench/cnn_throughput.py [--repeats 5] [--compile] [--default-only]
+        [--long-only]
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from bench.own_images import matmul_gflops  # noqa: E402
 from imclass.config import ModelConfig  # noqa: E402
 from imclass.models import build_model, flops_per_image  # noqa: E402
 
-SHAPES = [((32, 64, 128), (1, 1, 1)), ((32, 64, 128), (2, 2, 2)), ((16, 32, 64, 128), (1, 2, 2, 1)),
-          ((24, 48, 96, 192), (1, 1, 2, 1)), ((32, 64, 128, 256), (1, 1, 1, 1))]
+SHAPES = [("cnn", (32, 64, 128), (1, 1, 1)), ("cnn", (32, 64, 128), (2, 2, 2)),
+          ("cnn", (16, 32, 64, 128), (1, 2, 2, 1)), ("cnn", (24, 48, 96, 192), (1, 1, 2, 1)),
+          ("cnn", (32, 64, 128, 256), (1, 1, 1, 1)),
+          ("rescnn", (32, 64, 128, 256), (0, 1, 0, 1))]  # the last: the long recipe's
+DEFAULT, LONG = SHAPES[2], SHAPES[-1]
 
 
-def images_per_second(widths, depths, batch: int, steps: int, repeats: int,
+def images_per_second(name, widths, depths, batch: int, steps: int, repeats: int,
                       compile_it: bool = False) -> tuple[float, float]:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(widths=widths, depths=depths), 1, 10)
+    model = build_model(ModelConfig(name=name, widths=widths, depths=depths), 1, 10)
     model = model.to(memory_format=torch.channels_last)
     flops = flops_per_image(model, (1, 28, 28))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -59,20 +63,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--default-only", action="store_true", help="only the default model")
+    parser.add_argument("--long-only", action="store_true",
+                        help="only the long recipe's model (rescnn)")
     args = parser.parse_args()
     matmul = matmul_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul "
           f"{matmul:.0f} GFLOP/s\n")
     modes = [False, True] if args.compile else [False]
-    print("| widths | depths | MFLOPs/image | mode | train images/s (median) | GFLOP/s | "
-          "share of matmul |\n|---|---|---:|---|---:|---:|---:|")
-    shapes = SHAPES[2:3] if args.default_only else SHAPES
-    for widths, depths in shapes:
+    print("| model | widths | depths | MFLOPs/image | mode | train images/s (median) | "
+          "GFLOP/s | share of matmul |\n|---|---|---|---:|---|---:|---:|---:|")
+    shapes = ([DEFAULT] if args.default_only else []) + ([LONG] if args.long_only else [])
+    for name, widths, depths in shapes or SHAPES:
         for compile_it in modes:
-            flops, rate = images_per_second(widths, depths, 256, args.steps, args.repeats,
-                                            compile_it)
+            flops, rate = images_per_second(name, widths, depths, 256, args.steps,
+                                            args.repeats, compile_it)
             gflops = 3 * flops * rate / 1e9
-            print(f"| {','.join(map(str, widths))} | {','.join(map(str, depths))} | "
+            print(f"| {name} | {','.join(map(str, widths))} | {','.join(map(str, depths))} | "
                   f"{flops / 1e6:.1f} | {'compiled' if compile_it else 'eager'} | {rate:.0f} | "
                   f"{gflops:.0f} | {gflops / matmul:.0%} |", flush=True)
     print(f"\nmatmul after: {matmul_gflops():.0f} GFLOP/s")
