@@ -405,7 +405,7 @@ def _models(args: argparse.Namespace, argv: list[str]) -> int:
         raise ImclassError(f"no model matches '{args.pattern}' (a word matches anywhere in a "
                            "name; try a shorter one, or imclass models with no pattern)")
     detailed = len(names) <= DETAILED_MODELS  # parameter counts take a model build each
-    rows = [(name, "any (native)", "", MODELS[name].__doc__) for name in ours]
+    rows = [(name, "any (native)", "", MODELS[name].__doc__ or "") for name in ours]
     for name in names:
         spec = zoo.input_spec(name)
         params = f"{zoo.parameter_count(name) / 1e6:.1f}M" if detailed else ""

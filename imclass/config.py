@@ -146,15 +146,16 @@ AUGMENT_PRESETS = {
 }
 
 
-# Our own networks (imclass.models.cnn): configured by widths and depths, no pretrained weights.
+# Our own networks (imclass.models.cnn): configured by widths and depths, no pretrained
+# weights. The registry's names, spelt here because config sits below models (test_models).
 OWN_MODELS = ("cnn", "rescnn")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = option("cnn", "model: cnn or rescnn (ours) or any timm architecture (resnet50, vgg19, "
-                       "legacy_xception, inception_v3, efficientnet_lite0, ...; imclass models "
-                       "lists them)", flag="model")
+    name: str = option("cnn", "model: cnn or rescnn (ours) or any timm architecture (resnet50, "
+                       "vgg19, legacy_xception, inception_v3, efficientnet_lite0, ...; imclass "
+                       "models lists them)", flag="model")
     pretrained: bool = option(False, "start from ImageNet weights (timm models): the hub when "
                               "online, the installed package for efficientnet_lite0 offline")
     weights: str | None = option(None, "start from a local weights file (.safetensors, .pth "

@@ -36,6 +36,11 @@ def test_unknown_model_suggests_the_nearest_names():
     assert "cnn" in MODELS
 
 
+def test_config_knows_exactly_the_registry_s_own_models():
+    from imclass.config import OWN_MODELS
+    assert set(OWN_MODELS) == set(MODELS)
+
+
 def test_rescnn_stages_are_a_conv_then_residual_blocks_that_start_as_the_identity():
     model = build_model(ModelConfig(name="rescnn", widths=(8, 16, 32), depths=(0, 2, 1)), 1, 5)
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 5)
