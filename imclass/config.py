@@ -205,6 +205,11 @@ class TrainConfig:
                                   "improvement; never when unset", low=1)
     min_delta: float = option(0.0, "smallest fall in validation loss that counts as an "
                               "improvement", low=0)
+    ema: float | None = option(None, "keep an exponential moving average of the weights "
+                               "(and BatchNorm statistics), this much of the old average kept "
+                               "per step (e.g. 0.999), and validate, checkpoint and test the "
+                               "average; off when unset", low=0, high=1, open_low=True,
+                               open_high=True)
     overfit_epochs: int = option(3, "warn of overfitting after this many epochs in a row of "
                                  "rising validation loss and falling training loss", low=2)
     seed: int = option(0, "seed for the split, the batch order, augmentation and the weights",

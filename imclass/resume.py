@@ -2,13 +2,13 @@
 one), so `imclass train --resume RUN_DIR` continues a killed run and ends with the same model
 as one never interrupted (on the same device).
 
-checkpoints/state.safetensors holds every tensor: the current and the best weights, the
-optimizer's buffers, torch's random generator and the batch order's. checkpoints/state.json
-holds the rest: where the loop is (epoch, fine-tuning stage, epochs done in it), the
-scheduler, the optimizer's settings, numpy's and Python's generators, the history,
-best-so-far and the overfitting watch, and the SHA-256 of the tensors file. Tensors first,
-JSON last, each atomically: the JSON names the tensors it belongs to, so a kill between the
-two leaves the previous state whole. Nothing is pickled.
+checkpoints/state.safetensors holds every tensor: the current and the best weights (and their
+moving average, with --ema), the optimizer's buffers, torch's random generator and the batch
+order's. checkpoints/state.json holds the rest: where the loop is (epoch, fine-tuning stage,
+epochs done in it), the scheduler, the optimizer's settings, numpy's and Python's generators,
+the history, best-so-far and the overfitting watch, and the SHA-256 of the tensors file.
+Tensors first, JSON last, each atomically: the JSON names the tensors it belongs to, so a
+kill between the two leaves the previous state whole. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -56,14 +56,18 @@ def join_optimizer(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
 
 
 def save(folder: Path, *, model: torch.nn.Module, best: dict | None, optimizer, scheduler,
-         order_state: torch.Tensor, loop: dict[str, Any]) -> None:
+         order_state: torch.Tensor, loop: dict[str, Any],
+         ema: torch.nn.Module | None = None) -> None:
     """Write the state after an epoch, or after a batch inside one (`loop["mid_epoch"]`: the
     batches done and the epoch's sums so far; `order_state` is then the batch order's
     generator from before that epoch drew its order, so the resumed run draws it again).
-    `loop` is the JSON part (epoch, stage, history, ...)."""
+    `loop` is the JSON part (epoch, stage, history, ...); `ema` the average of the weights
+    (imclass.training.weight_average), when the run keeps one."""
     opt_tensors, opt_plain = split_optimizer(optimizer.state_dict())
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors |= {f"best.{k}": v.detach().cpu().contiguous() for k, v in (best or {}).items()}
+    tensors |= {f"ema.{k}": v.detach().cpu().contiguous()
+                for k, v in (ema.state_dict() if ema is not None else {}).items()}
     tensors |= opt_tensors
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.order"] = order_state
@@ -79,7 +83,7 @@ def save(folder: Path, *, model: torch.nn.Module, best: dict | None, optimizer, 
 
 
 def load(folder: Path) -> dict:
-    """The saved state: {"loop": JSON part, "model", "best", "optimizer", "rng_*"}."""
+    """The saved state: {"loop": JSON part, "model", "best", "ema", "optimizer", "rng_*"}."""
     weights, sidecar = folder / f"{STATE}.safetensors", folder / f"{STATE}.json"
     for p in (weights, sidecar):
         if not p.is_file():
@@ -98,6 +102,7 @@ def load(folder: Path) -> dict:
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     return {"loop": plain, "model": part("model."), "best": part("best.") or None,
+            "ema": part("ema.") or None,
             "optimizer": join_optimizer(tensors, plain["optimizer"]),
             "rng_torch": tensors["rng.torch"], "rng_order": tensors["rng.order"]}
 

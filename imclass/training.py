@@ -113,7 +113,8 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
                     hits: Hits = argmax_hits, stop: StopSignal | None = None,
                     partial: dict | None = None,
                     on_batch: Callable[[dict], None] | None = None,
-                    dist: Dist = SINGLE) -> dict[str, float]:
+                    dist: Dist = SINGLE,
+                    after_step: Callable[[], None] | None = None) -> dict[str, float]:
     """One pass over `batches` (cut short when `stop` is requested); returns mean loss,
     accuracy, images/s and seconds. `partial` (a resumed epoch: the batches done and their
     sums, as `on_batch` got them after each batch) continues a pass in the middle; the
@@ -139,6 +140,8 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
         total.backward()
         optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         loss_sum += loss.detach() * len(y)
         correct += hits(logits.detach(), y)
         seen += len(y)
@@ -173,6 +176,17 @@ def validate(model, batches, loss_fn: Loss, device: torch.device, hits: Hits = a
     return {"loss": loss_sum / seen, "acc": correct / seen}
 
 
+def weight_average(model: nn.Module, decay: float | None):
+    """An exponential moving average of `model`'s weights and buffers (BatchNorm statistics)
+    for `fit` to update after every step (torch.optim.swa_utils), or None when `decay` is
+    unset. Its `.module` is a copy of `model` holding the average."""
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 @dataclass
 class FitResult:
     history: list[dict] = field(default_factory=list)
@@ -187,7 +201,7 @@ class FitResult:
 def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainConfig,
         device: torch.device, callbacks: list[Callback] = (), hits: Hits = argmax_hits,
         stop: StopSignal | None = None, on_state: Callable[[dict], None] | None = None,
-        resume: dict | None = None, dist: Dist = SINGLE) -> FitResult:
+        resume: dict | None = None, dist: Dist = SINGLE, ema=None) -> FitResult:
     """Train for cfg.epochs (or until a callback says stop), in stages when fine-tuning
     (imclass.finetune); ends holding the best weights, those of the epoch with the lowest
     validation loss. A "stop" during the frozen stage moves on to fine-tuning. A `stop`
@@ -201,7 +215,11 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
     In a distributed run (`dist`) the model trains through DistributedDataParallel, each
     rank's random stream (augmentation, dropout) is reseeded per epoch from the seed, the
     epoch and the rank (so a resumed run draws what an uninterrupted one would), and the
-    state is saved at epoch ends only."""
+    state is saved at epoch ends only.
+
+    With `ema` (`weight_average`'s average of `model`, its state restored by the caller on
+    resume) the average is updated after every step, and it is what is validated and kept as
+    the best weights."""
     result = FitResult()
     best_state = None
     epoch = 0
@@ -215,6 +233,8 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         partial = loop.get("mid_epoch")
         if loop["stage_finished"]:
             start_stage, done_in_stage = start_stage + 1, 0
+    evaluated = model if ema is None else ema.module
+    after_step = None if ema is None else (lambda: ema.update_parameters(model))
     saver = MidEpochSaver(on_state, 0 if dist.active else cfg.checkpoint_minutes)
     wrap = wrapper(dist, device)
 
@@ -255,7 +275,8 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             if dist.active:
                 torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + dist.rank)
             train = train_one_epoch(net, train_batches, optimizer, scheduler, loss_fn, cfg,
-                                    device, emit, hits, stop, partial, saver, dist)
+                                    device, emit, hits, stop, partial, saver, dist,
+                                    after_step)
             partial = None
             if stop is not None and any_rank(dist, stop.requested):
                 result.stopped_by = signal.Signals(stop.signum or signal.SIGTERM).name
@@ -266,11 +287,11 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                 raise ImclassError(f"training diverged at epoch {epoch} (the loss is "
                                    f"{train['loss']}); lower --lr (now {cfg.lr:g}) or use "
                                    "--optimizer adamw")
-            val = validate(model, val_batches, loss_fn, device, hits, dist)
+            val = validate(evaluated, val_batches, loss_fn, device, hits, dist)
             improved = val["loss"] < result.best_val_loss - cfg.min_delta
             if improved:
                 result.best_epoch, result.best_val_loss = epoch, val["loss"]
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(evaluated.state_dict())
             record = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
                       "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr,
                       "seconds": train["seconds"], "images_per_s": train["images_per_s"],

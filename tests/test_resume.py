@@ -101,6 +101,25 @@ def test_killed_in_the_middle_of_an_epoch_resumes_from_that_batch(uninterrupted,
     assert_same_run(uninterrupted, out)
 
 
+def test_a_run_with_ema_killed_in_an_epoch_resumes_its_average_too(tmp_path):
+    """--ema: the moving average of the weights is part of the state, inside an epoch too."""
+    whole, out = tmp_path / "whole-ema", tmp_path / "killed-ema"
+    ema, every_batch = ["--ema", "0.9"], ["--checkpoint-minutes", "0.00001"]
+    subprocess.run(train_cmd(whole, *ema), check=True, capture_output=True)
+    proc = subprocess.Popen(train_cmd(out, *ema, *every_batch), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    target, deadline = random.randint(1, 8), time.monotonic() + 120
+    while not in_epoch_3_after(out / "checkpoints" / "state.json", target):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_file(str(out / "checkpoints" / "state.safetensors"))
+    assert "ema.n_averaged" in state and state["ema.n_averaged"].item() > 18  # 9 batches/epoch
+    resume(out, *every_batch, where="in epoch 3 after batch")
+    assert_same_run(whole, out)
+
+
 KILL_WHILE_WRITING = """
 import os, sys
 import imclass.resume as r

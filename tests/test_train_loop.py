@@ -5,7 +5,8 @@ from imclass.config import TrainConfig
 from imclass.data.batches import Batches, Normalization
 from imclass.data.images import ImageSet
 from imclass.tasks import get_task
-from imclass.training import EarlyStopping, OverfitWatch, fit, make_optimizer, validate
+from imclass.training import (EarlyStopping, OverfitWatch, fit, make_optimizer, validate,
+                              weight_average)
 
 
 def record(epoch, train_loss, val_loss, since_best=0):
@@ -96,6 +97,37 @@ def test_fit_ends_holding_the_weights_of_the_best_epoch():
     loss = get_task("multiclass").loss(cfg.loss, cfg.label_smoothing)
     now = validate(model, Batches(data, 64, norm, channels_last=False), loss, torch.device("cpu"))
     assert now["loss"] == pytest.approx(result.best_val_loss)
+
+
+def test_ema_averages_every_step_and_is_what_fit_validates_and_keeps():
+    decay = 0.8
+    cfg = TrainConfig(epochs=3, lr=3.0, schedule="constant", patience=None, ema=decay)
+    torch.manual_seed(0)
+    data, norm = tiny_problem()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    ema = weight_average(model, cfg.ema)
+    steps, average = [], None
+
+    def after_each_step(event, info):  # the raw weights, as the average saw them
+        nonlocal average
+        if event == "batch_end":
+            w = model[1].weight.detach().clone()
+            average = w if average is None else decay * average + (1 - decay) * w
+            steps.append(w)
+    loss = get_task("multiclass").loss(cfg.loss, cfg.label_smoothing)
+    train = Batches(data, 16, norm, shuffle=True, seed=0, channels_last=False)
+    val = Batches(data, 64, norm, channels_last=False)
+    result = fit(model, train, val, loss, cfg, torch.device("cpu"), [after_each_step], ema=ema)
+    assert len(steps) == 3 * len(train) == ema.n_averaged.item()
+    assert torch.allclose(ema.module[1].weight, average, atol=1e-6)
+    assert not torch.allclose(ema.module[1].weight, steps[-1], atol=1e-3)
+    # validated, and kept as the best: the average, not the raw weights
+    assert result.history[-1]["val_loss"] == pytest.approx(
+        validate(ema.module, val, loss, torch.device("cpu"))["loss"])
+    best = min(result.history, key=lambda h: h["val_loss"])
+    assert validate(model, val, loss, torch.device("cpu"))["loss"] == pytest.approx(
+        best["val_loss"])
+    assert weight_average(model, None) is None
 
 
 def test_early_stopping_ends_fit_before_the_last_epoch():

@@ -37,7 +37,8 @@ from imclass.runfolder import (HISTORY_COLUMNS, MIN_FREE_BYTES, Checkpointer, Hi
                                check_run_dir, check_space, checkpoint_meta, prepare_run_dir,
                                write_json)
 from imclass.tracking import TrackOptions, check_available, trackers
-from imclass.training import EarlyStopping, OverfitWatch, Progress, StopSignal, fit
+from imclass.training import (EarlyStopping, OverfitWatch, Progress, StopSignal, fit,
+                               weight_average)
 from imclass.version import __version__, versions
 
 
@@ -285,15 +286,17 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
     val_share = splits.val.take(torch.as_tensor(dist.shard(len(splits.val))))
     val_batches = Batches(val_share, t.eval_batch_size, splits.norm, device=device,
                           size=splits.input_size, channels_last=channels_last)
+    ema = weight_average(model, t.ema)
+    evaluated = model if ema is None else ema.module  # what is validated, saved and tested
     overfit = OverfitWatch(t.overfit_epochs, log)
     history = HistoryWriter(run_dir / "history.csv")
     callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit]
     if dist.is_main:  # the files of the run; the other ranks only train
         plot_augmented(run_dir / "plots" / "augmented.png", splits.train, augment, t.seed)
-        callbacks += [history, Checkpointer(run_dir / "checkpoints", model, meta),
+        callbacks += [history, Checkpointer(run_dir / "checkpoints", evaluated, meta),
                       *extra_callbacks]
     if resume_state is not None:
-        restore(resume_state, model, train_batches, overfit, history, log)
+        restore(resume_state, model, ema, train_batches, overfit, history, log)
 
     def save_state(info: dict) -> None:
         result = info["result"]
@@ -304,7 +307,7 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
                  "overfit": {"streak": overfit.streak, "previous": overfit.previous,
                              "warnings": overfit.warnings}}
         resume_mod.save(run_dir / "checkpoints", model=model, best=info["best"],
-                        optimizer=info["optimizer"], scheduler=info["scheduler"],
+                        optimizer=info["optimizer"], scheduler=info["scheduler"], ema=ema,
                         order_state=train_batches.pass_start_state if info["mid_epoch"]
                         else train_batches.generator.get_state(), loop=loop)
     try:
@@ -313,7 +316,7 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
                          setup.task.loss(t.loss, t.label_smoothing), t, device, callbacks,
                          hits=setup.task.hits, stop=stop,
                          on_state=save_state if dist.is_main else None,
-                         resume=resume_state, dist=dist)
+                         resume=resume_state, dist=dist, ema=ema)
     except OSError as exc:  # a full disk, a vanished folder: every write is atomic
         raise DataError(f"could not write {exc.filename or 'into the run folder'} "
                         f"({exc.strerror or exc}); the files written before are intact: "
@@ -324,10 +327,13 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
     return result, overfit.warnings
 
 
-def restore(state: dict, model, train_batches, overfit, history, log: Log) -> None:
-    """The loop's state as it was after the saved epoch: weights, generators, callbacks."""
+def restore(state: dict, model, ema, train_batches, overfit, history, log: Log) -> None:
+    """The loop's state as it was after the saved epoch: weights (and their average, with
+    --ema), generators, callbacks."""
     loop = state["loop"]
     model.load_state_dict(state["model"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
     resume_mod.restore_generators(state, train_batches.generator)
     history.rows = [{k: row[k] for k in HISTORY_COLUMNS} for row in loop["history"]]
     overfit.streak, overfit.previous = loop["overfit"]["streak"], loop["overfit"]["previous"]
