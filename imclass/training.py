@@ -182,9 +182,26 @@ def weight_average(model: nn.Module, decay: float | None):
     unset. Its `.module` is a copy of `model` holding the average."""
     if decay is None:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=warming_ema(decay), use_buffers=True)
+
+
+def warming_ema(decay: float):
+    """The average's update after its n-th step: decay min(decay, (1 + n) / (10 + n)), as in
+    TensorFlow's ExponentialMovingAverage with num_updates, so that early on, and in a short
+    run of a few hundred steps (a small folder), the average follows the weights instead of
+    holding on to the first ones. torch's get_ema_multi_avg_fn keeps one fixed decay, hence
+    this; n stays a tensor (no device sync per step)."""
+    @torch.no_grad()
+    def update(averaged: list, current: list, n: torch.Tensor) -> None:
+        kept = torch.clamp((1 + n) / (10 + n), max=decay)
+        for avg, now in zip(averaged, current):
+            if avg.is_floating_point():
+                avg.lerp_(now, (1 - kept).to(avg.dtype))
+            else:  # BatchNorm's count of batches: nothing to average
+                avg.copy_(now)
+    return update
 
 
 @dataclass

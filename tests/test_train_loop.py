@@ -111,8 +111,9 @@ def test_ema_averages_every_step_and_is_what_fit_validates_and_keeps():
     def after_each_step(event, info):  # the raw weights, as the average saw them
         nonlocal average
         if event == "batch_end":
-            w = model[1].weight.detach().clone()
-            average = w if average is None else decay * average + (1 - decay) * w
+            w, n = model[1].weight.detach().clone(), len(steps)
+            kept = min(decay, (1 + n) / (10 + n))  # warming up: 0.18, 0.25, ... then 0.8
+            average = w if average is None else kept * average + (1 - kept) * w
             steps.append(w)
     loss = get_task("multiclass").loss(cfg.loss, cfg.label_smoothing)
     train = Batches(data, 16, norm, shuffle=True, seed=0, channels_last=False)
@@ -128,6 +129,20 @@ def test_ema_averages_every_step_and_is_what_fit_validates_and_keeps():
     assert validate(model, val, loss, torch.device("cpu"))["loss"] == pytest.approx(
         best["val_loss"])
     assert weight_average(model, None) is None
+
+
+def test_ema_of_a_short_run_follows_the_weights_not_the_first_ones():
+    """30 steps at decay 0.999: without the warm-up the average would be 97% the initial
+    weights (0.999^30)."""
+    model = torch.nn.Linear(4, 2)
+    ema = weight_average(model, 0.999)
+    first = model.weight.detach().clone()
+    for _ in range(30):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        ema.update_parameters(model)
+    moved = (ema.module.weight - first).mean().item()  # the weights moved by 1 to 30
+    assert 20 < moved < 30
 
 
 def test_early_stopping_ends_fit_before_the_last_epoch():
