@@ -226,6 +226,11 @@ class TrainConfig:
                                        "minutes inside an epoch, so a killed run over a large "
                                        "dataset loses at most that; 0: at epoch ends only",
                                        low=0, high=10_000)
+    precision: str = option("auto", "arithmetic of the training steps and validation passes: "
+                            "bf16 mixed precision (autocast) or fp32; auto: bf16 on a CUDA "
+                            "GPU and on a CPU with AMX units (Intel Xeon Sapphire Rapids and "
+                            "later), fp32 elsewhere. Test evaluation and prediction stay fp32 "
+                            "on a CPU", choices=("auto", "bf16", "fp32"))
     device: str = option("auto", "where to train: cuda (with mixed precision) when present, "
                          "else cpu", choices=("auto", "cpu", "cuda"))
     eval_batch_size: int = option(1024, "images per forward pass when evaluating", low=1)

@@ -16,7 +16,7 @@ from imclass.config import OWN_MODELS, RunConfig
 from imclass.console import Log
 from imclass.data import Splits, check_source, prepare, scan
 from imclass.data.batches import Normalization
-from imclass.devices import hardware, resolve_device
+from imclass.devices import hardware, precision_name, resolve_device
 from imclass.distributed import SINGLE, Dist
 from imclass.models import MODELS, build_model, check_model_name, count_parameters, \
     flops_per_image
@@ -107,5 +107,5 @@ def build_run_model(setup: Setup, log: Log) -> tuple[torch.nn.Module, dict[str, 
             "weights": loaded.as_dict() if loaded else None}
     log(f"model: {setup.architecture}, {info['parameters']:,} parameters, "
         f"{info['flops_per_image'] / 1e6:.1f} MFLOPs per image; training on "
-        f"{hardware(setup.device)}")
+        f"{hardware(setup.device)}, {precision_name(setup.device, cfg.train.precision)}")
     return model, info

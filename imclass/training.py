@@ -132,7 +132,7 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
     correct = torch.tensor(partial["correct"], dtype=torch.float32, device=device)
     seen = partial["seen"]
     for step, (x, y) in enumerate(batches, start=batches_to_skip):
-        with autocast(device):
+        with autocast(device, cfg.precision):
             logits = model(x)
             loss = loss_fn(logits.float(), y)
         total = loss + cfg.l1 * l1_penalty(model) if cfg.l1 else loss
@@ -161,13 +161,13 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
 
 @torch.no_grad()
 def validate(model, batches, loss_fn: Loss, device: torch.device, hits: Hits = argmax_hits,
-             dist: Dist = SINGLE) -> dict[str, float]:
+             dist: Dist = SINGLE, precision: str | None = None) -> dict[str, float]:
     """Mean loss and accuracy over `batches` (in a distributed run, over every rank's share:
-    each image counted once)."""
+    each image counted once); `precision` as in imclass.devices.autocast."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for x, y in batches:
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(x).float()
         loss_sum += loss_fn(logits, y).item() * len(y)
         correct += hits(logits, y).item()
@@ -304,7 +304,7 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                 raise ImclassError(f"training diverged at epoch {epoch} (the loss is "
                                    f"{train['loss']}); lower --lr (now {cfg.lr:g}) or use "
                                    "--optimizer adamw")
-            val = validate(evaluated, val_batches, loss_fn, device, hits, dist)
+            val = validate(evaluated, val_batches, loss_fn, device, hits, dist, cfg.precision)
             improved = val["loss"] < result.best_val_loss - cfg.min_delta
             if improved:
                 result.best_epoch, result.best_val_loss = epoch, val["loss"]

@@ -61,7 +61,8 @@ def test_a_compiled_run_ends_where_the_eager_one_does(tmp_path):
     for mode in ("false", "true"):
         out = tmp_path / mode
         assert cli.main(["train", "--subset", "400", "--epochs", "1", "--batch-size", "128",
-                         "--compile", mode, "--out", str(out), "--quiet"]) == 0
+                         "--compile", mode, "--precision", "fp32",  # bf16 rounds 1e-2 apart
+                         "--out", str(out), "--quiet"]) == 0
         runs[mode] = load_run(out, which="last").model.state_dict()
     eager, inductor = runs["false"], runs["true"]
     assert eager.keys() == inductor.keys()

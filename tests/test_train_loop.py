@@ -95,7 +95,8 @@ def test_fit_ends_holding_the_weights_of_the_best_epoch():
     assert result.best_epoch < len(result.history), "the last epoch should not be the best here"
     data, norm = tiny_problem()
     loss = get_task("multiclass").loss(cfg.loss, cfg.label_smoothing)
-    now = validate(model, Batches(data, 64, norm, channels_last=False), loss, torch.device("cpu"))
+    now = validate(model, Batches(data, 64, norm, channels_last=False), loss, torch.device("cpu"),
+                   precision=cfg.precision)  # as fit validated: bf16 where the CPU has AMX
     assert now["loss"] == pytest.approx(result.best_val_loss)
 
 
@@ -124,10 +125,10 @@ def test_ema_averages_every_step_and_is_what_fit_validates_and_keeps():
     assert not torch.allclose(ema.module[1].weight, steps[-1], atol=1e-3)
     # validated, and kept as the best: the average, not the raw weights
     assert result.history[-1]["val_loss"] == pytest.approx(
-        validate(ema.module, val, loss, torch.device("cpu"))["loss"])
+        validate(ema.module, val, loss, torch.device("cpu"), precision=cfg.precision)["loss"])
     best = min(result.history, key=lambda h: h["val_loss"])
-    assert validate(model, val, loss, torch.device("cpu"))["loss"] == pytest.approx(
-        best["val_loss"])
+    kept = validate(model, val, loss, torch.device("cpu"), precision=cfg.precision)
+    assert kept["loss"] == pytest.approx(best["val_loss"])
     assert weight_average(model, None) is None
 
 

@@ -25,7 +25,8 @@ from imclass.console import Log, StageClock, make_log
 from imclass.data.audit import write_analysis
 from imclass.data.augment import build_augment
 from imclass.data.batches import Batches
-from imclass.devices import hardware, keep_freed_memory, resolve_device, tune_backend
+from imclass.devices import (hardware, keep_freed_memory, precision_name, resolve_device,
+                             tune_backend)
 from imclass.distributed import Dist
 from imclass.errors import ConfigError, DataError, Stopped
 from imclass.evaluation import evaluate_split, predict_split
@@ -140,7 +141,7 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
                "recipe": {"name": setup.recipe.name, "line": setup.recipe.line(cfg),
                           "reason": setup.recipe.reason, "chosen": setup.recipe.values},
                "hardware": hardware(device),
-               "device": device.type, "train_seconds": time.perf_counter() - started,
+               "device": device.type, "precision": precision_name(device, cfg.train.precision), "train_seconds": time.perf_counter() - started,
                "command": command, "versions": versions(), "task": task.name,
                "thresholds": thresholds,
                "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc")},
