@@ -39,10 +39,11 @@ BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry
                "hubble_deep_field", "retina")
 
 
-def matmul_gflops(n: int = 4096) -> float:
+def matmul_gflops(n: int = 4096, dtype=None) -> float:
+    """GFLOP/s of one n x n matmul, fp32 unless `dtype` says (torch.bfloat16)."""
     import torch
 
-    a = torch.randn(n, n)
+    a = torch.randn(n, n, dtype=dtype)
     torch.mm(a, a)
     start = time.perf_counter()
     torch.mm(a, a)
