@@ -60,6 +60,12 @@ PERCENT = {"accuracy", "top_3", "accuracy_at_threshold", "subset_accuracy"}
 VAL_ACCURACY = {"multilabel": "best validation label accuracy"}  # 1 - Hamming loss at 0.5
 
 
+def _in_precision(run: dict) -> str:
+    """', in bf16 mixed precision' after the hardware; nothing for fp32 or an older run."""
+    precision = run.get("precision")
+    return f", in {escape(precision)}" if precision and precision != "fp32" else ""
+
+
 def _summary(run: dict, test: dict) -> str:
     val = run.get("validation", {})
     task = run.get("task", "multiclass")
@@ -75,7 +81,8 @@ def _summary(run: dict, test: dict) -> str:
              f"model <b>{escape(str(model.get('name')))}</b> "
              f"({model.get('parameters', 0):,} parameters, "
              f"{model.get('flops_per_image', 0) / 1e6:.1f} MFLOPs per image), trained on "
-             f"{escape(str(run.get('hardware')))} from {escape(str(data.get('source')))}. "
+             f"{escape(str(run.get('hardware')))}{_in_precision(run)} from "
+             f"{escape(str(data.get('source')))}. "
              f"Best epoch {run.get('best_epoch')} of {run.get('epochs_run')}"
              f"{' (stopped early)' if run.get('stopped_early') else ''}.</p>")
     stopped = run.get("stopped")
@@ -324,7 +331,8 @@ def build_report(run_dir: Path) -> str:
          f"<p>Command: <code>{escape(str(run.get('command') or 'imclass train --config config.yaml'))}"
          f"</code> (or <code>imclass train --config config.yaml</code> with this folder's "
          f"config).</p><p>Versions: {escape(versions)}. Hardware: "
-         f"{escape(str(run.get('hardware')))}.</p><pre>{escape(config_text)}</pre>"),
+         f"{escape(str(run.get('hardware')))}{_in_precision(run)}.</p>"
+         f"<pre>{escape(config_text)}</pre>"),
     ]
     nav = " · ".join(f'<a href="#{key}">{escape(title)}</a>' for key, title, _ in sections)
     body = "\n".join(f'<h2 id="{key}">{escape(title)}</h2>{html}' for key, title, html in sections)

@@ -19,3 +19,15 @@ def test_report_shows_warnings_config_and_escapes_text(tmp_path):
     assert "lr: 0.2" in html and "1,234 parameters" in html
     assert "<td>total</td><td>7</td><td>2</td><td>4</td>" in html
     assert "Not evaluated" in html  # no metrics.json yet
+
+
+def test_report_says_when_training_ran_in_bf16(tmp_path):
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "config.yaml").write_text("train:\n  lr: 0.2\n")
+    run = {"data": {"source": "x", "classes": ["a", "b"]}, "model": {"name": "cnn"},
+           "hardware": "Some CPU, 2 threads", "best_epoch": 1, "epochs_run": 1}
+    for precision, shown in (("bf16 mixed precision", True), ("fp32", False), (None, False)):
+        (tmp_path / "run.json").write_text(json.dumps({**run, "precision": precision}))
+        html = build_report(tmp_path)
+        assert ("Some CPU, 2 threads, in bf16 mixed precision" in html) is shown
+        assert "Some CPU, 2 threads" in html
