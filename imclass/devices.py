@@ -4,6 +4,7 @@ name for the hardware that run.json and the console can show."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 from pathlib import Path
@@ -22,6 +23,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@functools.cache  # asked once per training step; the CPU does not change within a process
 def amx_bf16() -> bool:
     """Whether this CPU has AMX tile units (Intel Xeon 4th generation, Sapphire Rapids, and
     later): oneDNN then runs bf16 convolutions and matmuls on them. Measured on one (2
