@@ -67,3 +67,33 @@ def test_label_mistakes_are_the_surest_wrong_label_decisions():
     assert list(zip(rows, cols)) == [(0, 1), (1, 1)]
     rows, cols = label_examples(truth, probs, [0.5, 0.5], 5)
     assert list(zip(rows, cols)) == [(0, 0), (2, 1)]  # label 0: 0.9 beats 0.7; label 1: (2,1)
+
+
+def test_image_grids_keep_title_captions_and_images_apart(tmp_path, monkeypatch):
+    """Grids are laid out by hand (no tight_layout): on a tall grid (ten classes, four rows
+    of the gallery) the figure's title stays above every caption, and each row's captions
+    above its images and below the row before."""
+    data = tiny_set("multiclass", n=40, k=10)
+    probs = np.full((40, 10), 0.1)
+    labels = data.labels.numpy()
+    predicted = (labels + np.arange(40) % 2) % 10  # every other image wrong
+    figures = []
+    monkeypatch.setattr(plots, "save_figure",
+                        lambda fig, path, tight=True: (fig.canvas.draw(), figures.append(fig)))
+    plots.prediction_grid(data.images.numpy(), labels, probs, predicted, data.class_names,
+                          tmp_path / "p.png")
+    plots.gallery(data.images.numpy(), labels, probs, predicted, data.class_names,
+                  np.arange(32), "gallery", tmp_path / "g.png")
+    for fig in figures:
+        renderer = fig.canvas.get_renderer()
+        title = fig._suptitle.get_window_extent(renderer)
+        shown = [ax for ax in fig.axes if ax.get_title()]
+        assert shown
+        for ax in shown:
+            caption = ax.title.get_window_extent(renderer)
+            image = ax.get_window_extent(renderer)
+            assert caption.y1 <= title.y0, ax.get_title()  # pixels, from the bottom
+            assert caption.y0 >= image.y1 - 1, ax.get_title()
+            above = [other for other in shown if other.get_window_extent(renderer).y0 > image.y1]
+            for other in above:
+                assert caption.y1 <= other.get_window_extent(renderer).y0 + 1
