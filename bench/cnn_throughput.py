@@ -1,10 +1,10 @@
 """Training throughput (images/s) of our CNNs' shapes on this machine: forward, backward and an SGD
 step on a 256-image batch of 28x28 greyscale input, median of several timed repeats; as
 GFLOP/s (forward + backward counted as 3x the forward FLOPs) and as a share of a 4096x4096
-fp32 matmul measured in the same process before and after. With --compile, each shape also
-under torch.compile (inductor; its compile time is left out of the rate). With --precision
-bf16, each step under bf16 autocast (imclass's --precision bf16), its share taken of a bf16
-matmul; both: fp32 and bf16 side by side.
+fp32 matmul (median of 5) timed in the same process right after each row. With --compile,
+each shape also under torch.compile (inductor; its compile time is left out of the rate).
+With --precision bf16, each step under bf16 autocast (imclass's --precision bf16), its share
+taken of a bf16 matmul; both: fp32 and bf16 side by side.
 
     .venv/bin/python bench/cnn_throughput.py [--repeats 5] [--compile] [--default-only]
         [--long-only] [--precision fp32|bf16|both]
@@ -79,17 +79,20 @@ def main() -> None:
           + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in matmul.items()) + "\n")
     modes = [(c, p) for c in ([False, True] if args.compile else [False]) for p in precisions]
     print("| model | widths | depths | MFLOPs/image | mode | train images/s (median) | "
-          "GFLOP/s | share of matmul |\n|---|---|---|---:|---|---:|---:|---:|")
+          "GFLOP/s | matmul GFLOP/s (just after) | share of matmul |\n"
+          "|---|---|---|---:|---|---:|---:|---:|---:|")
     shapes = ([DEFAULT] if args.default_only else []) + ([LONG] if args.long_only else [])
     for name, widths, depths in shapes or SHAPES:
         for compile_it, precision in modes:
             flops, rate = images_per_second(name, widths, depths, 256, args.steps,
                                             args.repeats, compile_it, precision)
+            # the share is of a matmul timed right after the row: the machine's speed drifts
+            reference = matmul_gflops(dtype=torch.bfloat16 if precision == "bf16" else None)
             gflops = 3 * flops * rate / 1e9
             mode = f"{'compiled' if compile_it else 'eager'} {precision}"
             print(f"| {name} | {','.join(map(str, widths))} | {','.join(map(str, depths))} | "
                   f"{flops / 1e6:.1f} | {mode} | {rate:.0f} | "
-                  f"{gflops:.0f} | {gflops / matmul[precision]:.0%} |", flush=True)
+                  f"{gflops:.0f} | {reference:.0f} | {gflops / reference:.0%} |", flush=True)
     print(f"\nfp32 matmul after: {matmul_gflops():.0f} GFLOP/s")
 
 

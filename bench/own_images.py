@@ -39,15 +39,20 @@ BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry
                "hubble_deep_field", "retina")
 
 
-def matmul_gflops(n: int = 4096, dtype=None) -> float:
-    """GFLOP/s of one n x n matmul, fp32 unless `dtype` says (torch.bfloat16)."""
+def matmul_gflops(n: int = 4096, dtype=None, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n matmul, fp32 unless `dtype` says (torch.bfloat16): the median of
+    `repeats` timed products after one untimed (a single one moved by 1.6x within a minute
+    on the shared machine)."""
     import torch
 
     a = torch.randn(n, n, dtype=dtype)
     torch.mm(a, a)
-    start = time.perf_counter()
-    torch.mm(a, a)
-    return 2 * n ** 3 / (time.perf_counter() - start) / 1e9
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, a)
+        seconds.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(seconds) / 1e9
 
 
 def write_fashion(root: Path, n_train: int, n_test: int = 2000, seed: int = 0) -> Path:
