@@ -27,7 +27,7 @@ def save_figure(fig, path: Path, tight: bool = True) -> Path:
 def grid_margins(fig, title_in: float = 0.45, caption_in: float = 0.4) -> None:
     """Fixed margins for a grid of captioned images, in inches: `title_in` above the grid for
     the figure's title, `caption_in` above each row for its captions (two lines at 8 pt)."""
-    width, height = fig.get_size_inches()
+    height = fig.get_size_inches()[1]
     rows = fig.axes[0].get_subplotspec().get_gridspec().nrows if fig.axes else 1
     top = title_in + caption_in  # inches from the figure's top edge to the first row's images
     cell = (height - top - 0.05) / rows + caption_in  # inches per row, caption included

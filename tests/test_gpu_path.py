@@ -54,7 +54,7 @@ def test_compile_shares_the_models_weights():
 
 @pytest.mark.slow
 def test_a_compiled_run_ends_where_the_eager_one_does(tmp_path):
-    """Three steps on 320 Fashion-MNIST images, eager and under inductor: the same checkpoint
+    """One epoch on 320 Fashion-MNIST images, eager and under inductor: the same checkpoint
     keys and, within rounding, the same weights. (The test set is left out: its figures
     would double the test's time and say nothing about compilation.)"""
     import imclass
