@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -29,3 +31,20 @@ def _umask() -> int:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def json_text(data, indent: int | None = 2) -> str:
+    """JSON of `data` with NaN and infinities written as null: a run without validation has
+    no validation loss (NaN in its history), and strict JSON readers (a browser, jq) reject
+    the NaN that Python's json would write."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from imclass.atomic import atomic_write, atomic_write_text
+from imclass.atomic import atomic_write, atomic_write_text, json_text
 from imclass.errors import DataError
 
 
@@ -29,7 +29,7 @@ def save(stem: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     sidecar = {**meta, "weights_file": weights.name, "weights_sha256": _sha256(weights)}
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(sidecar, indent=2))
+    atomic_write_text(stem.with_suffix(".json"), json_text(sidecar))
 
 
 def load(stem: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

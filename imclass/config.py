@@ -49,8 +49,10 @@ class DataConfig:
     test_fraction: float = option(0.2, "share of the images held out as the test set when a "
                                   "folder dataset has no test/ folder", low=0.0, high=1.0,
                                   open_low=True, open_high=True)
-    val_fraction: float = option(0.2, "share of the training images held out for validation",
-                                 low=0.0, high=1.0, open_low=True, open_high=True)
+    val_fraction: float = option(0.2, "share of the training images held out for validation; "
+                                 "0 trains on all of them, with no validation: the last "
+                                 "epoch is kept, no early stopping, thresholds stay at 0.5",
+                                 low=0.0, high=1.0, open_high=True)
     subset: int | None = option(None, "train on a stratified subset of this many training images "
                                 "(validation is split from it); all when unset", low=20)
     image_size: int | None = option(None, "resize images to this many pixels a side; when unset, "

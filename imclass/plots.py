@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +39,17 @@ def grid_margins(fig, title_in: float = 0.45, caption_in: float = 0.4) -> None:
 
 
 def curves(history: list[dict], path: Path) -> Path:
-    """Loss and accuracy per epoch, train and validation; the best epoch marked."""
+    """Loss and accuracy per epoch, train and validation (when the run had it); the best
+    epoch marked."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     epochs = [h["epoch"] for h in history]
-    best = int(min(history, key=lambda h: h["val_loss"])["epoch"]) if history else None
+    validated = [h for h in history if not math.isnan(h["val_loss"])]
+    best = int(min(validated, key=lambda h: h["val_loss"])["epoch"]) if validated else None
     for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
-        ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label="validation")
+        if validated:
+            ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label="validation")
         if best is not None:
             ax.axvline(best, color="grey", linestyle="--", linewidth=1, label=f"best (epoch {best})")
         for h, prev in zip(history[1:], history):  # fine-tuning: where a new stage begins

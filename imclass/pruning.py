@@ -196,14 +196,18 @@ class Pruning:
             f"{'channels' if self.spec.structured else 'weights'}): parameters "
             f"{before['parameters']:,} -> {after['parameters']:,}, nonzero "
             f"{after['nonzero_parameters']:,}, {before['flops_per_image'] / 1e6:.1f} -> "
-            f"{after['flops_per_image'] / 1e6:.1f} MFLOPs per image; validation accuracy "
-            f"{val_before:.4f} -> {val_after:.4f} before fine-tuning")
+            f"{after['flops_per_image'] / 1e6:.1f} MFLOPs per image"
+            + ("" if val_before is None else f"; validation accuracy {val_before:.4f} -> "
+               f"{val_after:.4f} before fine-tuning"))
         callbacks = [KeepZeros(model, masks)] if masks is not None else []
         return model, {"pruned": record}, callbacks
 
     @staticmethod
-    def val_accuracy(model: nn.Module, setup) -> float:
+    def val_accuracy(model: nn.Module, setup) -> float | None:
+        """None for a run without validation (--val-fraction 0)."""
         splits, t = setup.splits, setup.cfg.train
+        if not splits.validated:
+            return None
         batches = Batches(splits.val, t.eval_batch_size, splits.norm, device=setup.device,
                           size=splits.input_size)
         loss = setup.task.loss(t.loss, t.label_smoothing)

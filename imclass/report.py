@@ -66,13 +66,21 @@ def _in_precision(run: dict) -> str:
     return f", in {escape(precision)}" if precision and precision != "fp32" else ""
 
 
+def unvalidated(run: dict) -> bool:
+    """Whether the run trained on every training image, with no validation (--val-fraction
+    0): its best epoch's validation figures are null."""
+    val = run.get("validation")
+    return bool(val) and val.get("val_loss") is None
+
+
 def _summary(run: dict, test: dict) -> str:
     val = run.get("validation", {})
     task = run.get("task", "multiclass")
     cards = [(f"test {label}", _fmt(test.get(key), key in PERCENT))
              for key, label in HEADLINES[task]]
+    no_val = unvalidated(run)
     cards += [(VAL_ACCURACY.get(task, "best validation accuracy"),
-               _fmt(val.get("val_acc"), True)),
+               "none held out" if no_val else _fmt(val.get("val_acc"), True)),
               ("run time", f"{run.get('total_seconds', run.get('train_seconds', 0)):.0f} s")]
     html = '<div class="cards">' + "".join(
         f'<div class="card">{escape(k)}<b>{escape(v)}</b></div>' for k, v in cards) + "</div>"
@@ -108,9 +116,12 @@ def _data_section(data: dict, analysis: dict, plots: Path) -> str:
               if seen != size[0] else "")
     carved = (" The test split was held out from train/ (stratified, the same images on every "
               "run)." if analysis.get("test_carved") else "")
+    held = ("No validation split: the model trained on every training image "
+            "(--val-fraction 0)." if counts and not sum(counts.get("val", {}).values()) else
+            "The validation split is held out from the training images (stratified); it "
+            "picks the best epoch.")
     return (f"<p>{len(names)} classes, images {data.get('channels')} channel(s) of "
-            f"{size[0]}x{size[1]} pixels{margin}. The validation split is held out from the training "
-            "images (stratified); it picks the best epoch. The test set is used only for the "
+            f"{size[0]}x{size[1]} pixels{margin}. {held} The test set is used only for the "
             f"results below.{carved}</p>"
             + html_table(["class", "train", "validation", "test"], rows)
             + _findings(analysis, plots)
@@ -146,8 +157,10 @@ def _training_section(run: dict, plots: Path) -> str:
                        for w in run.get("overfitting", []))
     stop = (f"Early stopping ended training after epoch {run.get('epochs_run')}; "
             if run.get("stopped_early") else f"Training ran all {run.get('epochs_run')} epochs; ")
-    return (f"<p>{stop}the weights kept are those of epoch {run.get('best_epoch')}, the lowest "
-            "validation loss (dashed line).</p>" + _start(run) + _stages(run)
+    kept = ("the last, as there was no validation to choose by" if unvalidated(run)
+            else "the lowest validation loss (dashed line)")
+    return (f"<p>{stop}the weights kept are those of epoch {run.get('best_epoch')}, "
+            f"{kept}.</p>" + _start(run) + _stages(run)
             + (warnings or "<p>No overfitting warning was raised.</p>")
             + img_tag(plots / "curves.png", "loss, accuracy and learning-rate curves")
             + img_tag(plots / "lr_find.png", "learning-rate range test"))
@@ -182,7 +195,7 @@ def _pruned(pruned: dict | None) -> str:
         ("nonzero parameters", "nonzero_parameters", "{:,}".format),
         ("MFLOPs per image", "flops_per_image", lambda v: f"{v / 1e6:.1f}"),
         ("zero weights", "sparsity", lambda v: f"{v:.1%}"),
-        ("validation accuracy", "val_acc", lambda v: f"{v:.2%}"))]
+        ("validation accuracy", "val_acc", lambda v: "n/a" if v is None else f"{v:.2%}"))]
     return (f"<p>Pruned from <code>{escape(pruned['source'])}</code>: {pruned['amount']:g} "
             f"{what}, BatchNorm statistics measured again, then fine-tuned as below. "
             "Validation accuracy after pruning is before any fine-tuning:</p>"

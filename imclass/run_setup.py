@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from imclass import config as config_mod
-from imclass.config import OWN_MODELS, RunConfig
+from imclass.config import OWN_MODELS, RunConfig, user_set
+from imclass.errors import ConfigError
 from imclass.console import Log
 from imclass.data import Splits, check_source, prepare, scan
 from imclass.data.batches import Normalization
@@ -68,8 +69,21 @@ def prepare_training(config: RunConfig | None, log: Log, dist: Dist = SINGLE) ->
         f"test images, {splits.train.channels}x{splits.input_size}x{splits.input_size}"
         f"{f' (decoded at {splits.train.size[0]} px)' if splits.train.size[0] != splits.input_size else ''}, "
         f"{len(splits.train.class_names)} classes ({splits.task}), from {splits.train.source}")
+    if not splits.validated:
+        check_unvalidated(cfg, recipe, log)
     task = get_task(splits.task, cfg.data.hierarchy_sep)
     return Setup(cfg, device, splits, task, architecture, weights_source, recipe, dist)
+
+
+def check_unvalidated(cfg: RunConfig, recipe: Recipe, log: Log) -> None:
+    """A run on every training image (--val-fraction 0): what it gives up, said once; an
+    early-stopping patience the user asked for is refused, as it has nothing to watch."""
+    if cfg.train.patience and "patience" in user_set(cfg) - set(recipe.values):
+        raise ConfigError(f"--patience {cfg.train.patience} stops on validation loss, and "
+                          "--val-fraction 0 holds no images out; give --val-fraction above 0 "
+                          "or leave --patience unset")
+    log("no validation (--val-fraction 0): the last epoch is kept, with no early stopping, "
+        "overfitting warnings or threshold tuning")
 
 
 def data_for_model(cfg: RunConfig, architecture: str) -> RunConfig:

@@ -10,7 +10,6 @@ RUN_DIR/config.yaml  run.json  metrics.json  history.csv  report.html
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from imclass import checkpoint, config as config_mod
-from imclass.atomic import atomic_write_text
+from imclass.atomic import atomic_write_text, json_text
 from imclass.config import RunConfig
 from imclass.devices import resolve_device
 from imclass.errors import ConfigError, DataError
@@ -75,7 +74,7 @@ def prepare_run_dir(out: str | Path | None, cfg: RunConfig, overwrite: bool) -> 
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2))
+    atomic_write_text(path, json_text(data))
 
 
 class HistoryWriter:

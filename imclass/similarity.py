@@ -76,7 +76,7 @@ def training_images(run_dir: Path) -> list[ImageSet]:
     decode cache)."""
     run = load_run(run_dir, device="cpu")
     splits = prepare(run.data_config, run.config.train.seed)
-    return [splits.train, splits.val]
+    return [s for s in (splits.train, splits.val) if len(s)]  # no val at --val-fraction 0
 
 
 def items_of(images: ImageSet) -> list[dict]:

@@ -18,6 +18,7 @@ training goes on.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -31,6 +32,12 @@ KINDS = ("tensorboard", "mlflow")
 DEFAULT_MLFLOW_URI = "sqlite:///mlruns/mlflow.db"
 EPOCH_METRICS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accuracy/train",
                  "val_acc": "accuracy/val", "lr": "learning_rate", "images_per_s": "images_per_s"}
+
+
+def epoch_scalars(info: dict) -> dict[str, float]:
+    """{tag: value} of an epoch's figures; a run without validation has none to send (NaN)."""
+    return {tag: float(info[key]) for key, tag in EPOCH_METRICS.items()
+            if not math.isnan(float(info[key]))}
 
 
 @dataclass(frozen=True)
@@ -115,8 +122,8 @@ class TensorBoardTracker(Tracker):
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def epoch(self, info: dict) -> None:
-        for key, tag in EPOCH_METRICS.items():
-            self.writer.add_scalar(tag, float(info[key]), info["epoch"])
+        for tag, value in epoch_scalars(info).items():
+            self.writer.add_scalar(tag, value, info["epoch"])
         self.writer.flush()
 
     def close(self, run_dir: Path, cfg_dict: dict, test: dict) -> None:
@@ -160,8 +167,8 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric
         stamp = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[
-            Metric(key.replace("/", "_"), float(info[k]), stamp, info["epoch"])
-            for k, key in EPOCH_METRICS.items()])
+            Metric(tag.replace("/", "_"), value, stamp, info["epoch"])
+            for tag, value in epoch_scalars(info).items()])
 
     def close(self, run_dir: Path, cfg_dict: dict, test: dict) -> None:
         import time

@@ -56,9 +56,14 @@ def make_optimizer(model_or_groups, cfg: TrainConfig) -> torch.optim.Optimizer:
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
     """A per-step learning-rate schedule over a stage, peaking at each group's own rate."""
     peaks = [g["lr"] for g in optimizer.param_groups]
+    # OneCycleLR divides by the steps of each phase: a warm-up of exactly one step (4 steps at
+    # 0.25) or of them all is a ZeroDivisionError, so a run of a few steps warms up for at
+    # least 1.5 steps and leaves at least half a step of annealing; one step is constant.
+    warmup = min(max(cfg.warmup_fraction, 1.5 / total_steps), 1 - 0.5 / total_steps)
     schedules = {
         "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=peaks, total_steps=total_steps, pct_start=cfg.warmup_fraction),
+            optimizer, max_lr=peaks, total_steps=total_steps, pct_start=warmup)
+        if total_steps > 1 else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
         "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps),
         "constant": lambda: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
     }
@@ -221,7 +226,7 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         resume: dict | None = None, dist: Dist = SINGLE, ema=None) -> FitResult:
     """Train for cfg.epochs (or until a callback says stop), in stages when fine-tuning
     (imclass.finetune); ends holding the best weights, those of the epoch with the lowest
-    validation loss. A "stop" during the frozen stage moves on to fine-tuning. A `stop`
+    validation loss (with `val_batches` None, no validation: the last epoch's). A "stop" during the frozen stage moves on to fine-tuning. A `stop`
     signal ends it after the current batch; that epoch is dropped (no validation, no
     checkpoint) and the best of the finished epochs is kept.
 
@@ -304,8 +309,12 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                 raise ImclassError(f"training diverged at epoch {epoch} (the loss is "
                                    f"{train['loss']}); lower --lr (now {cfg.lr:g}) or use "
                                    "--optimizer adamw")
-            val = validate(evaluated, val_batches, loss_fn, device, hits, dist, cfg.precision)
-            improved = val["loss"] < result.best_val_loss - cfg.min_delta
+            if val_batches is None:  # no validation: each epoch is the best so far
+                val, improved = {"loss": math.nan, "acc": math.nan}, True
+            else:
+                val = validate(evaluated, val_batches, loss_fn, device, hits, dist,
+                               cfg.precision)
+                improved = val["loss"] < result.best_val_loss - cfg.min_delta
             if improved:
                 result.best_epoch, result.best_val_loss = epoch, val["loss"]
                 best_state = copy.deepcopy(evaluated.state_dict())
@@ -388,6 +397,8 @@ class OverfitWatch:
     def __call__(self, event: str, info: dict):
         if event != "epoch_end":
             return None
+        if math.isnan(info["val_loss"]):  # no validation: nothing to compare
+            return None
         prev, self.previous = self.previous, info
         diverging = (prev is not None and info["val_loss"] > prev["val_loss"]
                      and info["train_loss"] < prev["train_loss"])
@@ -438,8 +449,9 @@ class Progress:
             elapsed = time.perf_counter() - self.started
             eta = elapsed / info["epoch"] * (info["epochs"] - info["epoch"])
             mark = " *" if info["improved"] else ""
+            val = ("no validation" if math.isnan(info["val_loss"]) else
+                   f"val loss {info['val_loss']:.4f} acc {info['val_acc']:.4f}")
             print(f"epoch {info['epoch']:>3}/{info['epochs']}  train loss {info['train_loss']:.4f}"
-                  f" acc {info['train_acc']:.4f}  val loss {info['val_loss']:.4f} acc "
-                  f"{info['val_acc']:.4f}  {info['images_per_s']:.0f} img/s  "
+                  f" acc {info['train_acc']:.4f}  {val}  {info['images_per_s']:.0f} img/s  "
                   f"{info['seconds']:.1f}s  eta {eta:.0f}s{mark}", file=self.stream, flush=True)
         return None

@@ -29,6 +29,9 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
                                                     else {"source": str(data_dir)}))
     data = (load_source(data_cfg).test if split == "test"
             else prepare(data_cfg, run.config.train.seed).val)
+    if split == "val" and len(data) == 0:
+        raise ConfigError(f"{run_dir} was trained on every training image (--val-fraction 0): "
+                          "it has no validation split to evaluate; use --split test")
     if (builtin and data_dir is not None
             and Path(data.source).resolve() != Path(data_dir).resolve()):
         raise DataError(f"{data_dir} holds no {data_cfg.source} dataset (found one only in "

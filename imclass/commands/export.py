@@ -72,10 +72,13 @@ class Calibration:
 def quantize(run_dir: Path, fp32: Path, out: Path, log: Log, calibration_images: int = 512
              ) -> dict:
     """Static int8 quantization of `fp32` into `out`, calibrated on the run's validation
-    images; returns (and logs) accuracy, size and speed of both on the run's test set."""
+    images (its training images when it had none: calibration only measures activation
+    ranges, so seen images serve); returns (and logs) accuracy, size and speed of both on the
+    run's test set."""
     splits = run_splits(run_dir)
-    rows = torch.randperm(len(splits.val), generator=torch.Generator().manual_seed(0))
-    quantize_file(fp32, out, splits.val.gather(rows[:calibration_images]).numpy())
+    sample = splits.val if splits.validated else splits.train
+    rows = torch.randperm(len(sample), generator=torch.Generator().manual_seed(0))
+    quantize_file(fp32, out, sample.gather(rows[:calibration_images]).numpy())
     figures = compare_int8(fp32, out, splits.test)
     log(f"int8: test accuracy {figures['fp32']['accuracy']:.4f} -> "
         f"{figures['int8']['accuracy']:.4f} ({figures['accuracy_change_points']:+.2f} points); "

@@ -198,6 +198,8 @@ def tune_thresholds(run_dir: Path, model, setup: Setup, log: Log) -> list[float]
     """Binary and multilabel decision thresholds with the best validation F1, saved into the
     best checkpoint's sidecar so evaluate and predict decide the same way."""
     splits, task, device = setup.splits, setup.task, setup.device
+    if not splits.validated:
+        return None  # the task's default, 0.5
     probs, labels = predict_split(model, splits.val.center_cropped(splits.input_size),
                                   splits.norm, setup.cfg.train.eval_batch_size, task, device,
                                   setup.dist)
@@ -285,9 +287,11 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
                             augment=augment, seed=t.seed, device=device,
                             drop_last=len(splits.train) > t.batch_size, size=splits.input_size,
                             shard=(dist.rank, dist.world), channels_last=channels_last)
-    val_share = splits.val.take(torch.as_tensor(dist.shard(len(splits.val))))
-    val_batches = Batches(val_share, t.eval_batch_size, splits.norm, device=device,
-                          size=splits.input_size, channels_last=channels_last)
+    val_batches = None  # none without validation (--val-fraction 0)
+    if splits.validated:
+        val_share = splits.val.take(torch.as_tensor(dist.shard(len(splits.val))))
+        val_batches = Batches(val_share, t.eval_batch_size, splits.norm, device=device,
+                              size=splits.input_size, channels_last=channels_last)
     ema = weight_average(model, t.ema)
     evaluated = model if ema is None else ema.module  # what is validated, saved and tested
     overfit = OverfitWatch(t.overfit_epochs, log)

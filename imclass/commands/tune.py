@@ -24,6 +24,7 @@ from typing import Any
 from imclass import config as config_mod
 from imclass.commands.train import train
 from imclass.config import KEYS, RunConfig, read_yaml
+from imclass.data import SOURCES
 from imclass.errors import ConfigError
 from imclass.extras import need
 from imclass.run_setup import check_names
@@ -276,6 +277,20 @@ def open_storage(url: str, heartbeat_s: int):
                                       heartbeat_stale_trial_callback=retry)
 
 
+def check_validated(base: RunConfig, params: list[Param]) -> None:
+    """Trials are ranked by validation accuracy, so every trial needs validation images: a
+    val/ folder of the dataset's own, or a val_fraction above 0."""
+    fractions = [base.data.val_fraction] + [
+        low for p in params if p.key == "val_fraction"
+        for low in (p.choices if p.choices is not None else (p.low,))]
+    own_val = (base.data.source not in SOURCES
+               and (Path(base.data.source).expanduser() / "val").is_dir())
+    if min(fractions) == 0 and not own_val:
+        raise ConfigError("a search ranks its trials by validation accuracy, and "
+                          "--val-fraction 0 holds no images out: give it a share above 0 "
+                          "(the best trial's config can then be trained on everything)")
+
+
 def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = "tpe",
               trials: int = 20, timeout: float | None = None, pruner: str = "median",
               storage: str | None = None, seed: int = 0, heartbeat_s: int = 10,
@@ -285,6 +300,7 @@ def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = 
     import optuna
 
     check_names(base)  # an unknown dataset or model stops here, not in trial 1
+    check_validated(base, params)
     # The heartbeat and the matplotlib figures are marked experimental; they work as documented.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     out.mkdir(parents=True, exist_ok=True)

@@ -75,6 +75,11 @@ class Splits:
     def task(self) -> str:
         return self.train.task
 
+    @property
+    def validated(self) -> bool:
+        """False for a run on every training image (val_fraction 0, no val/ folder)."""
+        return len(self.val) > 0
+
     def summary(self) -> dict:
         names = self.train.class_names
         out = {"source": self.train.source, "classes": list(names), "task": self.task,
@@ -111,7 +116,9 @@ def load_source(cfg: DataConfig, scanned=None) -> Loaded:
 
 def prepare(cfg: DataConfig, seed: int, scanned=None) -> Splits:
     """Load (decoding a `scan` result, when given), subset, split off validation (stratified,
-    seeded) and compute normalisation."""
+    seeded; none at val_fraction 0 without a val/ folder) and compute normalisation."""
+    import torch
+
     from imclass.data.splits import stratified_split, stratified_subset
 
     loaded = load_source(cfg, scanned)
@@ -120,6 +127,8 @@ def prepare(cfg: DataConfig, seed: int, scanned=None) -> Splits:
         full = full.take(stratified_subset(full.labels, cfg.subset, seed))
     if loaded.val is not None:
         train, val = full, loaded.val
+    elif cfg.val_fraction == 0:  # train on everything: an empty validation set
+        train, val = full, full.take(torch.zeros(0, dtype=torch.long))
     else:
         kept, held = stratified_split(full.labels, cfg.val_fraction, seed)
         train, val = full.take(kept), full.take(held)
