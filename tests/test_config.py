@@ -18,7 +18,7 @@ def test_unknown_key_names_the_nearest_valid_one():
 
 
 @pytest.mark.parametrize("key,value,allowed", [
-    ("lr", -0.1, r"\(0, 10\]"), ("val_fraction", 0, r"\(0, 1\)"), ("val_fraction", 1.0, r"\(0, 1\)"),
+    ("lr", -0.1, r"\(0, 10\]"), ("val_fraction", -0.1, r"\[0, 1\)"), ("val_fraction", 1.0, r"\[0, 1\)"),
     ("epochs", 0, r"\[1, 10000\]"), ("dropout", 1, r"\[0, 1\)"), ("optimizer", "adamm", "adam"),
 ])
 def test_out_of_range_values_are_refused_with_the_allowed_range(key, value, allowed):
