@@ -67,7 +67,7 @@ def test_json_of_a_run_without_validation_writes_null_not_nan():
 
 
 @pytest.mark.slow
-def test_training_on_every_image_end_to_end(tmp_path, capsys):
+def test_training_on_every_image_end_to_end(tmp_path, capsys, monkeypatch):
     out = tmp_path / "all"
     assert cli.main(["train", "--subset", "300", "--epochs", "2", "--batch-size", "64",
                      "--val-fraction", "0", "--out", str(out)]) == 0
@@ -87,6 +87,13 @@ def test_training_on_every_image_end_to_end(tmp_path, capsys):
     assert "No validation split: the model trained on every training image" in html
     assert "none held out" in html and "there was no validation to choose by" in html
     assert (out / "plots" / "curves.png").is_file()
+    from imclass.commands import export
+    calibrated = []
+    real_quantize = export.quantize_file
+    monkeypatch.setattr(export, "quantize_file", lambda fp32, dest, images: (
+        calibrated.append(len(images)), real_quantize(fp32, dest, images))[1])
+    assert cli.main(["export", str(out), "--int8", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert calibrated == [300] and (tmp_path / "m.onnx").is_file()  # all 300 training images
     capsys.readouterr()
     assert cli.main(["evaluate", str(out), "--split", "val"]) == 2
     message = capsys.readouterr().err.strip()
