@@ -47,7 +47,8 @@ def one_run(out: Path, seed: int, flags: list[str]) -> dict:
     rows = list(csv.DictReader((out / "history.csv").open()))
     return {"seed": seed, "wall_s": wall, "accuracy": test["accuracy"], "epochs": len(rows),
             "images_per_s": statistics.median(float(r["images_per_s"]) for r in rows),
-            "to_90_s": seconds_to(rows, 0.90)}
+            "to_90_s": seconds_to(rows, 0.90),
+            "validated": any(r["val_acc"] != "nan" for r in rows)}  # not --val-fraction 0
 
 
 def seconds_to(rows: list[dict], accuracy: float) -> float | None:
@@ -64,7 +65,8 @@ def table(name: str, results: list[dict]) -> None:
     print(f"\n{name}\n\n| run | seed | wall time (s) | test accuracy | train s to 90% val | "
           "train images/s | epochs |\n|---|---|---|---|---|---|---|")
     for i, r in enumerate(results, 1):
-        to90 = f"{r['to_90_s']:.0f}" if r["to_90_s"] is not None else "never"
+        to90 = (f"{r['to_90_s']:.0f}" if r["to_90_s"] is not None
+                else "never" if r["validated"] else "n/a (no validation)")
         print(f"| {i} | {r['seed']} | {r['wall_s']:.0f} | {r['accuracy']:.4f} | {to90} | "
               f"{r['images_per_s']:.0f} | {r['epochs']} |")
     med = {k: statistics.median(r[k] for r in results)
