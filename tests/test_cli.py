@@ -32,7 +32,7 @@ def test_bad_value_is_one_line_with_the_range(capsys):
     code, err = run_cli(capsys, "train", "--lr", "-0.1")
     assert code == 2 and err.strip() == "imclass: error: 'lr' must be in (0, 10]; got -0.1"
     code, err = run_cli(capsys, "train", "--val-fraction", "1.5")
-    assert code == 2 and "'val_fraction' must be in (0, 1)" in err
+    assert code == 2 and "'val_fraction' must be in [0, 1)" in err
 
 
 def test_unknown_yaml_key_names_file_and_nearest_key(tmp_path, capsys):
