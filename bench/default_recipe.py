@@ -34,7 +34,8 @@ from bench.own_images import matmul_gflops  # noqa: E402
 BASELINE = ["--widths", "16,32,64,128", "--depths", "1,2,2,1", "--dropout", "0.2",
             "--epochs", "10", "--batch-size", "256", "--lr", "0.2", "--optimizer", "sgd",
             "--schedule", "onecycle", "--label-smoothing", "0.1", "--weight-decay", "5e-4",
-            "--val-fraction", "0.2", "--augment", "fashion", "--erase-p", "0"]
+            "--val-fraction", "0.2", "--augment", "fashion", "--erase-p", "0",
+            "--precision", "fp32"]
 
 
 def one_run(out: Path, seed: int, flags: list[str]) -> dict:

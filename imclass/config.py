@@ -230,7 +230,8 @@ class TrainConfig:
                                        low=0, high=10_000)
     precision: str = option("auto", "arithmetic of the training steps and validation passes: "
                             "bf16 mixed precision (autocast) or fp32; auto: bf16 on a CUDA "
-                            "GPU and on a CPU with AMX units (Intel Xeon Sapphire Rapids and "
+                            "GPU and on a CPU that multiplies bf16 natively (AMX units: Intel "
+                            "Xeon Sapphire Rapids and later; AVX512-BF16: AMD Zen 4 and "
                             "later), fp32 elsewhere. Test evaluation and prediction stay fp32 "
                             "on a CPU", choices=("auto", "bf16", "fp32"))
     device: str = option("auto", "where to train: cuda (with mixed precision) when present, "

@@ -21,7 +21,7 @@ from imclass.errors import ConfigError
 # No augmentation and no dropout: the random streams of one and two processes differ by
 # design; the default layout: see distributed.memory_format. Three optimisation steps: beyond
 # a few, a rounding-level difference can flip a ReLU or a max-pool's pick and grow. fp32:
-# bf16 (what a CPU with AMX trains in) rounds each rank's half-batch sums apart by 1e-2.
+# bf16 (what a CPU with AMX or AVX512-BF16 trains in) rounds each rank's half-batch sums apart by 1e-2.
 SAME_MATH = ["--subset", "300", "--epochs", "1", "--batch-size", "64", "--augment", "none",
              "--dropout", "0", "--channels-last", "false", "--precision", "fp32", "--quiet"]
 

@@ -1,4 +1,4 @@
-"""`--precision`: bf16 mixed precision where the hardware runs it (a CUDA GPU, a CPU with AMX),
+"""`--precision`: bf16 mixed precision where the hardware runs it (a CUDA GPU, a CPU with AMX or AVX512-BF16),
 fp32 elsewhere or when asked; evaluation on a CPU stays fp32."""
 import pytest
 import torch
@@ -13,8 +13,8 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 @pytest.mark.parametrize("has_amx", [True, False])
-def test_auto_is_bf16_on_cuda_and_on_a_cpu_with_amx_only(monkeypatch, has_amx):
-    monkeypatch.setattr(devices, "amx_bf16", lambda: has_amx)
+def test_auto_is_bf16_on_cuda_and_on_a_cpu_with_native_bf16_only(monkeypatch, has_amx):
+    monkeypatch.setattr(devices, "native_bf16", lambda: has_amx)
     assert mixed_precision(CUDA, "auto") is torch.bfloat16
     assert mixed_precision(CPU, "auto") is (torch.bfloat16 if has_amx else None)
     assert precision_name(CPU, "auto") == ("bf16 mixed precision" if has_amx else "fp32")
@@ -24,7 +24,7 @@ def test_auto_is_bf16_on_cuda_and_on_a_cpu_with_amx_only(monkeypatch, has_amx):
 
 
 def test_evaluation_on_a_cpu_stays_fp32_whatever_the_cpu(monkeypatch):
-    monkeypatch.setattr(devices, "amx_bf16", lambda: True)
+    monkeypatch.setattr(devices, "native_bf16", lambda: True)
     assert not isinstance(autocast(CPU), torch.autocast)
     cast = autocast(CPU, "auto")
     assert isinstance(cast, torch.autocast) and cast.fast_dtype == torch.bfloat16

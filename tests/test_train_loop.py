@@ -96,7 +96,7 @@ def test_fit_ends_holding_the_weights_of_the_best_epoch():
     data, norm = tiny_problem()
     loss = get_task("multiclass").loss(cfg.loss, cfg.label_smoothing)
     now = validate(model, Batches(data, 64, norm, channels_last=False), loss, torch.device("cpu"),
-                   precision=cfg.precision)  # as fit validated: bf16 where the CPU has AMX
+                   precision=cfg.precision)  # as fit validated: bf16 where the CPU multiplies bf16 natively
     assert now["loss"] == pytest.approx(result.best_val_loss)
 
 
