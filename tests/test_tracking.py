@@ -154,14 +154,17 @@ def test_an_unknown_tracker_is_refused_by_name(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def wait_for_text(browser, words: str, seconds: float = 90) -> str:
+def wait_for_text(browser, *words: str, seconds: float = 90) -> str:
+    """The page's text once every one of `words` is in it (a page fills its parts in from
+    separate requests: TensorBoard's image cards can show before its scalar cards)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         text = browser.execute_script("return document.body ? document.body.innerText : ''")
-        if words in text:
+        if all(w in text for w in words):
             return text
         time.sleep(1)
-    raise AssertionError(f"'{words}' did not appear in the page within {seconds:.0f} s; it "
+    missing = [w for w in words if w not in text]
+    raise AssertionError(f"{missing} did not appear in the page within {seconds:.0f} s; it "
                          f"shows: {text[:1500]!r}")
 
 
@@ -191,8 +194,8 @@ def test_the_run_shows_in_the_mlflow_and_tensorboard_web_uis(mlflow_server, tmp_
                 time.sleep(0.5)
         browser.get(f"http://127.0.0.1:{port}/#timeseries")
         figures = len(list((out / "plots").glob("*.png")))
-        text = wait_for_text(browser, f"figures{figures} cards")  # every figure of the report
-        assert "accuracy\n/val" in text and "loss2 cards" in text  # and the curves
+        # every figure of the report, and the curves
+        wait_for_text(browser, f"figures{figures} cards", "accuracy\n/val", "loss2 cards")
     finally:
         board.terminate()
         board.wait(timeout=30)
