@@ -1,7 +1,9 @@
 """imclass tune: search spaces, samplers, pruning, outputs, resuming a killed study."""
+import contextlib
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -9,7 +11,6 @@ import uuid
 
 import numpy as np
 import optuna
-import sqlalchemy.exc
 import pytest
 
 from imclass import cli
@@ -65,11 +66,17 @@ def grid_points(db):
 
 
 def finished_count(db) -> int:
-    """Trials finished so far; 0 while the worker has not yet created the file or the study
-    row (sqlite creates study.db before its tables and the study row are in it)."""
+    """Trials finished so far, read through a read-only sqlite connection; 0 while the worker
+    has not yet created the file or its tables. Not through Optuna: its RDBStorage creates the
+    tables and writes a version row itself, racing the worker that is creating them (CI once
+    saw that worker die, and the study never appeared)."""
+    if not db.exists():
+        return 0
     try:
-        return len(grid_points(db)[1]) if db.exists() else 0
-    except (KeyError, sqlalchemy.exc.OperationalError):
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM trials "
+                                "WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()[0]
+    except sqlite3.OperationalError:  # no tables yet, or the worker holds a write lock
         return 0
 
 
@@ -103,12 +110,13 @@ def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path):
     command = [sys.executable, "-m", "imclass", "tune", "--space", str(tmp_path / "space.yaml"),
                "--method", "grid", "--trials", "6", "--pruner", "none", "--out", str(out),
                "--heartbeat", "1", "--no-final-run", "--quiet", *TINY]
-    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
+    log = tmp_path / "worker.log"
+    with log.open("w") as stderr:
+        worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.time() + 300  # a loaded machine: two tiny trials take 20 s when quiet
+    while time.time() < deadline and finished_count(out / "study.db") < 2:
+        assert worker.poll() is None, f"the worker exited early:\n{log.read_text()}"
         time.sleep(0.5)
-        if finished_count(out / "study.db") >= 2:
-            break
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     study, before = grid_points(out / "study.db")
