@@ -2,6 +2,7 @@
 today's plain defaults (`--recipe none`, Fashion-MNIST's recipe), side by side in one sitting.
 
     .venv/bin/python bench/own_images.py [--runs 1] [--only fmnist-300,photos-300]
+                                         [--versus '--ema 0.999']
 
 Datasets (written under --work by this script, class folders with a test/ folder of their own):
 - fmnist-N: N Fashion-MNIST training images (N/10 per class, stratified, 28x28 greyscale PNG)
@@ -173,6 +174,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated dataset names")
     parser.add_argument("--work", default="runs/bench-own-images")
     parser.add_argument("--make-only", action="store_true", help="write the datasets, no runs")
+    parser.add_argument("--versus", default="",
+                        help="flags added to the chosen recipe for the second contender, "
+                             "e.g. '--ema 0.999' (default: --recipe none, the plain defaults)")
     args = parser.parse_args()
     work = Path(args.work)
     datasets = {f"fmnist-{n}": (lambda n=n: write_fashion(work / "data" / f"fmnist-{n}", n))
@@ -180,8 +184,10 @@ def main() -> None:
     datasets["photos-300"] = lambda: write_photos(work / "data" / "photos-300")
     chosen = [d for d in args.only.split(",") if d] or list(datasets)
     print(f"{date.today()}: matmul {matmul_gflops():.0f} GFLOP/s (4096x4096 fp32)", flush=True)
-    recipes = {"chosen from the data (default)": [], "today's defaults (--recipe none)":
-               ["--recipe", "none"]}
+    versus = args.versus.split()
+    recipes = {"chosen from the data (default)": [],
+               (f"chosen + {args.versus}" if versus else "today's defaults (--recipe none)"):
+               versus or ["--recipe", "none"]}
     print("| dataset | recipe | seed | test accuracy | wall time (s) | epochs | stable |")
     print("|---|---|---|---|---|---|---|")
     for name in chosen:
@@ -191,8 +197,8 @@ def main() -> None:
         for recipe, flags in recipes.items():
             results = []
             for seed in range(args.runs):
-                r = one_run(folder, work / "runs" / name / f"{flags[-1] if flags else 'auto'}-{seed}",
-                            flags, seed)
+                tag = "-".join(f.lstrip("-") for f in flags) or "auto"
+                r = one_run(folder, work / "runs" / name / f"{tag}-{seed}", flags, seed)
                 results.append(r)
                 print(f"| {name} | {recipe} | {seed} | {r['accuracy']:.4f} | {r['wall_s']:.0f} | "
                       f"{r['epochs']} | {'yes' if r['stable'] else 'NO'} |", flush=True)
