@@ -210,7 +210,8 @@ class TrainConfig:
     ema: float | None = option(None, "keep an exponential moving average of the weights "
                                "(and BatchNorm statistics), this much of the old average kept "
                                "per step (e.g. 0.999), and validate, checkpoint and test the "
-                               "average; off when unset", low=0, high=1, open_low=True,
+                               "average; off when unset (a folder's recipe sets 0.999; "
+                               "'none' turns it off)", low=0, high=1, open_low=True,
                                open_high=True)
     overfit_epochs: int = option(3, "warn of overfitting after this many epochs in a row of "
                                  "rising validation loss and falling training loss", low=2)

@@ -93,6 +93,22 @@ def test_every_flag_the_user_sets_wins(tmp_path):
     assert user_set(cfg) >= {"epochs", "batch_size", "preset", "lr"}
 
 
+def test_folder_recipes_keep_a_weight_average_that_the_user_can_change_or_turn_off(tmp_path):
+    for data in (facts(240), facts(9600), facts(90, classes=3, channels=3, edge=375)):
+        cfg, values = chosen(folder_cfg(tmp_path), data)
+        assert cfg.train.ema == values["ema"] == recipe_mod.FOLDER_EMA
+        assert "weight average 0.999;" in choose(folder_cfg(tmp_path), data, "cpu").line(cfg)
+    # `--ema none` on the command line: the user's word, so the recipe leaves it off
+    args = cli.build_parser().parse_args(["train", "--data", str(tmp_path), "--ema", "none"])
+    off, values = chosen(cli._base_config(args), facts(240))
+    assert off.train.ema is None and "ema" not in values
+    assert "weight average" not in choose(off, facts(240), "cpu").line(off)
+    assert chosen(folder_cfg(tmp_path, ema=0.99), facts(9600))[0].train.ema == 0.99
+    # Fashion-MNIST keeps its plain defaults, its long recipe included (measured worth nothing)
+    assert chosen(RunConfig(), None)[0].train.ema is None
+    assert chosen(override(RunConfig(), {"recipe": "long"}), None)[0].train.ema is None
+
+
 def test_a_chosen_model_keeps_its_own_recipe(tmp_path):
     cfg, _ = chosen(folder_cfg(tmp_path, model="cnn"), facts(90, classes=3, channels=3,
                                                              edge=375))
