@@ -14,6 +14,7 @@ every helper here is then a no-op, so the training code has one path.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 from dataclasses import dataclass
@@ -216,6 +217,16 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
     (SumOverRanks, whose backward all-reduces the gradients) gives the global mean and
     variance, so forward and backward equal those of BatchNorm over the whole batch in one
     process."""
+
+    def __deepcopy__(self, memo: dict) -> "CpuSyncBatchNorm":
+        """A copy (the weights' moving average, --ema, is one) sums over the same process
+        group: a group cannot be copied or pickled, so the copy shares it. The rest is copied
+        as any module's is."""
+        memo[id(self.group)] = self.group
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        copied.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return copied
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch.distributed as td

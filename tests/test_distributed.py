@@ -70,6 +70,8 @@ def test_each_test_image_counts_once_when_the_ranks_cannot_split_it_evenly(tmp_p
                    "2", "--batch-size", "16", "--lr", "0.05", "--quiet", "--out", str(out),
                    "--cache-dir", str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr[-3000:]
+    # a folder's recipe keeps the weights' moving average: a copy of the synchronised model
+    assert "weight average 0.999" in json.loads((out / "run.json").read_text())["recipe"]["line"]
     test = json.loads((out / "metrics.json").read_text())["test"]
     assert test["count"] == 21 and sum(map(sum, test["confusion_matrix"])) == 21
     assert sum(m["support"] for m in test["per_class"].values()) == 21
@@ -163,3 +165,26 @@ def test_cpu_sync_batchnorm_is_batchnorm_without_a_process_group():
     x = torch.randn(8, 4, 5, 5)
     assert torch.allclose(sync(x), bn(x))
     assert torch.allclose(sync.running_var, bn.running_var)
+
+
+class Uncopyable:
+    """Stands in for a process group: neither copied nor pickled."""
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("cannot pickle a process group")
+
+
+def test_a_copy_of_a_synchronised_model_shares_its_process_group():
+    """The weights' moving average (--ema, set by a folder's recipe) starts as a deep copy of
+    the model; on a distributed CPU run that model holds CpuSyncBatchNorm layers."""
+    group = Uncopyable()
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), distributed.CpuSyncBatchNorm(4))
+    model[1].group = group
+    average = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
+    copied = average.module[1]
+    assert type(copied) is distributed.CpuSyncBatchNorm and copied.group is group
+    assert copied.weight is not model[1].weight and copied.running_mean is not \
+        model[1].running_mean
+    assert torch.equal(copied.weight, model[1].weight)
+    copied.weight.data.add_(1)  # the copy's tensors are its own
+    assert not torch.equal(copied.weight, model[1].weight)
