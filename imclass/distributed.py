@@ -207,8 +207,6 @@ class SumOverRanks(torch.autograd.Function):
 
 
 class CpuSyncBatchNorm(nn.BatchNorm2d):
-    group = None  # the process group its statistics are summed over (see sync_batchnorm)
-
     """BatchNorm whose batch statistics are those of the whole global batch, on CPUs.
 
     Written here because torch.nn.SyncBatchNorm runs on GPUs only (its kernels,
@@ -217,6 +215,8 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
     (SumOverRanks, whose backward all-reduces the gradients) gives the global mean and
     variance, so forward and backward equal those of BatchNorm over the whole batch in one
     process."""
+
+    group = None  # the process group its statistics are summed over (see sync_batchnorm)
 
     def __deepcopy__(self, memo: dict) -> "CpuSyncBatchNorm":
         """A copy (the weights' moving average, --ema, is one) sums over the same process
