@@ -200,6 +200,8 @@ def build_parser() -> Parser:
     evaluate.add_argument("--tta", action="store_true",
                           help="also report test-time augmentation: probabilities averaged "
                           "over the flips the run was trained with")
+    evaluate.add_argument("--batch-size", type=int, help="images per forward pass (default: "
+                          "the run's eval_batch_size); lower it if memory runs out")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=_evaluate)
 
@@ -368,8 +370,10 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     from imclass import api
     from imclass.metrics import HEADLINES
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ImclassError(f"--batch-size {args.batch_size}: give 1 or more images")
     result = api.evaluate(args.run_dir, data_dir=args.data_dir, split=args.split, tta=args.tta,
-                          quiet=args.quiet)
+                          batch_size=args.batch_size, quiet=args.quiet)
     def key_figures(m):
         keys = [k for k, _ in HEADLINES[m["task"]]] + ["top_3", "ece", "threshold", "count"]
         return {k: m[k] for k in keys if k in m}

@@ -59,7 +59,7 @@ def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: tor
     else:
         predicted = task.predictions(probs, thresholds)  # the decisions the metrics count
         write_figures(folder, model, data, norm, device, labels, probs, predicted,
-                      result["plain"], history, seed)
+                      result["plain"], history, seed, batch_size)
     return result
 
 
@@ -109,7 +109,7 @@ def write_multilabel_figures(folder: Path, model, data: ImageSet, norm, device,
     label sets, the surest wrong label decisions, Grad-CAM of a few labels. (Calibration of
     the top class and the class-coloured embedding have no multilabel form.)"""
     names = list(data.class_names)
-    images = data.images.numpy()
+    images = Pixels(data)
     thresholds = metrics["thresholds"]
     if history:
         plots.curves(history, folder / "curves.png")
@@ -129,8 +129,8 @@ def write_multilabel_figures(folder: Path, model, data: ImageSet, norm, device,
         "worst label mistakes: wrong with the highest confidence", folder / "mistakes.png")
     rows, cols = interpret.label_examples(labels, probs, thresholds, CAM_IMAGES)
     if len(rows):
-        x = norm.apply(data.images[rows].float().div(255)).to(device)
-        heat = interpret.gradcam(model, x, torch.as_tensor(cols, device=device))
+        heat = interpret.gradcam(model, normalized(data, rows, norm, device),
+                                 torch.as_tensor(cols, device=device))
         plots.captioned_grid(images, rows, [f"{names[k]} {probs[i, k]:.0%}"
                                             for i, k in zip(rows, cols)], [False] * len(rows),
                              "where the model looked for each label (Grad-CAM)",
@@ -139,11 +139,11 @@ def write_multilabel_figures(folder: Path, model, data: ImageSet, norm, device,
 
 def write_figures(folder: Path, model, data: ImageSet, norm, device, labels: np.ndarray,
                   probs: np.ndarray, predicted: np.ndarray, metrics: dict, history,
-                  seed: int) -> None:
+                  seed: int, batch_size: int = 256) -> None:
     """Every single-label figure; each view shows the decisions `predicted` that the
     metrics count (a binary run's at its tuned threshold)."""
     names = list(data.class_names)
-    images = data.images.numpy()
+    images = Pixels(data)
     matrix = np.array(metrics["confusion_matrix"])
     if history:
         plots.curves(history, folder / "curves.png")
@@ -162,7 +162,8 @@ def write_figures(folder: Path, model, data: ImageSet, norm, device, labels: np.
                   interpret.least_confident_right(labels, probs, GALLERY_SIZE, predicted),
                   "least confident right answers", folder / "unsure.png")
     _heatmaps(folder / "gradcam.png", model, data, norm, device, labels, probs, predicted)
-    _embedding(folder / "embedding.png", model, data, norm, device, labels, predicted, seed)
+    _embedding(folder / "embedding.png", model, data, norm, device, labels, predicted, seed,
+               batch_size)
 
 
 def _heatmaps(path: Path, model, data: ImageSet, norm, device, labels, probs,
@@ -173,18 +174,39 @@ def _heatmaps(path: Path, model, data: ImageSet, norm, device, labels, probs,
     right = right[interpret.sample_per_class(labels[right], 1, seed=0)][:half]  # distinct classes
     chosen = np.concatenate([right, interpret.worst_mistakes(labels, probs, half, predicted)]
                             ).astype(int)
-    x = norm.apply(data.images[chosen].float().div(255)).to(device)
     targets = torch.as_tensor(predicted[chosen], device=device)
-    heat = interpret.gradcam(model, x, targets)
-    plots.gallery(data.images.numpy(), labels, probs, predicted, list(data.class_names), chosen,
+    heat = interpret.gradcam(model, normalized(data, chosen, norm, device), targets)
+    plots.gallery(Pixels(data), labels, probs, predicted, list(data.class_names), chosen,
                   "where the model looked (Grad-CAM of the predicted class)", path, heat=heat)
 
 
+class Pixels:
+    """A set's images by position as uint8 numpy [C, H, W], each gathered (resized, cropped)
+    when a figure asks for it: the galleries show a few dozen images of a split they never
+    hold whole."""
+
+    def __init__(self, data: ImageSet):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, position) -> np.ndarray:
+        return self.data.pixels(position)
+
+
+def normalized(data: ImageSet, rows, norm: Normalization, device) -> torch.Tensor:
+    """The model's input for a few images of `data` (float, normalised, on `device`)."""
+    pixels = data.gather(torch.as_tensor(np.asarray(rows), dtype=torch.long))
+    return norm.apply(pixels.to(device).float().div(255))
+
+
 def _embedding(path: Path, model, data: ImageSet, norm, device, labels, predicted,
-               seed) -> None:
+               seed, batch_size: int) -> None:
     chosen = interpret.sample_per_class(labels, EMBED_PER_CLASS, seed)
     subset = data.take(torch.as_tensor(chosen))
-    features = interpret.embeddings(model, Batches(subset, 1024, norm, device=device))
+    features = interpret.embeddings(model, Batches(subset, batch_size, norm,
+                                                         device=device))
     points, method = interpret.project_2d(features, seed)
     wrong = predicted[chosen] != labels[chosen]
     plots.embedding(points, labels[chosen], wrong, list(data.class_names), method, path)

@@ -18,7 +18,7 @@ import torch
 
 from imclass.config import RunConfig
 from imclass.data.batches import Batches
-from imclass.data.images import ImageSet
+from imclass.data.images import ImageSet, joined
 from imclass.errors import ConfigError
 from imclass.evaluation import predict_split
 from imclass.extras import need
@@ -46,15 +46,11 @@ def everything(setup: Setup) -> tuple[ImageSet, list[str], list[str]]:
     parts = [("train", s.train), ("val", s.val)]
     if s.analysis is not None:
         parts.append(("test", s.test))
-    images = torch.cat([p.center_cropped(s.input_size).images for _, p in parts])
-    labels = torch.cat([p.labels for _, p in parts])
+    combined = joined([p.center_cropped(s.input_size) for _, p in parts])
     ids = []
     for _, p in parts:
         rows = p.rows.tolist() if p.rows is not None else range(len(p))
         ids += list(p.files) if p.files else [f"train #{r}" for r in rows]
-    first = s.train
-    combined = ImageSet(images.contiguous(), labels, first.class_names, source=first.source,
-                        task=first.task)
     return combined, ids, [name for name, p in parts for _ in range(len(p))]
 
 

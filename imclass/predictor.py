@@ -85,15 +85,21 @@ class Predictor:
                 ) -> list[dict]:
         """One result per input, in order: {"image", "top", decision...}, or {"image",
         "error"} for an input that could not be read (the others are still scored)."""
-        items = list(items)
-        labels = [describe(item, k) for k, item in enumerate(items)]
+        results: list[dict] = []
+        labels: list[str] = []
         decoded: list[np.ndarray | str] = []
-        for item in items:
+        # decoded and scored a batch at a time: memory holds one batch of pixels, whatever
+        # the number of inputs
+        for k, item in enumerate(items):
+            labels.append(describe(item, k))
             try:
                 decoded.append(self.pixels(item))
             except DataError as exc:
                 decoded.append(str(exc))
-        return self.score(labels, decoded, top_k, batch_size)
+            if len(decoded) == batch_size:
+                results += self.score(labels, decoded, top_k, batch_size)
+                labels, decoded = [], []
+        return results + self.score(labels, decoded, top_k, batch_size)
 
     def score(self, labels: list[str], decoded: list, top_k: int = 3,
               batch_size: int = 64) -> list[dict]:

@@ -16,7 +16,7 @@ from imclass.config import OWN_MODELS, RunConfig, user_set
 from imclass.errors import ConfigError
 from imclass.console import Log
 from imclass.data import Splits, check_source, prepare, scan
-from imclass.data.batches import Normalization
+from imclass.data.batches import Normalization, eval_batch_within, training_batch_within
 from imclass.devices import hardware, precision_name, resolve_device
 from imclass.distributed import SINGLE, Dist
 from imclass.models import MODELS, build_model, check_model_name, count_parameters, \
@@ -69,6 +69,7 @@ def prepare_training(config: RunConfig | None, log: Log, dist: Dist = SINGLE) ->
         f"test images, {splits.train.channels}x{splits.input_size}x{splits.input_size}"
         f"{f' (decoded at {splits.train.size[0]} px)' if splits.train.size[0] != splits.input_size else ''}, "
         f"{len(splits.train.class_names)} classes ({splits.task}), from {splits.train.source}")
+    cfg = batches_for(cfg, splits.input_size, log)
     if not splits.validated:
         check_unvalidated(cfg, recipe, log)
     task = get_task(splits.task, cfg.data.hierarchy_sep)
@@ -84,6 +85,29 @@ def check_unvalidated(cfg: RunConfig, recipe: Recipe, log: Log) -> None:
                           "or leave --patience unset")
     log("no validation (--val-fraction 0): the last epoch is kept, with no early stopping, "
         "overfitting warnings or threshold tuning")
+
+
+def batches_for(cfg: RunConfig, input_size: int, log: Log) -> RunConfig:
+    """Training and evaluation batches within TRAIN_ and EVAL_BATCH_PIXELS where the user left
+    them unset (a power of two; the learning rate scaled with the training batch, the linear
+    rule, where it was left unset too); said on the console when changed."""
+    t, given = cfg.train, user_set(cfg)
+    pixels = max(1, input_size) ** 2
+    fits = {"batch_size": training_batch_within(input_size),
+            "eval_batch_size": eval_batch_within(input_size)}
+    changes = {key: fits[key] for key in fits
+               if key not in given and getattr(t, key) > fits[key]}
+    if "batch_size" in changes:
+        if "lr" not in given and isinstance(t.lr, float):
+            changes["lr"] = t.lr * changes["batch_size"] / t.batch_size
+        lr = f", lr {changes['lr']:g}" if "lr" in changes else ""
+        log(f"batch: {changes['batch_size']} images at {input_size} px, not {t.batch_size}{lr} "
+            f"(a batch's memory grows with its pixels: {t.batch_size} would hold about "
+            f"{t.batch_size * pixels * 78 / 224 ** 2 / 1024:.0f} GB on a model like "
+            "EfficientNet-Lite0); --batch-size sets it")
+    if not changes:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, **changes))
 
 
 def data_for_model(cfg: RunConfig, architecture: str) -> RunConfig:

@@ -27,6 +27,7 @@ import torch
 from imclass.atomic import atomic_write, atomic_write_text
 from imclass.contract import PixelModel
 from imclass.data import prepare
+from imclass.data.batches import eval_batch_within
 from imclass.data.images import ImageSet
 from imclass.errors import DataError
 from imclass.predictor import describe, pixels_of, pixel_model_of_run
@@ -46,17 +47,22 @@ class Index:
     def pixels(self, rows) -> np.ndarray:
         """uint8 [len(rows), C, D, D] of index rows."""
         first = len(self.sets[0])
-        return np.stack([self.sets[0].images[r].numpy() if r < first
-                         else self.sets[1].images[r - first].numpy() for r in rows])
+        return np.stack([self.sets[0].pixels(r) if r < first
+                         else self.sets[1].pixels(r - first) for r in rows])
 
 
-def features_of(module: PixelModel, pixels: np.ndarray, device: torch.device) -> np.ndarray:
-    """Raw penultimate features [N, D] of uint8 pixels [N, C, D, D]."""
-    out = []
+def features_of(module: PixelModel, pixels, device: torch.device) -> np.ndarray:
+    """Raw penultimate features [N, D] of uint8 pixels [N, C, D, D]: an array, or an ImageSet
+    read a batch at a time (never whole); EMBED_BATCH images a batch, fewer when they are large."""
+    step = min(EMBED_BATCH, eval_batch_within(pixels.shape[-1] if isinstance(pixels, np.ndarray)
+                                              else pixels.size[0]))
+    if isinstance(pixels, ImageSet):
+        batches = pixels.chunks(step)
+    else:
+        batches = (torch.from_numpy(np.ascontiguousarray(pixels[start:start + step]))
+                   for start in range(0, len(pixels), step))
     with torch.inference_mode():
-        for start in range(0, len(pixels), EMBED_BATCH):
-            batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + EMBED_BATCH]))
-            out.append(module.embed(batch.to(device)).float().cpu().numpy())
+        out = [module.embed(batch.to(device)).float().cpu().numpy() for batch in batches]
     return np.concatenate(out)
 
 
@@ -88,7 +94,7 @@ def items_of(images: ImageSet) -> list[dict]:
 
 def build(run_dir: Path, module: PixelModel, device: torch.device) -> Index:
     sets = training_images(run_dir)
-    raw = np.concatenate([features_of(module, s.images.numpy(), device) for s in sets])
+    raw = np.concatenate([features_of(module, s, device) for s in sets])
     mean = raw.mean(0)
     features = unit(raw, mean).astype(np.float32)
     items = [item for s in sets for item in items_of(s)]

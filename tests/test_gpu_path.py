@@ -24,11 +24,20 @@ def test_a_dataset_that_fits_is_held_on_the_accelerator_and_batched_there():
     images = torch.randint(0, 256, (10, 1, 12, 12), dtype=torch.uint8)
     data = ImageSet(images, torch.arange(10) % 2, ("a", "b"))
     batches = Batches(data, 4, Normalization((0.5,), (0.25,)), device="meta")
-    assert batches.preloaded is not None and batches.preloaded.device.type == "meta"
+    assert batches.preloaded and batches.data.store.device.type == "meta"
     shapes = [(tuple(x.shape), x.device.type, y.device.type) for x, y in batches]
     assert shapes == [((4, 1, 12, 12), "meta", "meta")] * 2 + [((2, 1, 12, 12), "meta", "meta")]
     on_cpu = Batches(data, 4, Normalization((0.5,), (0.25,)))
-    assert on_cpu.preloaded is None  # the CPU gathers each batch from the store instead
+    assert not on_cpu.preloaded  # the CPU gathers each batch from the store instead
+
+
+def test_a_resized_view_moves_to_the_accelerator_as_stored_and_resizes_there():
+    """Fashion-MNIST for a 224 px model goes to the GPU at 28 px (64x fewer bytes)."""
+    images = torch.randint(0, 256, (10, 1, 12, 12), dtype=torch.uint8)
+    data = ImageSet(images, torch.arange(10) % 2, ("a", "b")).take(torch.arange(2, 10))
+    batches = Batches(data.resized(48), 4, Normalization((0.5,), (0.25,)), device="meta")
+    assert tuple(batches.data.store.shape) == (8, 1, 12, 12)
+    assert [tuple(x.shape) for x, _ in batches] == [(4, 1, 48, 48)] * 2
 
 
 def test_cuda_gets_bf16_autocast_and_cudnn_autotuning(monkeypatch):

@@ -8,17 +8,19 @@ from pathlib import Path
 
 from imclass.console import make_log
 from imclass.data import SOURCES, load_source, prepare
-from imclass.errors import ConfigError, DataError
+from imclass.data.batches import eval_batch_within
+from imclass.errors import ConfigError, DataError, memory_stage
 from imclass.evaluation import evaluate_split
 from imclass.report import write_report
 from imclass.runfolder import load_run
 
 
 def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: str = "test",
-             tta: bool = False, quiet: bool = False) -> dict:
+             tta: bool = False, batch_size: int | None = None, quiet: bool = False) -> dict:
     """Re-evaluate a run's best checkpoint on its test (or validation) split, or on the same
     kind of dataset in another folder; rewrites that split's metrics, the plots and the
-    report. Returns {"plain": metrics, "tta": metrics (with tta)}."""
+    report. `batch_size` replaces the run's eval_batch_size (images per forward pass).
+    Returns {"plain": metrics, "tta": metrics (with tta)}."""
     if split not in ("test", "val"):
         raise ConfigError(f"--split must be test or val; got '{split}'")
     run = load_run(run_dir)
@@ -39,8 +41,16 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     if list(data.class_names) != run.class_names:
         raise DataError(f"the classes of {data.source} {list(data.class_names)} differ from "
                         f"the run's {run.class_names}; evaluate on data with the same classes")
-    result = evaluate_split(Path(run_dir), run.model, run.task, data, run.norm, run.config,
-                            run.device, make_log(quiet), split=split, tta=tta,
-                            thresholds=run.thresholds, input_size=run.meta["input"]["height"])
+    side = run.meta["input"]["height"]
+    # a run saved with a batch too large for its input size (before the cap) gets the cap
+    batch_size = batch_size or min(run.config.train.eval_batch_size, eval_batch_within(side))
+    cfg = dataclasses.replace(run.config, train=dataclasses.replace(
+        run.config.train, eval_batch_size=batch_size))
+    with memory_stage(f"evaluating {len(data)} images at {data.channels}x{side}x{side} in "
+                      f"batches of {cfg.train.eval_batch_size}",
+                      "give a smaller --batch-size (the run's checkpoints are unchanged)"):
+        result = evaluate_split(Path(run_dir), run.model, run.task, data, run.norm, cfg,
+                                run.device, make_log(quiet), split=split, tta=tta,
+                                thresholds=run.thresholds, input_size=side)
     write_report(Path(run_dir))
     return result

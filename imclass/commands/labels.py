@@ -105,7 +105,7 @@ def review_page(found: Audit, issues: list[dict]) -> str:
     """One self-contained page: a card per issue, filterable by given class."""
     cards = []
     for i in issues:
-        pixels = found.images.images[i["index"]].numpy()
+        pixels = found.images.pixels(i["index"])
         cards.append(
             f'<div class="card" data-given="{html.escape(i["given"])}"><img src="data:image/png;'
             f'base64,{png_data(pixels)}" alt="{html.escape(i["image"])}"><p><b>#{i["rank"]}</b> '

@@ -28,7 +28,7 @@ from imclass.data.batches import Batches
 from imclass.devices import (hardware, keep_freed_memory, precision_name, resolve_device,
                              tune_backend)
 from imclass.distributed import Dist
-from imclass.errors import ConfigError, DataError, Stopped
+from imclass.errors import ConfigError, DataError, Stopped, memory_stage
 from imclass.evaluation import evaluate_split, predict_split
 from imclass.lr_find import find_lr
 from imclass.pruning import Pruning, PruneSpec
@@ -89,7 +89,8 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
     clock = StageClock(log, verbose and not quiet)
     check_run_dir(out, overwrite or resume_state is not None)
     check_available(track)
-    setup = prepare_training(config, log, dist)
+    with memory_stage("loading the dataset", "give a smaller --image-size, or --subset"):
+        setup = prepare_training(config, log, dist)
     clock.done("data")
     cfg, splits, task, device = setup.cfg, setup.splits, setup.task, setup.device
     distributed.check_same(dist, same_run_facts(cfg, splits))
@@ -125,10 +126,14 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
     tracked = trackers(track, run_dir, config_mod.to_dict(cfg), {
         "task": task.name, "architecture": setup.architecture or cfg.model.name,
         "dataset": Path(cfg.data.source).name, "run": run_dir.name}, log)
-    result, overfit_warnings = fit_run(run_dir, setup, model, quiet, log,
-                                       [*prune_callbacks, *tracked, *(callbacks or [])], meta,
-                                       stop_on_signal,
-                                       resume_state)
+    shape = f"{splits.train.channels}x{splits.input_size}x{splits.input_size}"
+    with memory_stage(f"training on {len(splits.train)} images at {shape} in batches of "
+                      f"{cfg.train.batch_size}",
+                      f"give a smaller --batch-size; the epochs already finished are kept in "
+                      f"{run_dir / 'checkpoints'}"):
+        result, overfit_warnings = fit_run(run_dir, setup, model, quiet, log,
+                                           [*prune_callbacks, *tracked, *(callbacks or [])],
+                                           meta, stop_on_signal, resume_state)
     stopped = stop_summary(result, cfg.train.epochs, log)
     thresholds = tune_thresholds(run_dir, model, setup, log)
     clock.done("training")
@@ -148,8 +153,14 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
                "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc")},
                "stopped": stopped, **pruned}
     if evaluate_test:
-        evaluate_split(run_dir, model, task, splits.test, splits.norm, cfg, device, log,
-                       thresholds=thresholds, input_size=splits.input_size, dist=dist)
+        write_json(run_dir / "run.json", summary)  # kept should evaluation run out of memory
+        with memory_stage(f"evaluating {len(splits.test)} test images at {shape} in batches "
+                          f"of {cfg.train.eval_batch_size}",
+                          f"the trained model is kept in {run_dir / 'checkpoints'}: imclass "
+                          f"evaluate {run_dir} --batch-size {max(1, cfg.train.eval_batch_size // 4)}"
+                          " finishes the run's report"):
+            evaluate_split(run_dir, model, task, splits.test, splits.norm, cfg, device, log,
+                           thresholds=thresholds, input_size=splits.input_size, dist=dist)
     else:
         plots.curves(result.history, run_dir / "plots" / "curves.png")
     clock.done("evaluation")
@@ -218,7 +229,7 @@ def tune_thresholds(run_dir: Path, model, setup: Setup, log: Log) -> list[float]
 def plot_augmented(path: Path, train, augment, seed: int, count: int = 24) -> None:
     """A few training images as the model sees them after augmentation, for the report. Drawn
     from a forked generator so the training run's random stream is the same with or without."""
-    x = train.images[:count].float().div(255)
+    x = train.gather(torch.arange(min(count, len(train)))).float().div(255)
     with torch.random.fork_rng():
         torch.manual_seed(seed + 1)
         if augment is not None:
