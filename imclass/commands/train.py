@@ -25,8 +25,8 @@ from imclass.console import Log, StageClock, make_log
 from imclass.data.audit import write_analysis
 from imclass.data.augment import build_augment
 from imclass.data.batches import Batches
-from imclass.devices import (hardware, keep_freed_memory, precision_name, resolve_device,
-                             tune_backend)
+from imclass.devices import (hardware, keep_freed_memory, precision_name, release_freed_memory,
+                             resolve_device, tune_backend)
 from imclass.distributed import Dist
 from imclass.errors import ConfigError, DataError, Stopped, memory_stage
 from imclass.evaluation import evaluate_split, predict_split
@@ -134,6 +134,7 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
         result, overfit_warnings = fit_run(run_dir, setup, model, quiet, log,
                                            [*prune_callbacks, *tracked, *(callbacks or [])],
                                            meta, stop_on_signal, resume_state)
+    release_freed_memory()  # what training kept: evaluation allocates other sizes
     stopped = stop_summary(result, cfg.train.epochs, log)
     thresholds = tune_thresholds(run_dir, model, setup, log)
     clock.done("training")

@@ -12,12 +12,13 @@ from imclass.data.images import ImageSet, center_crop
 GPU_PRELOAD_BYTES = 4 * 1024 ** 3  # a set up to 4 GiB of uint8 pixels lives on the GPU
 # Pixels of one batch where the batch sizes are left unset: the activations a batch holds
 # grow with its pixels. Measured on EfficientNet-Lite0 at 224 px (fp32, channels-last, 2
-# cores): a training step keeps about 78 MB per image for its backward pass (batch 32:
-# 2.5 GB), so Fashion-MNIST's batch of 256 would hold 20 GB; inference about 12 MB per image
-# (batch 64: 0.76 GB, batch 1,024: 12 GB). A CPU scores as many images a second at 64 a pass
-# as at 1,024.
-TRAIN_BATCH_PIXELS = 32 * 224 * 224  # 32 images at 224 px, 128 at 96 px, 2,048 at 28 px
-EVAL_BATCH_PIXELS = 64 * 224 * 224   # 64 images at 224 px, 1,024 up to 56 px
+# cores, glibc keeping freed memory as devices.keep_freed_memory sets it): a training step
+# peaks at 3.1-3.3 GB of the process at batch 16 and 4.1-4.7 GB at batch 32, at the same
+# images/s (70-100 ms an image either way), so Fashion-MNIST's batch of 256 would hold about
+# 20 GB; inference holds about 12 MB per image (batch 64: 0.76 GB, 1,024: 12 GB), and a CPU
+# scores as many images a second at 32 a pass as at 1,024.
+TRAIN_BATCH_PIXELS = 16 * 224 * 224  # 16 images at 224 px, 64 at 96 px, 1,024 at 28 px
+EVAL_BATCH_PIXELS = 32 * 224 * 224   # 32 images at 224 px, 174 at 96 px, 1,024 up to 39 px
 
 
 def training_batch_within(side: int) -> int:
