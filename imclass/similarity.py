@@ -61,9 +61,15 @@ def features_of(module: PixelModel, pixels, device: torch.device) -> np.ndarray:
     else:
         batches = (torch.from_numpy(np.ascontiguousarray(pixels[start:start + step]))
                    for start in range(0, len(pixels), step))
-    with torch.inference_mode():
-        out = [module.embed(batch.to(device)).float().cpu().numpy() for batch in batches]
-    return np.concatenate(out)
+    out, done = None, 0
+    with torch.inference_mode():  # into one array made once (see metrics.predict_probabilities)
+        for batch in batches:
+            features = module.embed(batch.to(device)).float().cpu().numpy()
+            if out is None:
+                out = np.empty((len(pixels), features.shape[1]), dtype=np.float32)
+            out[done:done + len(features)] = features
+            done += len(features)
+    return out
 
 
 def unit(features: np.ndarray, mean: np.ndarray) -> np.ndarray:
