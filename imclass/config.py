@@ -184,7 +184,9 @@ class TrainConfig:
                          "epochs of Fashion-MNIST, random erasing)",
                          choices=("auto", "none", "long"))
     epochs: int = option(10, "passes over the training split", low=1, high=10_000)
-    batch_size: int = option(256, "images per optimisation step", low=1, high=65_536)
+    batch_size: int = option(256, "images per optimisation step; when unset, on a CPU at "
+                             "most 16 images at 224 px (the pixels of 16 x 224 x 224: 64 at "
+                             "96 px), the learning rate scaled alike", low=1, high=65_536)
     lr: float = option(0.2, "peak learning rate; auto runs the learning-rate range test "
                        "(imclass lr-find) first and takes its suggestion", low=0, high=10,
                        open_low=True)
@@ -237,7 +239,8 @@ class TrainConfig:
                             "on a CPU", choices=("auto", "bf16", "fp32"))
     device: str = option("auto", "where to train: cuda (with mixed precision) when present, "
                          "else cpu", choices=("auto", "cpu", "cuda"))
-    eval_batch_size: int = option(1024, "images per forward pass when evaluating", low=1)
+    eval_batch_size: int = option(1024, "images per forward pass when evaluating; when unset, "
+                                  "at most 32 images at 224 px (174 at 96 px)", low=1)
     freeze_epochs: int = option(0, "first train only the new head for this many epochs, the "
                                 "backbone frozen (BatchNorm statistics too), then unfreeze",
                                 low=0)

@@ -126,3 +126,23 @@ def test_running_out_of_memory_in_evaluation_is_one_sentence_and_keeps_the_run(
     assert cli.main(["evaluate", str(run), "--batch-size", "64", "--quiet"]) == 0
     assert json.loads((run / "metrics.json").read_text())["test"]["count"] == 10000
     assert (run / "report.html").is_file()
+
+
+def test_unset_batch_sizes_are_held_to_the_pixels_of_the_input():
+    from imclass.config import RunConfig, override
+    from imclass.run_setup import batches_for
+
+    said = []
+    plain = RunConfig()
+    assert batches_for(plain, 28, said.append) == plain and not said  # Fashion-MNIST as it was
+    big = batches_for(plain, 224, said.append)
+    assert (big.train.batch_size, big.train.eval_batch_size) == (16, 32)
+    assert big.train.lr == pytest.approx(plain.train.lr * 16 / plain.train.batch_size)
+    assert len(said) == 1 and "batch: 16 images at 224 px, not 256" in said[0]
+    assert batches_for(plain, 96, said.append).train.batch_size == 64
+    mine = override(plain, {"batch_size": 128, "eval_batch_size": 512})
+    assert batches_for(mine, 224, said.append).train == mine.train  # the user's values win
+    recipe = batches_for(plain, 224, said.append, recipe_batch=True)
+    assert (recipe.train.batch_size, recipe.train.lr) == (256, plain.train.lr)
+    gpu = batches_for(plain, 224, said.append, device_type="cuda")
+    assert (gpu.train.batch_size, gpu.train.eval_batch_size) == (256, 32)

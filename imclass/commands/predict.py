@@ -21,7 +21,7 @@ import torch
 from imclass.atomic import atomic_write
 from imclass.contract import Contract
 from imclass.data.folders import walk_images
-from imclass.errors import ConfigError, DataError
+from imclass.errors import ConfigError, DataError, memory_stage
 from imclass.predictor import Predictor, load, pixels_of
 
 PATH_COLUMNS = ("image", "path", "file", "filename")
@@ -127,11 +127,14 @@ def predict_files(predictor: Predictor, paths: list[str], top_k: int = 3,
 
     bar = tqdm(total=len(paths), unit="img", disable=not progress or None,
                desc="predicting", dynamic_ncols=True)
+    c = predictor.contract
     with bar:
-        for positions, pixels, errors in decoded_batches(paths, predictor.contract,
-                                                         batch_size, workers):
-            decided = iter(predictor.decisions(predictor.probabilities(pixels), top_k)
-                           if len(pixels) else [])
+        for positions, pixels, errors in decoded_batches(paths, c, batch_size, workers):
+            with memory_stage(f"predicting {len(paths)} images at {c.input_channels}x"
+                              f"{c.decoded_size}x{c.decoded_size} in batches of {batch_size}",
+                              "give a smaller --batch-size"):
+                decided = iter(predictor.decisions(predictor.probabilities(pixels), top_k)
+                               if len(pixels) else [])
             for k in positions:
                 yield ({"image": paths[k], "error": errors[k]} if k in errors
                        else {"image": paths[k], **next(decided)})
