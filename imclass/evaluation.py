@@ -205,8 +205,7 @@ def _embedding(path: Path, model, data: ImageSet, norm, device, labels, predicte
                seed, batch_size: int) -> None:
     chosen = interpret.sample_per_class(labels, EMBED_PER_CLASS, seed)
     subset = data.take(torch.as_tensor(chosen))
-    features = interpret.embeddings(model, Batches(subset, batch_size, norm,
-                                                         device=device))
+    features = interpret.embeddings(model, Batches(subset, batch_size, norm, device=device))
     points, method = interpret.project_2d(features, seed)
     wrong = predicted[chosen] != labels[chosen]
     plots.embedding(points, labels[chosen], wrong, list(data.class_names), method, path)

@@ -133,11 +133,17 @@ def decode(job: tuple[str, int, int, str | None, str]) -> tuple[np.ndarray | Non
 
 
 def _pool_map(fn, jobs: list, workers: int | None) -> list:
+    return list(_pool_imap(fn, jobs, workers))
+
+
+def _pool_imap(fn, jobs: list, workers: int | None):
+    """fn over the jobs in a process pool, results in order as they come."""
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(jobs) < 64:
-        return [fn(j) for j in jobs]
+        yield from map(fn, jobs)
+        return
     with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(fn, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+        yield from pool.map(fn, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8))))
 
 
 def inspect_all(paths: list[str], workers: int | None = None) -> list[dict]:
@@ -214,22 +220,39 @@ def _decode_through(infos, size, channels, cache_dir: Path, key: str, workers, i
     todo = [k for k, i in enumerate(infos) if "error" not in i]
     cache.check_room(cache_dir, len(todo) * channels * size * size,
                      f"{len(todo)} images at {size}x{size}")
-    results = _pool_map(decode, [(infos[k]["file"], size, channels, interpolation, fit)
-                                 for k in todo], workers)
-    ok = [k for k, (array, _) in zip(todo, results) if array is not None]
-    extra = [{} for _ in infos]
-    for k, (_, facts) in zip(todo, results):
-        extra[k] = facts
+    # Each image goes into the array on disk as it arrives, so memory holds a few chunks of
+    # decoded images, not all of them (20,000 photos at 224 px are 3 GB).
+    jobs = [(infos[k]["file"], size, channels, interpolation, fit) for k in todo]
     tmp = array_file.with_name(array_file.name + f".{os.getpid()}.tmp.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                    shape=(len(ok), channels, size, size))
-    for row, array in enumerate(a for a, _ in results if a is not None):
-        out[row] = array
+                                    shape=(len(todo), channels, size, size))
+    ok, extra = [], [{} for _ in infos]
+    for k, (array, facts) in zip(todo, _pool_imap(decode, jobs, workers)):
+        extra[k] = facts
+        if array is not None:
+            out[len(ok)] = array
+            ok.append(k)
     out.flush()
     del out
+    if len(ok) < len(todo):  # some failed: keep the rows that decoded
+        _truncate_rows(tmp, len(ok))
     os.replace(tmp, array_file)
     # written last: its presence marks the array complete
     atomic_write_text(meta_file, json.dumps({"ok": ok, "extra": extra, "source": source,
                                              "shape": [channels, size, size]}))
     merged = [i | e for i, e in zip(infos, extra)]
     return Decoded(np.load(array_file, mmap_mode="c"), ok, merged, array_file, False)
+
+
+def _truncate_rows(path: Path, rows: int, chunk: int = 1024) -> None:
+    """Keep the first `rows` rows of the .npy array at `path` (copied chunk by chunk into a
+    new file that replaces it: the header records the shape)."""
+    full = np.load(path, mmap_mode="r")
+    short = path.with_name(path.name + ".short.npy")
+    out = np.lib.format.open_memmap(short, mode="w+", dtype=full.dtype,
+                                    shape=(rows, *full.shape[1:]))
+    for start in range(0, rows, chunk):
+        out[start:start + chunk] = full[start:min(rows, start + chunk)]
+    out.flush()
+    del out, full
+    os.replace(short, path)
