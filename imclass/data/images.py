@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-CHUNK_BYTES = 64 * 1024 ** 2  # uint8 pixels per chunk of a pass over a whole set (64 MB)
+CHUNK_BYTES = 16 * 1024 ** 2  # uint8 pixels per chunk of a pass over a whole set (16 MB; as
+# float64 in Normalization.of, with its squares, about 0.4 GB at once)
 
 
 def center_crop(x: torch.Tensor, side: int | None) -> torch.Tensor:
