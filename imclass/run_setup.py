@@ -69,7 +69,7 @@ def prepare_training(config: RunConfig | None, log: Log, dist: Dist = SINGLE) ->
         f"test images, {splits.train.channels}x{splits.input_size}x{splits.input_size}"
         f"{f' (decoded at {splits.train.size[0]} px)' if splits.train.size[0] != splits.input_size else ''}, "
         f"{len(splits.train.class_names)} classes ({splits.task}), from {splits.train.source}")
-    cfg = batches_for(cfg, splits.input_size, log, "batch_size" in recipe.values, device.type)
+    cfg = batches_for(cfg, splits.input_size, log, recipe.values, device.type)
     if not splits.validated:
         check_unvalidated(cfg, recipe, log)
     task = get_task(splits.task, cfg.data.hierarchy_sep)
@@ -87,15 +87,18 @@ def check_unvalidated(cfg: RunConfig, recipe: Recipe, log: Log) -> None:
         "overfitting warnings or threshold tuning")
 
 
-def batches_for(cfg: RunConfig, input_size: int, log: Log, recipe_batch: bool = False,
+def batches_for(cfg: RunConfig, input_size: int, log: Log, recipe: dict | None = None,
                 device_type: str = "cpu") -> RunConfig:
     """Training and evaluation batches within TRAIN_ and EVAL_BATCH_PIXELS where the user left
     them unset (the learning rate scaled with the training batch, the linear rule, where it
     was left unset too); said on the console when the training batch changes. A recipe's
-    training batch (`recipe_batch`) is kept: the recipe chose it for the size; so is a GPU's,
-    whose memory (and bf16 activations) holds a large batch and whose speed needs one."""
-    t, given = cfg.train, user_set(cfg)
-    if recipe_batch or device_type != "cpu":
+    training batch (`recipe`: the values it gave) is kept where it chose the size too (not
+    for a --image-size of the user's: the scratch recipe's 128 is meant for 64 px and
+    below); so is a GPU's, whose memory (and bf16 activations) holds a large batch and whose
+    speed needs one."""
+    recipe = recipe or {}
+    t, given = cfg.train, user_set(cfg) - (set(recipe) - cfg.explicit)
+    if {"batch_size", "image_size"} <= set(recipe) or device_type != "cpu":
         given = given | {"batch_size"}
     pixels = max(1, input_size) ** 2
     fits = {"batch_size": training_batch_within(input_size),

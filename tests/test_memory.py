@@ -1,6 +1,7 @@
 """Memory bounded by the batch, not the dataset (issue 33): sets are views resized and cropped
 per batch, evaluation streams, the guard measures a whole evaluation's peak memory at two test
 set sizes, and running out of memory is one sentence that keeps what was written."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -142,7 +143,11 @@ def test_unset_batch_sizes_are_held_to_the_pixels_of_the_input():
     assert batches_for(plain, 96, said.append).train.batch_size == 64
     mine = override(plain, {"batch_size": 128, "eval_batch_size": 512})
     assert batches_for(mine, 224, said.append).train == mine.train  # the user's values win
-    recipe = batches_for(plain, 224, said.append, recipe_batch=True)
-    assert (recipe.train.batch_size, recipe.train.lr) == (256, plain.train.lr)
+    # a recipe's batch (not the user's, though not the default) stays where it chose the size
+    scratch = dataclasses.replace(plain, train=dataclasses.replace(plain.train, batch_size=128))
+    kept = batches_for(scratch, 224, said.append, {"batch_size": 128, "image_size": 224})
+    assert kept.train.batch_size == 128
+    resized = batches_for(scratch, 224, said.append, {"batch_size": 128, "lr": 0.1})
+    assert resized.train.batch_size == 16  # --image-size 224 was the user's
     gpu = batches_for(plain, 224, said.append, device_type="cuda")
     assert (gpu.train.batch_size, gpu.train.eval_batch_size) == (256, 32)
