@@ -107,8 +107,6 @@ class Batches:
             if self.world > 1:
                 per = len(index) // self.world
                 index = index[self.rank * per:(self.rank + 1) * per]
-            if self.preloaded:
-                index = index.to(self.labels.device)
             x = self.data.gather(index).to(self.device, non_blocking=True).float().div_(255)
             index = index.to(self.labels.device)
             if self.augment is not None:
