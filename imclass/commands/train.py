@@ -22,6 +22,7 @@ from imclass import checkpoint, config as config_mod, distributed, plots
 from imclass import resume as resume_mod
 from imclass.config import RunConfig
 from imclass.console import Log, StageClock, make_log
+from imclass.cores import CoreShare
 from imclass.data.audit import write_analysis
 from imclass.data.augment import build_augment
 from imclass.data.batches import Batches
@@ -309,6 +310,8 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
     overfit = OverfitWatch(t.overfit_epochs, log)
     history = HistoryWriter(run_dir / "history.csv")
     callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit]
+    if device.type == "cpu" and not dist.active:  # torchrun's ranks have their share set
+        callbacks.append(CoreShare(log))
     if dist.is_main:  # the files of the run; the other ranks only train
         plot_augmented(run_dir / "plots" / "augmented.png", splits.train, augment, t.seed)
         callbacks += [history, Checkpointer(run_dir / "checkpoints", evaluated, meta),
