@@ -244,6 +244,10 @@ class TrainConfig:
     freeze_epochs: int = option(0, "first train only the new head for this many epochs, the "
                                 "backbone frozen (BatchNorm statistics too), then unfreeze",
                                 low=0)
+    feature_views: int = option(0, "with --freeze-epochs: train the head on the frozen "
+                                "backbone's features, computed once for this many augmented "
+                                "views of each training image (0: recompute every epoch)",
+                                low=0, high=64)
     fine_tune_lr: float | None = option(None, "peak learning rate after unfreezing (default: "
                                         "a tenth of --lr)", low=0, high=10, open_low=True)
     lr_mult: float = option(1.0, "discriminative learning rates when fine-tuning: each layer "

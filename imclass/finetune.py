@@ -32,6 +32,7 @@ class Stage:
     epochs: int
     groups: list[tuple[list[nn.Parameter], float]]  # (parameters, peak lr), head first
     all_norms_frozen: bool = False  # --freeze-bn: running statistics never move
+    cached: bool = False  # the head trains on cached backbone features (imclass.features)
 
 
 def _head(model: nn.Module) -> nn.Module:
@@ -80,7 +81,10 @@ def plan_stages(model: nn.Module, cfg: TrainConfig) -> list[Stage]:
     keep = len(groups) - 1 if cfg.unfreeze == "all" else int(cfg.unfreeze.split("-")[1])
     unfrozen = groups[-1 - keep:] if keep else groups[-1:]
     fine_lr = cfg.fine_tune_lr if cfg.fine_tune_lr is not None else cfg.lr / 10
-    return [Stage("head only (backbone frozen)", 1, cfg.freeze_epochs, [(groups[-1], cfg.lr)]),
+    cached = cfg.feature_views > 0
+    head_name = (f"head on cached features ({cfg.feature_views} views)" if cached
+                 else "head only (backbone frozen)")
+    return [Stage(head_name, 1, cfg.freeze_epochs, [(groups[-1], cfg.lr)], cached=cached),
             Stage(f"fine-tune ({'all' if cfg.unfreeze == 'all' else cfg.unfreeze} unfrozen)",
                   2, cfg.epochs - cfg.freeze_epochs, _rates(unfrozen, fine_lr, cfg.lr_mult),
                   cfg.freeze_bn)]

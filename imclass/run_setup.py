@@ -23,6 +23,7 @@ from imclass.models import MODELS, build_model, check_model_name, count_paramete
     flops_per_image
 from imclass.models.weights import load_pretrained, resolve_architecture
 from imclass.models.zoo import input_spec
+from imclass.precision import choose_cpu_precision
 from imclass.recipe import Recipe, apply, choose, facts_of
 from imclass.tasks import get_task
 
@@ -138,7 +139,9 @@ def pretrained_norm(architecture: str, channels: int) -> Normalization:
 
 
 def build_run_model(setup: Setup, log: Log) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model (with its pretrained or local weights) on its device, and its size."""
+    """The model (with its pretrained or local weights) on its device, and its size.
+    `--precision auto` on a CPU is settled here, by measuring this model (imclass.precision):
+    `setup.cfg` then holds bf16 or fp32."""
     cfg, splits = setup.cfg, setup.splits
     shape = (splits.train.channels, splits.input_size, splits.input_size)
     model = build_model(cfg.model, shape[0],
@@ -151,7 +154,16 @@ def build_run_model(setup: Setup, log: Log) -> tuple[torch.nn.Module, dict[str, 
     info = {"name": cfg.model.name, "architecture": setup.architecture,
             "parameters": count_parameters(model), "flops_per_image": flops_per_image(model, shape),
             "weights": loaded.as_dict() if loaded else None}
+    why = ""
+    # (a distributed run's ranks keep the rule of devices.mixed_precision: they must agree)
+    if setup.device.type == "cpu" and cfg.train.precision == "auto" and not setup.dist.active:
+        chosen, why = choose_cpu_precision(
+            model, f"{setup.architecture or cfg.model.name} ({info['parameters']} parameters)",
+            shape, cfg.train.batch_size, len(splits.train.class_names))
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=chosen))
+        setup.cfg, info["precision_reason"] = cfg, why
     log(f"model: {setup.architecture}, {info['parameters']:,} parameters, "
         f"{info['flops_per_image'] / 1e6:.1f} MFLOPs per image; training on "
-        f"{hardware(setup.device)}, {precision_name(setup.device, cfg.train.precision)}")
+        f"{hardware(setup.device)}, {precision_name(setup.device, cfg.train.precision)}"
+        f"{f' ({why})' if why else ''}")
     return model, info

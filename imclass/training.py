@@ -24,6 +24,7 @@ from torch import nn
 from imclass.config import TrainConfig
 from imclass.devices import autocast, compiled
 from imclass.distributed import SINGLE, Dist, all_sum, any_rank, wrapper
+from imclass.features import CachedHead
 from imclass.finetune import apply_stage, plan_stages, train_mode
 from imclass.tasks import Loss, argmax_hits
 
@@ -223,7 +224,8 @@ class FitResult:
 def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainConfig,
         device: torch.device, callbacks: list[Callback] = (), hits: Hits = argmax_hits,
         stop: StopSignal | None = None, on_state: Callable[[dict], None] | None = None,
-        resume: dict | None = None, dist: Dist = SINGLE, ema=None) -> FitResult:
+        resume: dict | None = None, dist: Dist = SINGLE, ema=None,
+        features=None) -> FitResult:
     """Train for cfg.epochs (or until a callback says stop), in stages when fine-tuning
     (imclass.finetune); ends holding the best weights, those of the epoch with the lowest
     validation loss (with `val_batches` None, no validation: the last epoch's). A "stop" during the frozen stage moves on to fine-tuning. A `stop`
@@ -241,7 +243,11 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
 
     With `ema` (`weight_average`'s average of `model`, its state restored by the caller on
     resume) the average is updated after every step, and it is what is validated and kept as
-    the best weights."""
+    the best weights.
+
+    With `features` (imclass.features.FeatureCache) a stage planned `cached` (the frozen
+    stage, with --feature-views) trains and validates the head on the backbone's cached
+    features instead of images."""
     result = FitResult()
     best_state = None
     epoch = 0
@@ -273,10 +279,17 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         if finished or index < start_stage:
             continue
         apply_stage(model, stage)
-        # after apply_stage: DDP reduces the gradients that train now
-        net = compiled(wrap(model), cfg.compile)
+        stage_train, stage_val, stage_evaluated = train_batches, val_batches, evaluated
+        if stage.cached and features is not None:
+            if features.train is None:
+                features.build(model)
+            net = CachedHead(model, features.dropout)
+            stage_train, stage_val = features.train, features.val
+            stage_evaluated = CachedHead(evaluated, 0.0)
+        else:  # after apply_stage: DDP reduces the gradients that train now
+            net = compiled(wrap(model), cfg.compile)
         optimizer = make_optimizer(stage.groups, cfg)
-        scheduler = make_schedule(optimizer, cfg, stage.epochs * len(train_batches))
+        scheduler = make_schedule(optimizer, cfg, stage.epochs * len(stage_train))
         already = 0
         if resume is not None and index == start_stage and (done_in_stage or partial):
             optimizer.load_state_dict(resume["optimizer"])
@@ -288,7 +301,7 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             epoch += 1
             lr = partial["lr"] if partial else optimizer.param_groups[0]["lr"]
             emit("epoch_start", {"epoch": epoch, "epochs": cfg.epochs,
-                                 "steps": len(train_batches),
+                                 "steps": len(stage_train),
                                  "first_step": partial["step"] if partial else 0})
             saver.where = {"epoch": epoch - 1, "stage_index": index,
                            "epochs_in_stage": in_stage - 1, "stage_finished": False,
@@ -296,7 +309,9 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                            "result": result, "best": best_state, "lr": lr}
             if dist.active:
                 torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + dist.rank)
-            train = train_one_epoch(net, train_batches, optimizer, scheduler, loss_fn, cfg,
+            if stage_train is not train_batches:
+                stage_train.epoch = epoch
+            train = train_one_epoch(net, stage_train, optimizer, scheduler, loss_fn, cfg,
                                     device, emit, hits, stop, partial, saver, dist,
                                     after_step)
             partial = None
@@ -312,7 +327,7 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             if val_batches is None:  # no validation: each epoch is the best so far
                 val, improved = {"loss": math.nan, "acc": math.nan}, True
             else:
-                val = validate(evaluated, val_batches, loss_fn, device, hits, dist,
+                val = validate(stage_evaluated, stage_val, loss_fn, device, hits, dist,
                                cfg.precision)
                 improved = val["loss"] < result.best_val_loss - cfg.min_delta
             if improved:

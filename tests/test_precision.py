@@ -49,3 +49,46 @@ def test_bf16_training_is_deterministic_learns_and_differs_from_fp32():
     assert first.history[-1]["val_acc"] > 0.9 and full.history[-1]["val_acc"] > 0.9
     assert not torch.equal(m1[1].weight, m3[1].weight)
     assert m1[1].weight.dtype == torch.float32  # the weights stay fp32; only the arithmetic
+
+
+def test_auto_on_a_cpu_measures_the_model_and_remembers(monkeypatch, tmp_path):
+    """With native bf16 the faster precision of this model is chosen from timed steps
+    (faked here), once: the second run of the same kind reads the cache."""
+    from imclass import precision
+    monkeypatch.setenv("IMCLASS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(precision, "native_bf16", lambda: True)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(2))
+    calls = []
+
+    def timer(seconds_fp32, seconds_bf16):
+        def fake(probe, shape, outputs, dtype):
+            calls.append(dtype)
+            assert probe is not model  # the run's own model is never stepped
+            return seconds_bf16 if dtype is torch.bfloat16 else seconds_fp32
+        return fake
+
+    slow_bf16 = precision.choose_cpu_precision(model, "lite", (3, 96, 96), 32, 2,
+                                               timer(0.32, 0.47))
+    assert slow_bf16[0] == "fp32" and "0.68x" in slow_bf16[1]
+    assert calls == [None, torch.bfloat16]
+    again = precision.choose_cpu_precision(model, "lite", (3, 96, 96), 32, 2, timer(9, 1))
+    assert again[0] == "fp32" and len(calls) == 2  # cached: not measured again
+    fast_bf16 = precision.choose_cpu_precision(model, "cnn", (1, 28, 28), 256, 10,
+                                               timer(0.19, 0.10))
+    assert fast_bf16[0] == "bf16" and len(calls) == 4
+    close = precision.choose_cpu_precision(model, "cnn", (1, 32, 32), 256, 10,
+                                           timer(0.105, 0.100))
+    assert close[0] == "fp32"  # within the margin, fp32: exact and what is exported
+    monkeypatch.setattr(precision, "native_bf16", lambda: False)
+    assert precision.choose_cpu_precision(model, "x", (3, 8, 8), 4, 2, timer(9, 1))[0] == "fp32"
+
+
+def test_a_probe_step_runs_the_real_model_in_both_precisions():
+    from imclass import precision
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 2))
+    ticks = iter(range(100))
+    for dtype in (None, torch.bfloat16):
+        assert precision.step_seconds(model, (3, 8, 8), 2, dtype, lambda: next(ticks)) == 1
+    assert all(p.grad is None for p in model.parameters())

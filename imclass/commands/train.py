@@ -31,6 +31,7 @@ from imclass.devices import (hardware, keep_freed_memory, precision_name, releas
 from imclass.distributed import Dist
 from imclass.errors import ConfigError, DataError, Stopped, memory_stage
 from imclass.evaluation import evaluate_split, predict_split
+from imclass.features import FeatureCache, can_cache
 from imclass.lr_find import find_lr
 from imclass.pruning import Pruning, PruneSpec
 from imclass.report import write_report
@@ -102,6 +103,7 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
     torch.manual_seed(cfg.train.seed)  # weights and kornia's augmentation draws
     record_analysis(run_dir, splits.analysis, log)
     model, model_info = build_run_model(setup, log)
+    cfg = setup.cfg  # with --precision auto settled
     pruned, prune_callbacks = {}, []
     if prune is not None:
         if dist.active:
@@ -305,6 +307,13 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
         val_share = splits.val.take(torch.as_tensor(dist.shard(len(splits.val))))
         val_batches = Batches(val_share, t.eval_batch_size, splits.norm, device=device,
                               size=splits.input_size, channels_last=channels_last)
+    features = None
+    if t.feature_views and t.freeze_epochs and can_cache(model) and not dist.active:
+        plain_train = Batches(splits.train, t.eval_batch_size, splits.norm, augment=augment,
+                              device=device, size=splits.input_size,
+                              channels_last=channels_last)
+        features = FeatureCache(t.feature_views, t.seed, cfg.model.dropout, plain_train,
+                                train_batches, val_batches)
     ema = weight_average(model, t.ema)
     evaluated = model if ema is None else ema.module  # what is validated, saved and tested
     overfit = OverfitWatch(t.overfit_epochs, log)
@@ -337,7 +346,7 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
                          setup.task.loss(t.loss, t.label_smoothing), t, device, callbacks,
                          hits=setup.task.hits, stop=stop,
                          on_state=save_state if dist.is_main else None,
-                         resume=resume_state, dist=dist, ema=ema)
+                         resume=resume_state, dist=dist, ema=ema, features=features)
     except OSError as exc:  # a full disk, a vanished folder: every write is atomic
         raise DataError(f"could not write {exc.filename or 'into the run folder'} "
                         f"({exc.strerror or exc}); the files written before are intact: "
