@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 FASHION_SIZES = (300, 3000, 12000)
+# The transfer recipe's stages before issue 29, as flags: a quarter of the epochs with the
+# backbone frozen (each through the backbone), then the whole network fine-tuned.
+BEFORE_29 = {
+    "photos-300": "--feature-views 0 --unfreeze all --epochs 25 --freeze-epochs 6 --patience 8",
+    "fmnist-300": "--feature-views 0 --unfreeze all --epochs 30 --freeze-epochs 7 "
+                  "--patience 10"}
 PHOTO_CLASSES = ("disc", "box", "cone")
 BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
                "hubble_deep_field", "retina")
@@ -176,24 +183,31 @@ def main() -> None:
     parser.add_argument("--make-only", action="store_true", help="write the datasets, no runs")
     parser.add_argument("--versus", default="",
                         help="flags added to the chosen recipe for the second contender, "
-                             "e.g. '--ema 0.999' (default: --recipe none, the plain defaults)")
+                             "e.g. '--ema 0.999' (default: --recipe none, the plain defaults);"
+                             " 'before-29': the transfer recipe as it was before issue 29 "
+                             "(every epoch of the frozen stage through the backbone, then the "
+                             "whole network fine-tuned)")
     args = parser.parse_args()
     work = Path(args.work)
     datasets = {f"fmnist-{n}": (lambda n=n: write_fashion(work / "data" / f"fmnist-{n}", n))
                 for n in FASHION_SIZES}
     datasets["photos-300"] = lambda: write_photos(work / "data" / "photos-300")
     chosen = [d for d in args.only.split(",") if d] or list(datasets)
-    print(f"{date.today()}: matmul {matmul_gflops():.0f} GFLOP/s (4096x4096 fp32)", flush=True)
+    from imclass.devices import cpu_name
+    print(f"{date.today()}: {cpu_name()}, {os.cpu_count()} cores, matmul "
+          f"{matmul_gflops():.0f} GFLOP/s (4096x4096 fp32)", flush=True)
     versus = args.versus.split()
-    recipes = {"chosen from the data (default)": [],
-               (f"chosen + {args.versus}" if versus else "today's defaults (--recipe none)"):
-               versus or ["--recipe", "none"]}
     print("| dataset | recipe | seed | test accuracy | wall time (s) | epochs | stable |")
     print("|---|---|---|---|---|---|---|")
     for name in chosen:
         folder = datasets[name]()
         if args.make_only:
             continue
+        if args.versus == "before-29":
+            versus = BEFORE_29[name].split()
+        recipes = {"chosen from the data (default)": [],
+                   (f"chosen + {' '.join(versus)}" if versus
+                    else "today's defaults (--recipe none)"): versus or ["--recipe", "none"]}
         for recipe, flags in recipes.items():
             results = []
             for seed in range(args.runs):
