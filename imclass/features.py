@@ -16,6 +16,8 @@ is the pooled features the classifier reads).
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -94,14 +96,15 @@ class FeatureCache:
     view), `val_batches` the validation set (or None)."""
 
     def __init__(self, views: int, seed: int, dropout: float, plain_train, train_batches,
-                 val_batches):
-        self.views, self.seed, self.dropout = views, seed, dropout
+                 val_batches, log=lambda message: None):
+        self.views, self.seed, self.dropout, self.log = views, seed, dropout, log
         self.plain_train, self.train_batches, self.val_batches = (plain_train, train_batches,
                                                                   val_batches)
         self.train: FeatureBatches | None = None
         self.val: FeatureBatches | None = None
 
     def build(self, model: nn.Module) -> None:
+        started = time.perf_counter()
         width = getattr(model.head, "in_features", 1280)
         self.views = views_within(self.views, len(self.plain_train.labels), width)
         tb = self.train_batches
@@ -111,3 +114,6 @@ class FeatureCache:
         if self.val_batches is not None:
             self.val = FeatureBatches(embed_all(model, self.val_batches), self.val_batches.labels,
                                       self.val_batches.batch_size, shuffle=False)
+        self.log(f"features: {self.views} augmented view(s) of {len(tb.labels)} training images"
+                 f"{'' if self.val is None else f' and {len(self.val.labels)} validation images'}"
+                 f" through the frozen backbone once, in {time.perf_counter() - started:.1f}s")

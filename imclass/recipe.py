@@ -53,10 +53,11 @@ MIN_EPOCHS, MAX_EPOCHS = 6, 30
 # The transfer recipe's stages. The head trains first on the frozen backbone's features,
 # cached once for a few augmented views (imclass.features): its epochs then cost next to
 # nothing, so it gets enough of them to converge. Then only the top layer groups fine-tune
-# (EfficientNet-Lite0's last three stages at 7 and 14 px), for half the epochs the whole
-# network used to: a step at 224 px, batch 32, 0.85 s against 1.42 s for the whole network,
-# and on the photo-like set the validation loss reached its low as soon (2026-12-04,
-# docs/benchmarks.md "Your photos in a minute").
+# (EfficientNet-Lite0's last three stages, at 14 and 7 px), for the epochs the whole network
+# had: a step at 224 px, batch 32, takes 0.85 s against 1.42 s for the whole network, and on
+# the photo-like set the validation loss reached the same low. (Half as many epochs ended
+# under-trained: 0.50 against 0.43, 92.0% test; docs/benchmarks.md "Your photos in a
+# minute", 2026-12-04.)
 HEAD_EPOCHS, FEATURE_VIEWS, TRANSFER_UNFREEZE = 15, 4, "last-3"
 # The folder recipes' moving average of the weights (--ema). Its warm-up, decay (1 + n) /
 # (10 + n) after n steps, rules a run of a few hundred steps: the average spans about the
@@ -219,7 +220,8 @@ def _transfer(cfg: RunConfig, facts: DataFacts, device_type: str) -> dict[str, A
         budget = CPU_IMAGE_BUDGET["transfer-96"] if cpu else None
         data = {"image_size": LINE_ART_SIZE, "fit": "squash", "preset": "fashion"}
     batch = 32
-    fine = max(MIN_EPOCHS // 2, _epochs(facts.train_images, batch, TRANSFER_STEPS, budget) // 2)
+    epochs = _epochs(facts.train_images, batch, TRANSFER_STEPS, budget)
+    fine = epochs - _frozen_epochs(epochs)
     # evaluation in batches of the same order as training's: a 1024-image batch at 224 px
     # would hold gigabytes of activations at once for no gain in speed
     return {**data, "name": TRANSFER_MODEL, "pretrained": True, "batch_size": batch,

@@ -313,7 +313,7 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
                               device=device, size=splits.input_size,
                               channels_last=channels_last)
         features = FeatureCache(t.feature_views, t.seed, cfg.model.dropout, plain_train,
-                                train_batches, val_batches)
+                                train_batches, val_batches, log)
     ema = weight_average(model, t.ema)
     evaluated = model if ema is None else ema.module  # what is validated, saved and tested
     overfit = OverfitWatch(t.overfit_epochs, log)
