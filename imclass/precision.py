@@ -4,8 +4,8 @@ A CPU that multiplies bf16 natively (AMX, AVX512-BF16) is not faster for every n
 measured on a Xeon with AMX (2026-12-04), our CNN trained 1.6-1.9x faster under bf16 autocast,
 but EfficientNet-Lite0 at 96 px 1.45x slower (467 against 322 ms a step: its depthwise
 convolutions are bound by memory, and autocast adds casts around them). So on such a CPU a
-few training steps of the run's own model on its own image shape are timed in each precision
-(about a second), and the faster one is kept, cached per (CPU, its flags, architecture, input
+few training steps of the run's own model on its own image shape and batch (up to 8 images at
+224 px) are timed in each precision (one to three seconds), and the faster one is kept, cached per (CPU, its flags, architecture, input
 shape, batch, torch version) in ~/.cache/imclass/precision.json so the next run of the same
 kind pays nothing. Without native bf16, fp32 (emulated bf16 is always slower); on a GPU,
 bf16.
@@ -28,7 +28,10 @@ from imclass.atomic import atomic_write_text
 from imclass.devices import cpu_name, native_bf16
 
 TIMED_STEPS = 2  # per precision, after one untimed step each
-PROBE_BATCH = 4  # images a probe step: the time per image is that of the run's batch
+# Pixels of a probe step: the run's batch, up to 8 images at 224 px (a step of about 0.35 s
+# for EfficientNet-Lite0 on 2 cores); small images keep their whole batch, where casts and
+# per-kernel overheads weigh most.
+PROBE_PIXELS = 8 * 224 * 224
 MARGIN = 1.1  # bf16 must be this much faster: within it, fp32 (exact, and what is exported)
 
 
@@ -55,12 +58,16 @@ def probe_key(architecture: str, shape: tuple[int, ...], batch: int) -> str:
             f"torch {torch.__version__}")
 
 
+def probe_batch(shape: tuple[int, ...], batch: int) -> int:
+    return max(1, min(batch, PROBE_PIXELS // (shape[-1] * shape[-2])))
+
+
 def step_seconds(model: nn.Module, shape: tuple[int, ...], outputs: int,
-                 dtype: torch.dtype | None, clock: Callable[[], float] = time.perf_counter
-                 ) -> float:
-    """Median seconds of a forward + backward pass of `model` on PROBE_BATCH random images."""
-    x = torch.randn(PROBE_BATCH, *shape).contiguous(memory_format=torch.channels_last)
-    target = torch.randint(0, max(1, outputs), (PROBE_BATCH,))
+                 dtype: torch.dtype | None, batch: int = 8,
+                 clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median seconds of a forward + backward pass of `model` on `batch` random images."""
+    x = torch.randn(batch, *shape).contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, max(1, outputs), (batch,))
     times = []
     for step in range(TIMED_STEPS + 1):
         start = clock()
@@ -87,8 +94,9 @@ def choose_cpu_precision(model: nn.Module, architecture: str, shape: tuple[int, 
         known = {}
     if key not in known:
         probe = copy.deepcopy(model).train()  # BatchNorm statistics of the run stay untouched
-        fp32 = timer(probe, shape, outputs, None)
-        bf16 = timer(probe, shape, outputs, torch.bfloat16)
+        n = probe_batch(shape, batch)
+        fp32 = timer(probe, shape, outputs, None, n)
+        bf16 = timer(probe, shape, outputs, torch.bfloat16, n)
         known[key] = {"fp32_s": fp32, "bf16_s": bf16}
         try:
             atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True))

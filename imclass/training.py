@@ -337,7 +337,10 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                       "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr,
                       "seconds": train["seconds"], "images_per_s": train["images_per_s"],
                       "stage": stage.number, "improved": improved,
-                      "epochs_since_best": epoch - result.best_epoch, "epochs": cfg.epochs}
+                      # a later stage gets its own patience to beat the best before it
+                      "epochs_since_best": epoch - max(result.best_epoch,
+                                                       summary["first_epoch"] - 1),
+                      "epochs": cfg.epochs}
             result.history.append(record)
             stop_asked = "stop" in emit("epoch_end", record)
             if stop_asked:

@@ -283,3 +283,30 @@ def test_export_refuses_bad_arguments_in_one_line(trained_run, tmp_path, capsys)
     assert not list(tmp_path.glob("*.onnx"))
     path, _ = api.export(trained_run, tmp_path)  # a folder: the default name inside it
     assert path == tmp_path / "model.onnx" and path.is_file()
+
+
+def test_a_run_is_loaded_from_its_trace_which_matches_the_eager_model(trained_run, tmp_path,
+                                                                     monkeypatch):
+    """Training leaves the best model traced beside its checkpoint: predict and serve load
+    it without rebuilding the network, with the same probabilities; a trace that does not
+    hold the checkpoint's weights is never used."""
+    import shutil
+
+    from imclass import predictor
+    assert (trained_run / "checkpoints" / predictor.TRACED).is_file()
+    pixels, _ = fmnist_pixels(64)
+    eager = predictor.load_torch_run(trained_run, traced=False)
+    with monkeypatch.context() as m:
+        m.setattr(predictor, "load_run", lambda *a, **k: pytest.fail("network rebuilt"))
+        fast = load(trained_run)
+    assert fast.backend == "torch" and fast.contract == eager.contract
+    assert_same_probabilities(fast.probabilities(pixels), eager.probabilities(pixels))
+    other = tmp_path / "run"
+    shutil.copytree(trained_run, other)
+    sidecar = other / "checkpoints" / "best.json"
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))
+    assert predictor.load_traced(other) is None
+    (other / "checkpoints" / predictor.TRACED).write_bytes(b"cut short")
+    sidecar.write_text(json.dumps(meta))
+    assert predictor.load_traced(other) is None

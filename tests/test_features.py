@@ -95,3 +95,22 @@ def test_cached_features_are_the_backbones_output():
     with torch.no_grad():
         direct = model.backbone(norm.apply(data.images.float().div(255)))
     assert torch.allclose(cached[0], direct, atol=1e-5)
+
+
+def test_fine_tuning_gets_its_own_patience_after_the_head_stopped_early():
+    """Early stopping in the head's stage moves on to fine-tuning, which then has `patience`
+    epochs to beat the head (it used to be stopped after one: the head's best was already
+    `patience` epochs old)."""
+    from imclass.training import EarlyStopping
+    torch.manual_seed(0)
+    data, norm = tiny_problem()
+    model = Net()
+    train = Batches(data, 16, norm, shuffle=True, channels_last=False)
+    val = Batches(data, 64, norm, channels_last=False)
+    cfg = TrainConfig(epochs=10, freeze_epochs=5, lr=1e-12, fine_tune_lr=1e-12, patience=2,
+                      freeze_bn=True)
+    loss = get_task("multiclass").loss(cfg.loss, cfg.label_smoothing)
+    result = fit(model, train, val, loss, cfg, torch.device("cpu"), [EarlyStopping(2)])
+    stages = [h["stage"] for h in result.history]
+    assert stages == [1, 1, 1, 2, 2]  # no improvement at that rate: patience in each stage
+    assert result.stopped_early and result.best_epoch == 1

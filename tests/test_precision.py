@@ -62,8 +62,9 @@ def test_auto_on_a_cpu_measures_the_model_and_remembers(monkeypatch, tmp_path):
     calls = []
 
     def timer(seconds_fp32, seconds_bf16):
-        def fake(probe, shape, outputs, dtype):
+        def fake(probe, shape, outputs, dtype, batch):
             calls.append(dtype)
+            assert batch == precision.probe_batch(shape, 256 if shape[-1] < 64 else 32)
             assert probe is not model  # the run's own model is never stepped
             return seconds_bf16 if dtype is torch.bfloat16 else seconds_fp32
         return fake
@@ -88,7 +89,9 @@ def test_a_probe_step_runs_the_real_model_in_both_precisions():
     from imclass import precision
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 6 * 6, 2))
+    assert precision.probe_batch((3, 224, 224), 32) == 8  # the big batch held to 8 images
+    assert precision.probe_batch((1, 28, 28), 256) == 256  # small images keep theirs
     ticks = iter(range(100))
     for dtype in (None, torch.bfloat16):
-        assert precision.step_seconds(model, (3, 8, 8), 2, dtype, lambda: next(ticks)) == 1
+        assert precision.step_seconds(model, (3, 8, 8), 2, dtype, 3, lambda: next(ticks)) == 1
     assert all(p.grad is None for p in model.parameters())

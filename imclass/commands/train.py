@@ -33,6 +33,7 @@ from imclass.errors import ConfigError, DataError, Stopped, memory_stage
 from imclass.evaluation import evaluate_split, predict_split
 from imclass.features import FeatureCache, can_cache
 from imclass.lr_find import find_lr
+from imclass.predictor import save_traced
 from imclass.pruning import Pruning, PruneSpec
 from imclass.report import write_report
 from imclass.run_setup import Setup, build_run_model, prepare_training
@@ -171,6 +172,7 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
     summary["processes"] = dist.world
     if not dist.is_main:
         return run_dir
+    save_traced(run_dir)  # predict and serve then load it without building the network
     summary["total_seconds"] = time.perf_counter() - started  # all but writing the report
     summary["stage_seconds"] = clock.seconds
     write_json(run_dir / "run.json", summary)
