@@ -50,14 +50,11 @@ TRANSFER_STEPS, SCRATCH_STEPS = 500, 2500
 CPU_IMAGE_BUDGET = {"transfer-96": 16_000, "transfer-photo": 6_000, "scratch": 300_000}
 PHOTO_SIDES = (224, 192, 160, 128)
 MIN_EPOCHS, MAX_EPOCHS = 6, 30
-# The transfer recipe's stages. The head trains first on the frozen backbone's features,
-# cached once for a few augmented views (imclass.features): its epochs then cost next to
-# nothing, so it gets enough of them to converge. Then the whole network fine-tunes for the
-# epochs it had before. Fine-tuning only the top three layer groups (EfficientNet-Lite0's last
-# three stages: a step at 224 px, batch 32, 0.85 s against 1.42 s) cost accuracy: on the
-# photo-like set 93.0% (median of 3 seeds) against 94.7%, in 182 s against 270 s
-# (docs/benchmarks.md "Your photos in a minute", 2026-12-04); `--unfreeze last-3` asks for it.
-HEAD_EPOCHS, FEATURE_VIEWS = 15, 4
+# The transfer recipe's frozen stage runs every epoch through the backbone. Training the head
+# on the backbone's features cached for 4 augmented views (--feature-views 4, 15 head epochs)
+# did not pay on the photo-like set: 93.3% (median of 3 seeds) against 94.7%, in 265 s against
+# 280 s; with only the top 3 layer groups fine-tuned after it, 93.0% in 182 s
+# (docs/benchmarks.md "Your photos in a minute", 2026-12-04).
 # The folder recipes' moving average of the weights (--ema). Its warm-up, decay (1 + n) /
 # (10 + n) after n steps, rules a run of a few hundred steps: the average spans about the
 # last tenth of it. On three sets of 300 to 3,000 images, three seeds each, it raised the
@@ -220,15 +217,13 @@ def _transfer(cfg: RunConfig, facts: DataFacts, device_type: str) -> dict[str, A
         data = {"image_size": LINE_ART_SIZE, "fit": "squash", "preset": "fashion"}
     batch = 32
     epochs = _epochs(facts.train_images, batch, TRANSFER_STEPS, budget)
-    fine = epochs - _frozen_epochs(epochs)
     # evaluation in batches of the same order as training's: a 1024-image batch at 224 px
     # would hold gigabytes of activations at once for no gain in speed
     return {**data, "name": TRANSFER_MODEL, "pretrained": True, "batch_size": batch,
-            "eval_batch_size": 4 * batch, "epochs": HEAD_EPOCHS + fine,
-            "freeze_epochs": HEAD_EPOCHS, "feature_views": FEATURE_VIEWS,
-            "optimizer": "adamw",
+            "eval_batch_size": 4 * batch,
+            "epochs": epochs, "freeze_epochs": _frozen_epochs(epochs), "optimizer": "adamw",
             "lr": 3e-3, "fine_tune_lr": 1e-3, "lr_mult": 0.7, "weight_decay": 0.01,
-            "freeze_bn": True, "patience": max(3, fine // 3), "ema": FOLDER_EMA}
+            "freeze_bn": True, "patience": max(4, epochs // 3), "ema": FOLDER_EMA}
 
 
 def _photo_budget(side: int) -> int:

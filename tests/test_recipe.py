@@ -35,8 +35,9 @@ def test_tiny_photo_set_gets_pretrained_lite0_at_224_with_photo_augmentation(tmp
     assert (cfg.data.image_size, cfg.data.crop_pct, cfg.data.fit) == (224, 0.875, "crop")
     assert cfg.augment.preset == "photo" and cfg.train.freeze_bn
     assert 0 < cfg.train.freeze_epochs < cfg.train.epochs
-    # the head on cached features, then the top of the network
-    assert (cfg.train.feature_views, cfg.train.unfreeze) == (4, "all")
+    # every frozen epoch through the backbone, then the whole network (cached features did
+    # not pay on the photo-like set: docs/benchmarks.md)
+    assert (cfg.train.feature_views, cfg.train.unfreeze) == (0, "all")
     # a CPU budget of training images: 90 images may not train for a thousand passes
     assert cfg.train.epochs * 90 <= recipe_mod.CPU_IMAGE_BUDGET["transfer-photo"]
     assert values["name"] == "efficientnet_lite0"
@@ -163,7 +164,7 @@ def test_train_prints_the_recipe_records_it_and_its_config_repeats_the_run(tmp_p
                      "--cache-dir", str(tmp_path / "c")]) == 0
     line = next(l for l in capsys.readouterr().err.splitlines() if l.startswith("recipe"))
     assert "efficientnet_lite0 pretrained at 96 px" in line
-    assert "head on cached features (4 views) for 1 epoch + 1 epoch," in line
+    assert "1 frozen + 1 epoch," in line
     run = json.loads((out / "run.json").read_text())
     assert run["recipe"]["name"] == "transfer" and "epochs" not in run["recipe"]["chosen"]
     assert run["recipe"]["chosen"]["name"] == "efficientnet_lite0"
