@@ -11,6 +11,7 @@ makes the task's decision with the run's tuned thresholds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from imclass.data.labels import ancestors, node_probabilities
 from imclass.devices import resolve_device
 from imclass.errors import DataError, ImclassError
 from imclass.extras import need
-from imclass.runfolder import load_run
+from imclass.runfolder import check_written_by_us, load_run
 from imclass.tasks import get_task
 
 Forward = Callable[[np.ndarray], np.ndarray]  # uint8 [N, C, D, D] -> float32 [N, K]
@@ -221,14 +222,13 @@ TRACED = "best.ts"
 
 
 def save_traced(run_dir: Path) -> None:
-    """Trace the run's best model for `load_traced` (tagged with its weights' checksum, so a
-    checkpoint rewritten later, by prune or a resumed run, is never paired with an old
-    trace). A model the tracer cannot follow is left to the eager path."""
+    """Trace the run's best model for `load_traced`, tagged with its sidecar's checksum (which
+    holds the weights' own): a checkpoint rewritten or edited later is never paired with an
+    old trace. A model the tracer cannot follow is left to the eager path."""
     from imclass.exporters import example_pixels
 
     module, contract = pixel_model_of_run(run_dir, device="cpu")
-    meta = json.loads((Path(run_dir) / "checkpoints" / "best.json").read_text())
-    extra = {"weights_sha256": meta["weights_sha256"]}
+    extra = {"sidecar_sha256": _sha256(Path(run_dir) / "checkpoints" / "best.json")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's and TorchScript's deprecation notes
         try:
@@ -239,22 +239,31 @@ def save_traced(run_dir: Path) -> None:
                      lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def load_traced(run_dir: Path, device: str = "auto") -> Predictor | None:
-    """The run's traced model (see TRACED) when it holds the best checkpoint's weights."""
-    path, sidecar = run_dir / "checkpoints" / TRACED, run_dir / "checkpoints" / "best.json"
-    if not (path.is_file() and sidecar.is_file()):
+    """The run's traced model (see TRACED) when the checkpoint is the one it was traced from:
+    the sidecar unchanged and the weights matching it. Otherwise None, and the eager path
+    loads the run (and names whatever is wrong with it)."""
+    folder = run_dir / "checkpoints"
+    path, sidecar, weights = folder / TRACED, folder / "best.json", folder / "best.safetensors"
+    if not (path.is_file() and sidecar.is_file() and weights.is_file()):
         return None
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        extra = {"weights_sha256": ""}
+        extra = {"sidecar_sha256": ""}
         dev = resolve_device(device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation
             module = torch.jit.load(str(path), map_location=dev, _extra_files=extra)
     except Exception:  # noqa: BLE001 - unreadable or cut short: the eager path decides
         return None
-    tag = extra["weights_sha256"]
-    if (tag.decode() if isinstance(tag, bytes) else tag) != meta.get("weights_sha256"):
+    check_written_by_us(meta, sidecar)  # a newer imclass's run: refused as the eager path does
+    tag = extra["sidecar_sha256"]
+    if ((tag.decode() if isinstance(tag, bytes) else tag) != _sha256(sidecar)
+            or meta.get("weights_sha256") != _sha256(weights)):
         return None
     return Predictor(run_contract(run_dir, meta), torch_forward(module, dev), "torch",
                      str(run_dir))

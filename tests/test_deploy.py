@@ -303,10 +303,15 @@ def test_a_run_is_loaded_from_its_trace_which_matches_the_eager_model(trained_ru
     assert_same_probabilities(fast.probabilities(pixels), eager.probabilities(pixels))
     other = tmp_path / "run"
     shutil.copytree(trained_run, other)
+    assert predictor.load_traced(other) is not None
     sidecar = other / "checkpoints" / "best.json"
-    meta = json.loads(sidecar.read_text())
-    sidecar.write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))
+    kept = sidecar.read_text()
+    sidecar.write_text(json.dumps({**json.loads(kept), "thresholds": [0.9]}))  # edited later
     assert predictor.load_traced(other) is None
+    sidecar.write_text(kept)
+    weights = other / "checkpoints" / "best.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # damaged weights
+    assert predictor.load_traced(other) is None
+    shutil.copy(trained_run / "checkpoints" / "best.safetensors", weights)
     (other / "checkpoints" / predictor.TRACED).write_bytes(b"cut short")
-    sidecar.write_text(json.dumps(meta))
     assert predictor.load_traced(other) is None
