@@ -172,7 +172,8 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
     summary["processes"] = dist.world
     if not dist.is_main:
         return run_dir
-    save_traced(run_dir)  # predict and serve then load it without building the network
+    if evaluate_test:  # a search's trial is never served: no trace to write
+        save_traced(run_dir)  # predict and serve then load it without building the network
     summary["total_seconds"] = time.perf_counter() - started  # all but writing the report
     summary["stage_seconds"] = clock.seconds
     write_json(run_dir / "run.json", summary)
