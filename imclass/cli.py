@@ -513,8 +513,8 @@ def _tune(args: argparse.Namespace, argv: list[str]) -> int:
     print(text_table(header, rows))
     summary = tune.write_outputs(study, base, params, out, final_run=not args.no_final_run,
                                  quiet=args.quiet, track=track)
-    print(f"\nbest trial {summary['best_trial']}: validation accuracy "
-          f"{summary['best_val_acc']:.4f} with {summary['best_params']}")
+    print(f"\nbest trial {summary['best_trial']}: validation {summary['scored_by']} "
+          f"{summary['best_value']:.4f} with {summary['best_params']}")
     if summary["test"]:
         print(f"final run of the best config, test accuracy {summary['test']['accuracy']:.4f}")
     print(f"best config: {out / 'best.yaml'}; page: {out / 'study.html'}")

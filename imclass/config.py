@@ -205,10 +205,26 @@ class TrainConfig:
                            choices=("onecycle", "cosine", "constant"))
     warmup_fraction: float = option(0.25, "share of the run spent warming up (onecycle)",
                                     low=0, high=1, open_low=True, open_high=True)
-    patience: int | None = option(5, "stop after this many epochs without a validation-loss "
-                                  "improvement; never when unset", low=1)
-    min_delta: float = option(0.0, "smallest fall in validation loss that counts as an "
-                              "improvement", low=0)
+    patience: int | None = option(5, "stop after this many epochs without a validation "
+                                  "improvement (of --select-metric); never when unset", low=1)
+    min_delta: float = option(0.0, "smallest change of the validation figure (--select-metric) "
+                              "that counts as an improvement", low=0)
+    balance: str = option("auto", "imbalanced classes: weights (the loss weighs each class by "
+                          "the inverse of its training count; multilabel: each label's "
+                          "positives against its negatives), sqrt (by the inverse square "
+                          "root: a milder shift), effective (weighted by the "
+                          "'effective number of samples', milder for very rare classes), "
+                          "sampler (batches draw every class equally often) or none; auto: "
+                          "sqrt when the largest class has over 3x the training images of "
+                          "the smallest, else none",
+                          choices=("auto", "weights", "sqrt", "effective", "sampler", "none"))
+    select_metric: str = option("auto", "the validation figure that picks the best epoch, "
+                                "stops early and ranks a search's trials: loss, accuracy, "
+                                "balanced-accuracy (the mean of the per-class recalls) or "
+                                "macro-f1; auto: balanced-accuracy when --balance is on, "
+                                "else loss",
+                                choices=("auto", "loss", "accuracy", "balanced-accuracy",
+                                         "macro-f1"))
     ema: float | None = option(None, "keep an exponential moving average of the weights "
                                "(and BatchNorm statistics), this much of the old average kept "
                                "per step (e.g. 0.999), and validate, checkpoint and test the "

@@ -15,8 +15,9 @@ from imclass.data.images import ImageSet
 from imclass.distributed import SINGLE, Dist, gather_in_order
 from imclass.errors import ConfigError
 from imclass.metrics import (auc_per_class, average_precision_per_class, averaged_roc, headline,
-                             pr_curves, predict_probabilities, roc_curves)
+                             pr_curves, predict_probabilities, recall_line, roc_curves)
 from imclass.runfolder import read_history, write_json
+from imclass.training import mark_best
 
 GALLERY_SIZE = 16  # images in each of the worst-mistakes and least-confident galleries
 CAM_IMAGES = 8     # images with a Grad-CAM overlay: half right, half wrong
@@ -70,7 +71,7 @@ def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunCon
     `split` (and `split`_tta), its figures under plots/ (plots/<split>/ for val), a console line."""
     flips = tta_flips(cfg) if tta else ()
     folder = run_dir / "plots" if split == "test" else run_dir / "plots" / split
-    history = read_history(run_dir) if split == "test" else None
+    history = mark_best(read_history(run_dir), cfg.train) if split == "test" else None
     result = evaluate_model(model, task, data, norm, device, folder, history=history,
                             tta_flips=flips, batch_size=cfg.train.eval_batch_size,
                             seed=cfg.train.seed, thresholds=thresholds,
@@ -89,6 +90,7 @@ def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunCon
     for key, m in ((split, result["plain"]), (f"{split} with TTA", result.get("tta"))):
         if m:
             log(f"{key}: {headline(m)} on {m['count']} images")
+    log(f"{split} {recall_line(result['plain'])}")
     return result
 
 

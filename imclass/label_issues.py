@@ -74,7 +74,10 @@ def fold_indices(images: ImageSet, folds: int, seed: int) -> list[np.ndarray]:
 def out_of_fold(setup: Setup, images: ImageSet, folds: int, log) -> np.ndarray:
     """Probabilities [N, K] of every image from the fold model that did not train on it."""
     cfg, task, device, norm = setup.cfg, setup.task, setup.device, setup.splits.norm
-    t = cfg.train
+    # Unweighted, by validation loss, whatever --balance: confident learning reads
+    # probabilities in the data's own class frequencies (cleanlab's per-class thresholds
+    # allow for imbalance); a class-weighted model's would count rare-class errors twice.
+    t = dataclasses.replace(cfg.train, balance="none", select_metric="loss")
     probs = np.zeros((len(images), task.num_outputs(len(images.class_names))), np.float32)
     rng = np.random.default_rng(t.seed)
     for k, held in enumerate(fold_indices(images, folds, t.seed), start=1):

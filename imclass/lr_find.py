@@ -54,7 +54,7 @@ def range_test(setup, model, iterations: int = 100, start_lr: float = 1e-6,
                       drop_last=len(splits.train) > cfg.train.batch_size,
                       size=splits.input_size)
     optimizer = make_optimizer([(g, start_lr) for g, _ in first.groups], train_cfg)
-    loss = setup.task.loss(cfg.train.loss, cfg.train.label_smoothing)
+    loss = setup.task.loss(cfg.train.loss, cfg.train.label_smoothing, setup.balance)
     finder = LRFinder(model, optimizer, lambda z, y: loss(z.float(), y), device=setup.device)
     finder.range_test(TrainDataLoaderIter(batches), end_lr=end_lr, num_iter=iterations,
                       smooth_f=0.05, diverge_th=5)

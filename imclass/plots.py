@@ -40,12 +40,14 @@ def grid_margins(fig, title_in: float = 0.45, caption_in: float = 0.4) -> None:
 
 def curves(history: list[dict], path: Path) -> Path:
     """Loss and accuracy per epoch, train and validation (when the run had it); the best
-    epoch marked."""
+    epoch marked (the row whose "best" is true; else the lowest validation loss)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     epochs = [h["epoch"] for h in history]
     validated = [h for h in history if not math.isnan(h["val_loss"])]
-    best = int(min(validated, key=lambda h: h["val_loss"])["epoch"]) if validated else None
+    marked = [h for h in history if h.get("best")]
+    best = int((marked or [min(validated, key=lambda h: h["val_loss"])])[0]["epoch"]) \
+        if validated else None
     for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
         if validated:

@@ -122,9 +122,12 @@ class Recipe:
         size = d.image_size if d.image_size else "native"
         lr = f"{t.lr:g}" if isinstance(t.lr, float) else f"lr {t.lr}"  # "auto": found later
         average = f", weight average {t.ema:g}" if t.ema else ""
+        # settled from the training split's counts after this line is first printed
+        # (run_setup.balance_for, which says it); run.json's line includes it
+        balance = f", balance {t.balance}" if t.balance not in ("auto", "none") else ""
         return (f"recipe for {self.reason}: {cfg.model.name}{weights} at {size} px, batch "
                 f"{t.batch_size}, {stages}, {t.optimizer} {lr}, augment "
-                f"{cfg.augment.preset}{average}; flags override")
+                f"{cfg.augment.preset}{average}{balance}; flags override")
 
 
 def _stages(t) -> str:

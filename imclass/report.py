@@ -56,7 +56,8 @@ def _fmt(v, pct: bool = False) -> str:
     return f"{v:.2%}" if pct else f"{v:.4f}"
 
 
-PERCENT = {"accuracy", "top_3", "accuracy_at_threshold", "subset_accuracy"}
+PERCENT = {"accuracy", "top_3", "accuracy_at_threshold", "subset_accuracy",
+           "balanced_accuracy"}
 VAL_ACCURACY = {"multilabel": "best validation label accuracy"}  # 1 - Hamming loss at 0.5
 
 
@@ -157,13 +158,29 @@ def _training_section(run: dict, plots: Path) -> str:
                        for w in run.get("overfitting", []))
     stop = (f"Early stopping ended training after epoch {run.get('epochs_run')}; "
             if run.get("stopped_early") else f"Training ran all {run.get('epochs_run')} epochs; ")
+    by = {"loss": "the lowest validation loss"}.get(
+        run.get("select_metric", "loss"), f"the highest validation {run.get('select_metric')}")
     kept = ("the last, as there was no validation to choose by" if unvalidated(run)
-            else "the lowest validation loss (dashed line)")
+            else f"{by} (dashed line)")
     return (f"<p>{stop}the weights kept are those of epoch {run.get('best_epoch')}, "
-            f"{kept}.</p>" + _start(run) + _stages(run)
+            f"{kept}.</p>" + _balance(run.get("balance")) + _start(run) + _stages(run)
             + (warnings or "<p>No overfitting warning was raised.</p>")
             + img_tag(plots / "curves.png", "loss, accuracy and learning-rate curves")
             + img_tag(plots / "lr_find.png", "learning-rate range test"))
+
+
+def _balance(balance: dict | None) -> str:
+    """How training compensated for imbalanced classes (--balance), when it did."""
+    if not balance or balance["method"] == "none":
+        return ""
+    how = {"weights": "the loss weighed each class by the inverse of its training count",
+           "sqrt": "the loss weighed each class by the inverse square root of its training "
+                   "count",
+           "effective": "the loss weighed each class by its effective number of samples",
+           "sampler": "batches drew every class equally often"}[balance["method"]]
+    return (f"<p>Imbalanced classes (the largest has {balance['ratio']:.1f}x the training "
+            f"images of the smallest): {how} (<code>--balance {balance['method']}</code>). "
+            "The per-class table below shows how each class fares.</p>")
 
 
 def _start(run: dict) -> str:
@@ -224,7 +241,9 @@ def _stages(run: dict) -> str:
           f"{s['lowest_lr']:.3g}"] for s in stages])
 
 
-METRIC_ROWS = [("accuracy", "accuracy"), ("top_3", "top-3 accuracy"),
+METRIC_ROWS = [("accuracy", "accuracy"),
+               ("balanced_accuracy", "balanced accuracy (mean recall of the classes)"),
+               ("top_3", "top-3 accuracy"),
                ("top_5", "top-5 accuracy"), ("precision_macro", "precision (macro)"),
                ("recall_macro", "recall (macro)"), ("f1_macro", "F1 (macro)"),
                ("precision_weighted", "precision (weighted)"),
@@ -245,6 +264,8 @@ HIERARCHY_ROWS = [("hierarchical_precision", "hierarchical precision"),
                   ("hierarchical_recall", "hierarchical recall"),
                   ("hierarchical_f1", "hierarchical F1")]
 MULTILABEL_ROWS = [("subset_accuracy", "subset accuracy (every label right)"),
+                   ("balanced_accuracy", "balanced accuracy (per label, the mean of the "
+                                         "true positive and true negative rates)"),
                    ("label_accuracy", "label accuracy (1 - Hamming loss)"),
                    ("hamming_loss", "Hamming loss"), ("f1_micro", "F1 (micro)"),
                    ("f1_macro", "F1 (macro)"), ("precision_micro", "precision (micro)"),
@@ -267,7 +288,7 @@ def _multilabel_results(test: dict, tta: dict, plots: Path) -> str:
          "FP", "FN", "TN"],
         [[name, m["threshold"], m["precision"], m["recall"], m["f1"], m["support"],
           _na(m["auc"]), _na(m["average_precision"]), m["tp"], m["fp"], m["fn"], m["tn"]]
-         for name, m in test.get("per_class", {}).items()])
+         for name, m in by_recall(test.get("per_class", {}))])
     return html + img_tag(plots / "labels.png", "per-label scores") + img_tag(
         plots / "label_confusion.png", "confusion matrix per label") + (
         '<div class="pair">' + img_tag(plots / "roc.png", "ROC curves per label")
@@ -278,7 +299,12 @@ def _na(v):
     return "n/a" if v is None else v
 
 
-def _results(test: dict, tta: dict, plots: Path) -> str:
+def by_recall(per_class: dict) -> list[tuple[str, dict]]:
+    """The per-class (per-label) rows, lowest recall first: the classes that fare worst lead."""
+    return sorted(per_class.items(), key=lambda item: item[1]["recall"])
+
+
+def _results(test: dict, tta: dict, plots: Path, train_counts: dict | None = None) -> str:
     task = test.get("task", "multiclass")
     if task == "multilabel":
         return _multilabel_results(test, tta, plots)
@@ -294,13 +320,13 @@ def _results(test: dict, tta: dict, plots: Path) -> str:
                             for level, m in test.get("per_level", {}).items()])
         html += "<h3>Leaf classes</h3>"
     html += _metric_table(test, tta, METRIC_ROWS)
-    per_class = test.get("per_class", {})
-    html += "<h3>Per class</h3>" + html_table(
-        ["class", "precision", "recall", "F1", "support", "ROC AUC", "AP"],
-        [[name, m["precision"], m["recall"], m["f1"], m["support"],
-          m["auc"] if m["auc"] is not None else "n/a",
-          m.get("average_precision") if m.get("average_precision") is not None else "n/a"]
-         for name, m in per_class.items()])
+    train_counts = train_counts or {}
+    html += "<h3>Per class, lowest recall first</h3>" + html_table(
+        ["class", "recall", "precision", "F1", "test images", "training images", "ROC AUC",
+         "AP"],
+        [[name, m["recall"], m["precision"], m["f1"], m["support"],
+          train_counts.get(name, "n/a"), _na(m["auc"]), _na(m.get("average_precision"))]
+         for name, m in by_recall(test.get("per_class", {}))])
     confused = test.get("most_confused", [])
     if confused:
         html += "<h3>Most confused pairs</h3>" + html_table(
@@ -338,7 +364,8 @@ def build_report(run_dir: Path) -> str:
         ("data", "Data", _data_section(run.get("data", {}), analysis, plots)),
         ("training", "Training", _training_section(run, plots)),
         ("results", "Results on the test set",
-         _results(test, tta, plots) if test else "<p>Not evaluated.</p>"),
+         _results(test, tta, plots, run.get("data", {}).get("counts", {}).get("train"))
+         if test else "<p>Not evaluated.</p>"),
         ("interpretation", "Interpretation", _interpretation(plots)),
         ("reproduce", "Reproduce",
          f"<p>Command: <code>{escape(str(run.get('command') or 'imclass train --config config.yaml'))}"

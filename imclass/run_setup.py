@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from imclass import config as config_mod
+from imclass.balance import Balance, class_counts, resolve as resolve_balance
 from imclass.config import OWN_MODELS, RunConfig, user_set
 from imclass.errors import ConfigError
 from imclass.console import Log
@@ -26,6 +27,7 @@ from imclass.models.zoo import input_spec
 from imclass.precision import choose_cpu_precision
 from imclass.recipe import Recipe, apply, choose, facts_of
 from imclass.tasks import get_task
+from imclass.training import selection
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Setup:
     weights_source: str | None
     recipe: Recipe
     dist: Dist = SINGLE  # this process's place in a distributed run
+    balance: Balance | None = None  # how training compensates for imbalanced classes
 
 
 def check_names(cfg: RunConfig) -> RunConfig:
@@ -71,10 +74,28 @@ def prepare_training(config: RunConfig | None, log: Log, dist: Dist = SINGLE) ->
         f"{f' (decoded at {splits.train.size[0]} px)' if splits.train.size[0] != splits.input_size else ''}, "
         f"{len(splits.train.class_names)} classes ({splits.task}), from {splits.train.source}")
     cfg = batches_for(cfg, splits.input_size, log, recipe.values, device.type)
+    cfg, balance = balance_for(cfg, splits, log)
     if not splits.validated:
         check_unvalidated(cfg, recipe, log)
     task = get_task(splits.task, cfg.data.hierarchy_sep)
-    return Setup(cfg, device, splits, task, architecture, weights_source, recipe, dist)
+    return Setup(cfg, device, splits, task, architecture, weights_source, recipe, dist,
+                 balance)
+
+
+def balance_for(cfg: RunConfig, splits: Splits, log: Log) -> tuple[RunConfig, Balance]:
+    """--balance and --select-metric settled from the training split's class counts (auto:
+    balanced when the largest class has over AUTO_RATIO times the smallest's images), said
+    on the console when balancing is on; the config then holds the concrete choices, so a
+    resumed run or a search's best.yaml trains the same way."""
+    train = splits.train
+    balance = resolve_balance(cfg.train.balance,
+                              class_counts(train.labels, len(train.class_names)), len(train))
+    t = dataclasses.replace(cfg.train, balance=balance.method)
+    t = dataclasses.replace(t, select_metric=selection(t))
+    if balance.method != "none":
+        log(f"balance: {balance.describe()}; the best epoch has the best validation "
+            f"{t.select_metric.replace('-', ' ')}")
+    return dataclasses.replace(cfg, train=t), balance
 
 
 def check_unvalidated(cfg: RunConfig, recipe: Recipe, log: Log) -> None:

@@ -26,8 +26,8 @@ from imclass.devices import resolve_device
 from imclass.errors import ConfigError, DataError
 from imclass.version import versions
 
-HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-                   "seconds", "images_per_s")
+HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc",
+                   "val_balanced_acc", "val_macro_f1", "lr", "seconds", "images_per_s")
 
 
 MIN_FREE_BYTES = 50 * 2 ** 20  # plots, report, history and a small model's checkpoints
@@ -115,7 +115,7 @@ def checkpoint_meta(cfg: RunConfig, splits, task) -> dict:
 
 
 class Checkpointer:
-    """Saves `last` after every epoch and `best` whenever validation loss improved."""
+    """Saves `last` after every epoch and `best` whenever validation improved."""
 
     def __init__(self, folder: Path, model: torch.nn.Module, meta: dict):
         self.folder, self.model, self.meta = folder, model, meta

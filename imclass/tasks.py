@@ -14,10 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imclass.balance import WEIGHTED, class_weights, positive_weights
 from imclass.errors import ConfigError
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -34,6 +37,27 @@ def argmax_hits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == target).sum()
 
 
+def confusion_tally(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A batch's confusion matrix at the argmax, flattened (true class * K + predicted), on the
+    logits' device: summed over validation batches without a host sync per batch."""
+    k = logits.shape[1]
+    return torch.bincount(target * k + logits.argmax(1), minlength=k * k).float()
+
+
+def class_scores(tally: np.ndarray) -> dict[str, float]:
+    """Balanced accuracy (the mean recall of the classes that occur, as scikit-learn's
+    balanced_accuracy_score) and macro F1 (over the classes that occur or are predicted) of a
+    summed `confusion_tally`."""
+    k = int(round(len(tally) ** 0.5))
+    m = np.asarray(tally, dtype=np.float64).reshape(k, k)
+    hits, support, predicted = np.diag(m), m.sum(1), m.sum(0)
+    seen, involved = support > 0, support + predicted > 0
+    recall = hits[seen] / support[seen]
+    f1 = 2 * hits[involved] / (support + predicted)[involved]
+    return {"balanced_acc": float(recall.mean()) if seen.any() else math.nan,
+            "macro_f1": float(f1.mean()) if involved.any() else math.nan}
+
+
 def _unknown_loss(task: str, name: str, losses: dict) -> ConfigError:
     return ConfigError(f"unknown loss '{name}' for {task}; valid: {', '.join(losses)}")
 
@@ -45,9 +69,19 @@ class Multiclass:
     def num_outputs(self, num_classes: int) -> int:
         return num_classes
 
-    def loss(self, name: str, label_smoothing: float = 0.0) -> Loss:
+    def loss(self, name: str, label_smoothing: float = 0.0, balance=None) -> Loss:
+        """The training loss; with `balance` (imclass.balance.Balance) weighing classes, each
+        class's images weighed by its class weight (a weighted mean over the batch)."""
+        weight = None
+        if balance is not None and balance.method in WEIGHTED:
+            if name != "cross-entropy":
+                raise ConfigError(f"--balance {balance.method} weighs the cross-entropy loss; "
+                                  f"with --loss {name} use --balance sampler")
+            weight = class_weights(list(balance.counts), balance.method)
         losses: dict[str, Loss] = {
-            "cross-entropy": lambda z, y: F.cross_entropy(z, y, label_smoothing=label_smoothing),
+            "cross-entropy": lambda z, y: F.cross_entropy(
+                z, y, weight=None if weight is None else weight.to(z.device),
+                label_smoothing=label_smoothing),
             "mse": _mse_one_hot,
         }
         if name not in losses:
@@ -63,6 +97,13 @@ class Multiclass:
 
     def hits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return argmax_hits(logits, target)
+
+    def tally(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Counts that sum over batches to what `scores` reads (validation)."""
+        return confusion_tally(logits, target)
+
+    def scores(self, tally: np.ndarray) -> dict[str, float]:
+        return class_scores(tally)
 
     def tune_thresholds(self, y_true: np.ndarray, probs: np.ndarray) -> list[float] | None:
         return None
@@ -101,10 +142,17 @@ class Multilabel:
     def num_outputs(self, num_classes: int) -> int:
         return num_classes
 
-    def loss(self, name: str, label_smoothing: float = 0.0) -> Loss:
+    def loss(self, name: str, label_smoothing: float = 0.0, balance=None) -> Loss:
+        """Binary cross-entropy per label; with `balance` weighing classes, each label's
+        positives weighed against its negatives (pos_weight)."""
+        pos_weight = None
+        if balance is not None and balance.method in WEIGHTED:
+            pos_weight = positive_weights(list(balance.counts), balance.images, balance.method)
+
         def bce(z, y):  # smoothing pulls targets towards 0.5 by label_smoothing / 2
             target = y * (1 - label_smoothing) + label_smoothing / 2
-            return F.binary_cross_entropy_with_logits(z, target)
+            return F.binary_cross_entropy_with_logits(
+                z, target, pos_weight=None if pos_weight is None else pos_weight.to(z.device))
         losses: dict[str, Loss] = {"cross-entropy": bce, "bce": bce}
         if name not in losses:
             raise _unknown_loss(self.name, name, losses)
@@ -120,6 +168,25 @@ class Multilabel:
     def hits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per image, the share of labels decided right at 0.5 (1 - Hamming loss), summed."""
         return ((logits > 0) == (target > 0.5)).float().mean(1).sum()
+
+    def tally(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per label, true and false positives and negatives at 0.5: [K * 4] counts."""
+        decided, truth = logits > 0, target > 0.5
+        return torch.stack([(decided & truth).sum(0), (decided & ~truth).sum(0),
+                            (~decided & truth).sum(0), (~decided & ~truth).sum(0)],
+                           1).flatten().float()
+
+    def scores(self, tally: np.ndarray) -> dict[str, float]:
+        """Balanced accuracy: per label the mean of its true positive and true negative
+        rates (those defined), averaged over labels; macro F1 over the labels that occur or
+        are predicted."""
+        tp, fp, fn, tn = np.asarray(tally, dtype=np.float64).reshape(-1, 4).T
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rates = np.stack([tp / (tp + fn), tn / (tn + fp)])
+            f1 = 2 * tp / (2 * tp + fp + fn)
+        per_label = np.nanmean(rates, axis=0)  # a label's images are positive or negative
+        return {"balanced_acc": float(per_label.mean()) if len(tp) else math.nan,
+                "macro_f1": float(np.nanmean(f1)) if np.isfinite(f1).any() else math.nan}
 
     def tune_thresholds(self, y_true, probs):
         from imclass.metrics import best_f1_threshold

@@ -167,19 +167,67 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
 
 @torch.no_grad()
 def validate(model, batches, loss_fn: Loss, device: torch.device, hits: Hits = argmax_hits,
-             dist: Dist = SINGLE, precision: str | None = None) -> dict[str, float]:
+             dist: Dist = SINGLE, precision: str | None = None,
+             scorer=None) -> dict[str, float]:
     """Mean loss and accuracy over `batches` (in a distributed run, over every rank's share:
-    each image counted once); `precision` as in imclass.devices.autocast."""
+    each image counted once); `precision` as in imclass.devices.autocast. With `scorer` (a
+    task of imclass.tasks) also the balanced accuracy and macro F1 ("balanced_acc",
+    "macro_f1"), from per-class counts summed over the batches."""
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen, tally = 0.0, 0, 0, 0
     for x, y in batches:
         with autocast(device, precision):
             logits = model(x).float()
         loss_sum += loss_fn(logits, y).item() * len(y)
         correct += hits(logits, y).item()
         seen += len(y)
+        if scorer is not None:
+            tally = tally + scorer.tally(logits, y)
     loss_sum, correct, seen = all_sum(dist, [loss_sum, correct, seen])
-    return {"loss": loss_sum / seen, "acc": correct / seen}
+    out = {"loss": loss_sum / seen, "acc": correct / seen}
+    if scorer is not None and seen:
+        out |= scorer.scores(all_sum(dist, tally.cpu().tolist()))
+    return out
+
+
+# --select-metric: the validation figure that picks the best epoch, and its history column.
+SELECT_COLUMNS = {"loss": "val_loss", "accuracy": "val_acc",
+                  "balanced-accuracy": "val_balanced_acc", "macro-f1": "val_macro_f1"}
+
+
+def selection(cfg: TrainConfig) -> str:
+    """The select metric, auto resolved: balanced accuracy when classes are balanced by
+    weights or sampling, else the validation loss."""
+    if cfg.select_metric != "auto":
+        return cfg.select_metric
+    return "loss" if cfg.balance in ("none", "auto") else "balanced-accuracy"
+
+
+def search_score(record: dict, metric: str) -> float:
+    """What a search maximises of an epoch's record: the selected figure, or validation
+    accuracy when the loss selects (a loss is not comparable across trials' settings)."""
+    return record["val_acc" if metric == "loss" else SELECT_COLUMNS[metric]]
+
+
+def mark_best(history: list[dict], cfg: TrainConfig) -> list[dict]:
+    """The history with "best" true on the epoch `fit` kept (by cfg's select metric), for the
+    curves to mark; none without validation."""
+    metric, best, kept = selection(cfg), {}, None
+    for h in history:
+        if not math.isnan(h["val_loss"]) and improves(h, best, metric, cfg.min_delta):
+            best, kept = h, h["epoch"]
+    return [{**h, "best": h["epoch"] == kept} for h in history]
+
+
+def improves(val: dict, best: dict, metric: str, min_delta: float) -> bool:
+    """Whether this validation (val_* keys) beats the best so far: a lower loss, or a higher
+    figure (on a tie, a lower loss: small validation sets tie often)."""
+    if metric == "loss":
+        return val["val_loss"] < best.get("val_loss", math.inf) - min_delta
+    key = SELECT_COLUMNS[metric]
+    score, held = val[key], best.get(key, -math.inf)
+    return score > held + min_delta or (score == held and
+                                        val["val_loss"] < best.get("val_loss", math.inf))
 
 
 def weight_average(model: nn.Module, decay: float | None):
@@ -225,10 +273,11 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         device: torch.device, callbacks: list[Callback] = (), hits: Hits = argmax_hits,
         stop: StopSignal | None = None, on_state: Callable[[dict], None] | None = None,
         resume: dict | None = None, dist: Dist = SINGLE, ema=None,
-        features=None) -> FitResult:
+        features=None, scorer=None) -> FitResult:
     """Train for cfg.epochs (or until a callback says stop), in stages when fine-tuning
     (imclass.finetune); ends holding the best weights, those of the epoch with the lowest
-    validation loss (with `val_batches` None, no validation: the last epoch's). A "stop" during the frozen stage moves on to fine-tuning. A `stop`
+    validation figure (with `val_batches` None, no validation: the last epoch's). A "stop"
+    during the frozen stage moves on to fine-tuning. A `stop`
     signal ends it after the current batch; that epoch is dropped (no validation, no
     checkpoint) and the best of the finished epochs is kept.
 
@@ -247,7 +296,14 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
 
     With `features` (imclass.features.FeatureCache) a stage planned `cached` (the frozen
     stage, with --feature-views) trains and validates the head on the backbone's cached
-    features instead of images."""
+    features instead of images.
+
+    The best epoch is the one with the best validation figure named by cfg.select_metric
+    (`selection`): the lowest loss, or the highest accuracy, balanced accuracy or macro F1,
+    the last two counted by `scorer` (the run's task)."""
+    metric = selection(cfg)
+    if metric in ("balanced-accuracy", "macro-f1") and scorer is None:
+        raise ValueError(f"select metric {metric} needs the task as scorer")
     result = FitResult()
     best_state = None
     epoch = 0
@@ -324,18 +380,23 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                 raise ImclassError(f"training diverged at epoch {epoch} (the loss is "
                                    f"{train['loss']}); lower --lr (now {cfg.lr:g}) or use "
                                    "--optimizer adamw")
-            if val_batches is None:  # no validation: each epoch is the best so far
-                val, improved = {"loss": math.nan, "acc": math.nan}, True
-            else:
+            val = {"loss": math.nan, "acc": math.nan}  # no validation: each epoch is the best
+            if val_batches is not None:
                 val = validate(stage_evaluated, stage_val, loss_fn, device, hits, dist,
-                               cfg.precision)
-                improved = val["loss"] < result.best_val_loss - cfg.min_delta
+                               cfg.precision, scorer)
+            val = {"val_loss": val["loss"], "val_acc": val["acc"],
+                   "val_balanced_acc": val.get("balanced_acc", math.nan),
+                   "val_macro_f1": val.get("macro_f1", math.nan)}
+            improved = val_batches is None or improves(
+                val, result.history[result.best_epoch - 1] if result.best_epoch else {},
+                metric, cfg.min_delta)
             if improved:
-                result.best_epoch, result.best_val_loss = epoch, val["loss"]
+                result.best_epoch, result.best_val_loss = epoch, val["val_loss"]
                 best_state = copy.deepcopy(evaluated.state_dict())
             record = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
-                      "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr,
-                      "seconds": train["seconds"], "images_per_s": train["images_per_s"],
+                      **val, "select_metric": metric, "val_score": search_score(val, metric),
+                      "lr": lr, "seconds": train["seconds"],
+                      "images_per_s": train["images_per_s"],
                       "stage": stage.number, "improved": improved,
                       # a later stage gets its own patience to beat the best before it
                       "epochs_since_best": epoch - max(result.best_epoch,
@@ -392,7 +453,7 @@ class MidEpochSaver:
 
 
 class EarlyStopping:
-    """Says stop once validation loss has not improved for `patience` epochs."""
+    """Says stop once the validation figure has not improved for `patience` epochs."""
 
     def __init__(self, patience: int | None):
         self.patience = patience
@@ -469,6 +530,10 @@ class Progress:
             mark = " *" if info["improved"] else ""
             val = ("no validation" if math.isnan(info["val_loss"]) else
                    f"val loss {info['val_loss']:.4f} acc {info['val_acc']:.4f}")
+            shown = {"balanced-accuracy": "balanced acc", "macro-f1": "macro F1"}.get(
+                info.get("select_metric"))
+            if shown and not math.isnan(info["val_loss"]):
+                val += f" {shown} {info['val_score']:.4f}"
             print(f"epoch {info['epoch']:>3}/{info['epochs']}  train loss {info['train_loss']:.4f}"
                   f" acc {info['train_acc']:.4f}  {val}  {info['images_per_s']:.0f} img/s  "
                   f"{info['seconds']:.1f}s  eta {eta:.0f}s{mark}", file=self.stream, flush=True)

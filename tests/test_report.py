@@ -31,3 +31,27 @@ def test_report_says_when_training_ran_in_bf16(tmp_path):
         html = build_report(tmp_path)
         assert ("Some CPU, 2 threads, in bf16 mixed precision" in html) is shown
         assert "Some CPU, 2 threads" in html
+
+
+def test_report_lists_classes_lowest_recall_first_with_their_counts(tmp_path):
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "config.yaml").write_text("train:\n  lr: 0.2\n")
+    run = {"data": {"source": "x", "classes": ["ok", "rare"],
+                    "counts": {"train": {"ok": 400, "rare": 40}}},
+           "model": {"name": "cnn"}, "best_epoch": 3, "epochs_run": 4,
+           "select_metric": "balanced-accuracy",
+           "balance": {"method": "sqrt", "ratio": 10.0, "counts": [400, 40]}}
+    cls = {"precision": 0.9, "f1": 0.9, "auc": 0.95, "average_precision": 0.9}
+    test = {"task": "multiclass", "accuracy": 0.9, "balanced_accuracy": 0.75,
+            "per_class": {"ok": {**cls, "recall": 0.95, "support": 100},
+                          "rare": {**cls, "recall": 0.55, "support": 10}}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": test}))
+    html = build_report(tmp_path)
+    table = html[html.index("Per class, lowest recall first"):]
+    assert table.index("<td>rare</td>") < table.index("<td>ok</td>")
+    assert "<td>rare</td><td>0.5500</td><td>0.9000</td><td>0.9000</td><td>10</td><td>40</td>" \
+        in table
+    assert "10.0x the training images" in html and "--balance sqrt" in html
+    assert "the highest validation balanced-accuracy" in html
+    assert "balanced accuracy (mean recall of the classes)" in html

@@ -163,3 +163,21 @@ def test_two_workers_share_one_grid_without_duplicates(tmp_path, kind):
     assert len(points) == 6 and len(set(points)) == 6, points
     assert {t.user_attrs["run_dir"] for t in done} == {
         str(p) for p in (out / "trials").iterdir()}, "each trial wrote its own run folder"
+
+
+@pytest.mark.slow
+def test_trials_are_scored_by_the_select_metric(tmp_path, capsys):
+    (tmp_path / "space.yaml").write_text("lr: [0.05, 0.2]\n")
+    out = tmp_path / "f1"
+    assert cli.main(["tune", "--space", str(tmp_path / "space.yaml"), "--method", "grid",
+                     "--trials", "2", "--pruner", "none", "--out", str(out), "--quiet",
+                     "--no-final-run", "--select-metric", "macro-f1", *TINY]) == 0
+    assert "validation macro-f1" in capsys.readouterr().out
+    study = optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}")
+    for t in study.trials:  # each trial's value: its best epoch's validation macro F1
+        import json
+        validation = json.loads((tmp_path / t.user_attrs["run_dir"] / "metrics.json")
+                                .read_text())["validation"]
+        assert t.value == validation["val_macro_f1"] != validation["val_acc"]
+    assert (out / "trials.csv").read_text().startswith("trial,state,val macro-f1,seconds")
+    assert load_yaml(out / "best.yaml").train.select_metric == "macro-f1"

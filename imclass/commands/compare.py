@@ -11,7 +11,9 @@ from imclass.errors import DataError
 from imclass.report import STYLE, html_table, img_tag, read_json
 from imclass.runfolder import read_history
 
-FIGURES = [("test accuracy", "test", "accuracy"), ("test macro F1", "test", "f1_macro"),
+FIGURES = [("test accuracy", "test", "accuracy"),
+           ("test balanced accuracy", "test", "balanced_accuracy"),
+           ("test macro F1", "test", "f1_macro"),
            ("test ROC AUC", "test", "roc_auc_macro"), ("best val accuracy", "validation", "val_acc"),
            ("best val loss", "validation", "val_loss")]
 

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 import signal
 import tempfile
@@ -24,6 +25,7 @@ from imclass.config import RunConfig
 from imclass.console import Log, StageClock, make_log
 from imclass.cores import CoreShare
 from imclass.data.audit import write_analysis
+from imclass.balance import sample_weights
 from imclass.data.augment import build_augment
 from imclass.data.batches import Batches
 from imclass.devices import (hardware, keep_freed_memory, precision_name, release_freed_memory,
@@ -42,7 +44,7 @@ from imclass.runfolder import (HISTORY_COLUMNS, MIN_FREE_BYTES, Checkpointer, Hi
                                write_json)
 from imclass.tracking import TrackOptions, check_available, trackers
 from imclass.training import (EarlyStopping, OverfitWatch, Progress, StopSignal, fit,
-                               weight_average)
+                               mark_best, weight_average)
 from imclass.version import __version__, versions
 
 
@@ -144,7 +146,8 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
     clock.done("training")
     best = result.history[result.best_epoch - 1]
     write_json(run_dir / "metrics.json", {"validation": {
-        k: best[k] for k in ("epoch", "val_loss", "val_acc", "train_loss", "train_acc")}})
+        k: best[k] for k in ("epoch", "val_loss", "val_acc", "val_balanced_acc", "val_macro_f1",
+                             "train_loss", "train_acc", "select_metric", "val_score")}})
     summary = {"data": splits.summary(), "model": model_info, "best_epoch": result.best_epoch,
                "epochs_run": len(result.history), "stopped_early": result.stopped_early,
                "overfitting": overfit_warnings, "stages": result.stages, "lr_found": lr_found,
@@ -155,7 +158,10 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
                "train_seconds": time.perf_counter() - started,
                "command": command, "versions": versions(), "task": task.name,
                "thresholds": thresholds,
-               "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc")},
+               "balance": setup.balance.as_dict() if setup.balance else None,
+               "select_metric": cfg.train.select_metric,
+               "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc",
+                                                   "val_balanced_acc")},
                "stopped": stopped, **pruned}
     if evaluate_test:
         write_json(run_dir / "run.json", summary)  # kept should evaluation run out of memory
@@ -167,7 +173,7 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
             evaluate_split(run_dir, model, task, splits.test, splits.norm, cfg, device, log,
                            thresholds=thresholds, input_size=splits.input_size, dist=dist)
     else:
-        plots.curves(result.history, run_dir / "plots" / "curves.png")
+        plots.curves(mark_best(result.history, cfg.train), run_dir / "plots" / "curves.png")
     clock.done("evaluation")
     summary["processes"] = dist.world
     if not dist.is_main:
@@ -304,7 +310,9 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
     train_batches = Batches(splits.train, t.batch_size, splits.norm, shuffle=True,
                             augment=augment, seed=t.seed, device=device,
                             drop_last=len(splits.train) > t.batch_size, size=splits.input_size,
-                            shard=(dist.rank, dist.world), channels_last=channels_last)
+                            shard=(dist.rank, dist.world), channels_last=channels_last,
+                            draw_weights=sample_weights(splits.train.labels)
+                            if t.balance == "sampler" else None)
     val_batches = None  # none without validation (--val-fraction 0)
     if splits.validated:
         val_share = splits.val.take(torch.as_tensor(dist.shard(len(splits.val))))
@@ -346,8 +354,8 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
     try:
         with StopSignal() if stop_on_signal else contextlib.nullcontext() as stop:
             result = fit(model, train_batches, val_batches,
-                         setup.task.loss(t.loss, t.label_smoothing), t, device, callbacks,
-                         hits=setup.task.hits, stop=stop,
+                         setup.task.loss(t.loss, t.label_smoothing, setup.balance), t, device,
+                         callbacks, hits=setup.task.hits, scorer=setup.task, stop=stop,
                          on_state=save_state if dist.is_main else None,
                          resume=resume_state, dist=dist, ema=ema, features=features)
     except OSError as exc:  # a full disk, a vanished folder: every write is atomic
@@ -355,8 +363,9 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
                         f"({exc.strerror or exc}); the files written before are intact: "
                         f"make room, then imclass train --resume {run_dir}") from None
     if result.stopped_early:
-        log(f"early stopping after epoch {len(result.history)}: no validation-loss improvement "
-            f"for {t.patience} epochs; keeping epoch {result.best_epoch}")
+        log(f"early stopping after epoch {len(result.history)}: no improvement of the "
+            f"validation {t.select_metric} for {t.patience} epochs; keeping epoch "
+            f"{result.best_epoch}")
     return result, overfit.warnings
 
 
@@ -368,7 +377,8 @@ def restore(state: dict, model, ema, train_batches, overfit, history, log: Log) 
     if ema is not None:
         ema.load_state_dict(state["ema"])
     resume_mod.restore_generators(state, train_batches.generator)
-    history.rows = [{k: row[k] for k in HISTORY_COLUMNS} for row in loop["history"]]
+    history.rows = [{k: row.get(k, math.nan) for k in HISTORY_COLUMNS}  # older runs: fewer
+                    for row in loop["history"]]
     overfit.streak, overfit.previous = loop["overfit"]["streak"], loop["overfit"]["previous"]
     overfit.warnings = loop["overfit"]["warnings"]
     mid = loop.get("mid_epoch")

@@ -207,7 +207,8 @@ def make_pruner(name: str):
 
 
 class PruneOnValidation:
-    """Reports each epoch's validation accuracy to the trial; stops a hopeless one."""
+    """Reports each epoch's validation score (accuracy, or the --select-metric figure) to the
+    trial; stops a hopeless one."""
 
     def __init__(self, trial):
         self.trial = trial
@@ -215,7 +216,7 @@ class PruneOnValidation:
     def __call__(self, event: str, info: dict):
         import optuna
         if event == "epoch_end":
-            self.trial.report(info["val_acc"], info["epoch"])
+            self.trial.report(info["val_score"], info["epoch"])
             if self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {info['epoch']}")
         return None
@@ -236,7 +237,8 @@ def trial_objective(base: RunConfig, params: list[Param], out: Path, track=None)
         import json
         best = json.loads((run_dir / "metrics.json").read_text())["validation"]
         trial.set_user_attr("run_dir", str(run_dir))
-        return best["val_acc"]
+        trial.set_user_attr("scored_by", score_name(best["select_metric"]))
+        return best["val_score"]
     return objective
 
 
@@ -326,10 +328,23 @@ def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = 
     return study
 
 
+def score_name(select_metric: str) -> str:
+    """The validation figure a search maximises: --select-metric's, or accuracy when the
+    loss selects epochs (trials with other settings' losses do not compare)."""
+    return {"loss": "accuracy"}.get(select_metric, select_metric)
+
+
+def scored_by(study) -> str:
+    """The figure the study's finished trials were scored by (accuracy before any)."""
+    names = [t.user_attrs["scored_by"] for t in study.trials if "scored_by" in t.user_attrs]
+    return names[-1] if names else "accuracy"
+
+
 def trial_rows(study) -> tuple[list[str], list[list]]:
-    """Every trial: number, state, validation accuracy, seconds, parameters."""
+    """Every trial: number, state, validation score, seconds, parameters."""
     keys = sorted({k for t in study.trials for k in t.params})
-    header = ["trial", "state", "val_acc", "seconds"] + keys
+    score = {"accuracy": "val_acc"}.get(scored_by(study), f"val {scored_by(study)}")
+    header = ["trial", "state", score, "seconds"] + keys
     rows = []
     for t in study.trials:
         seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
@@ -393,24 +408,27 @@ def write_outputs(study, base: RunConfig, params: list[Param], out: Path, *,
                         command=f"imclass train --config {out / 'best.yaml'}")
         import json
         test = json.loads((run / "metrics.json").read_text())["test"]
-    atomic_write_text(out / "study.html", study_html(out, header, rows, best, plots, test))
-    return {"best_trial": best.number, "best_val_acc": best.value, "best_params": best.params,
-            "test": test}
+    atomic_write_text(out / "study.html", study_html(out, header, rows, best, plots, test,
+                                                     scored_by(study)))
+    return {"best_trial": best.number, "best_value": best.value, "scored_by": scored_by(study),
+            "best_params": best.params, "test": test}
 
 
-def study_html(out: Path, header, rows, best, plots: dict, test: dict | None) -> str:
+def study_html(out: Path, header, rows, best, plots: dict, test: dict | None,
+               score: str = "accuracy") -> str:
     from html import escape
 
     from imclass.report import STYLE, html_table, img_tag
     final = ("<p>Not run.</p>" if test is None else
              "<p>One final training run of the best configuration, scored on the test set "
              "(the search itself saw validation figures only):</p>" + html_table(
-                 ["metric", "value"], [[k, test[k]] for k in ("accuracy", "f1_macro",
-                                                               "roc_auc_macro")]))
+                 ["metric", "value"], [[k, test[k]] for k in (
+                     "accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro")
+                     if k in test]))
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>imclass study: {escape(out.name)}</title><style>{STYLE}</style></head>"
             f"<body><h1>imclass study: {escape(out.name)}</h1>"
-            f"<p>Best trial {best.number}: validation accuracy {best.value:.4f} with "
+            f"<p>Best trial {best.number}: validation {score} {best.value:.4f} with "
             f"<code>{escape(str(best.params))}</code>; ready to train: "
             f"<code>imclass train --config {escape(str(out / 'best.yaml'))}</code>.</p>"
             f"<h2>Best configuration on the test set</h2>{final}"

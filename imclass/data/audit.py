@@ -22,6 +22,7 @@ MIN_IMAGES_PER_LABEL = 30       # our users' documented minimum per label
 MAX_FILE_BYTES = 6 * 1024 ** 2  # larger files: warning (6 MB)
 MIN_SHORT_EDGE = 256            # pixels users are told to aim for
 IMBALANCE_WARNING = 10.0        # largest / smallest class
+MIN_TEST_PER_LABEL = 10         # fewer test images: a recall measured in steps over 10 points
 NEAR_DUPLICATE_BITS = 4         # perceptual-hash bits (of 64) that may differ
 NEAR_DUPLICATE_MAX_IMAGES = 20_000  # above this, only identical perceptual hashes are compared
 
@@ -57,6 +58,13 @@ def _count_findings(counts: dict[str, dict[str, int]]) -> list[Finding]:
             out.append(Finding("warning", "tiny_class", f"label {label!r} has {n} training "
                                f"image(s), fewer than {MIN_IMAGES_PER_LABEL}; add more",
                                "train"))
+    for label, n in counts.get("test", {}).items():
+        if n < MIN_TEST_PER_LABEL and train.get(label):
+            measured = (f"its recall moves in steps of {100 / n:.0f} points" if n else
+                        "its recall cannot be measured")
+            out.append(Finding("warning", "few_test_images", f"label {label!r} has {n} test "
+                               f"image(s), fewer than {MIN_TEST_PER_LABEL}: {measured}; add "
+                               "images (or raise --test-fraction)", "test"))
     present = [n for n in train.values() if n > 0]
     if present and max(present) / min(present) > IMBALANCE_WARNING:
         out.append(Finding("warning", "imbalance", f"the largest class has "

@@ -64,15 +64,16 @@ class Normalization:
 class Batches:
     """Iterates (float images [B, C, H, W] normalised, int64 labels [B]) over an ImageSet.
 
-    With `shuffle`, each pass draws a new seeded order; with `augment`, the whole batch is
-    augmented at once before normalisation.
+    With `shuffle`, each pass draws a new seeded order (with `draw_weights`, a seeded draw
+    with replacement); with `augment`, the whole batch is augmented at once before
+    normalisation.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, norm: Normalization, *,
                  shuffle: bool = False, augment: BatchAugment | None = None, seed: int = 0,
                  device: str | torch.device = "cpu", drop_last: bool = False,
                  channels_last: bool = True, size: int | None = None,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), draw_weights: torch.Tensor | None = None):
         # On a GPU the whole set moves over once when it fits the budget; otherwise (and on
         # the CPU) each batch gathers its rows from the set's store.
         # (The set is moved as stored: a view at a larger size is resized on the GPU per batch.)
@@ -86,6 +87,10 @@ class Batches:
         # (rank, world): in a distributed run each global batch of `batch_size` is split into
         # `world` equal slices and this process takes slice `rank` (imclass.distributed)
         self.rank, self.world = shard
+        # With `draw_weights` (one per image) each pass draws as many images as the set holds,
+        # with replacement, each with probability proportional to its weight (as
+        # torch.utils.data.WeightedRandomSampler: torch.multinomial): --balance sampler.
+        self.draw_weights = draw_weights
         self.generator = torch.Generator().manual_seed(seed)
         # The batch order's generator as it was before the current pass drew its order, and
         # batches to skip at the start of the next pass: together they let a resumed run
@@ -100,7 +105,13 @@ class Batches:
     def __iter__(self):
         n = len(self.labels)
         self.pass_start_state = self.generator.get_state()
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.draw_weights is not None:
+            order = torch.multinomial(self.draw_weights, n, replacement=True,
+                                      generator=self.generator)
+        elif self.shuffle:
+            order = torch.randperm(n, generator=self.generator)
+        else:
+            order = torch.arange(n)
         first, self.skip = self.skip * self.batch_size, 0
         for start in range(first, len(self) * self.batch_size, self.batch_size):
             index = order[start:start + self.batch_size]

@@ -28,7 +28,26 @@ def stratified_split(labels: torch.Tensor, held_out: float | int, seed: int
                         "use more images or a different --val-fraction / --subset")
     kept, held = train_test_split(index, test_size=n_held, stratify=labels.numpy(),
                                   random_state=seed)
+    kept, held = _every_class_held(labels.numpy(), kept, held, seed)
     return torch.from_numpy(np.sort(kept)), torch.from_numpy(np.sort(held))
+
+
+def _every_class_held(labels: np.ndarray, kept: np.ndarray, held: np.ndarray, seed: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Each class in the held-out part (validation, test) at least once. scikit-learn shares
+    images out in proportion and rounds: a class of 4 images in a 10% split is owed 0.4 and
+    gets none, so its recall could be neither watched nor measured. Such a class trades one
+    of its images (seeded pick) for one of the class held most often; the sizes stay."""
+    rng = np.random.default_rng(seed)
+    kept, held = kept.copy(), held.copy()
+    for c in np.unique(labels):
+        if (labels[held] == c).any() or (labels[kept] == c).sum() < 2:
+            continue
+        held_counts = np.bincount(labels[held], minlength=labels.max() + 1)
+        give = rng.choice(np.flatnonzero(labels[kept] == c))
+        take = rng.choice(np.flatnonzero(labels[held] == held_counts.argmax()))
+        kept[give], held[take] = held[take], kept[give]
+    return kept, held
 
 
 def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
