@@ -40,6 +40,13 @@ class Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6) if flag else []
             if close:
                 message += f" (did you mean {close[0]}?)"
+        elif message.startswith("argument COMMAND: invalid choice:"):
+            given = message.split("'")[1]
+            commands = list(self._subparsers._group_actions[0].choices)
+            close = difflib.get_close_matches(given, commands, n=1, cutoff=0.6)
+            message = (f"unknown command '{given}'" + (f"; did you mean '{close[0]}'?"
+                                                       if close else "")
+                       + " (imclass --help lists the commands)")
         self.exit(2, f"imclass: error: {message}\n")
 
 
@@ -86,7 +93,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections=None, skip=()) -
             groups[section] = parser.add_argument_group(f"{section} options")
         meta = f.metadata
         switch = {"nargs": "?", "const": "true"} if _typ is bool else {}  # --pretrained alone
-        groups[section].add_argument(_flag(name, meta), dest=f"cfg:{name}", metavar="V",
+        value = (meta["flag"] or name).upper()  # the usage line names it: --lr LR
+        groups[section].add_argument(_flag(name, meta), dest=f"cfg:{name}", metavar=value,
                                      default=argparse.SUPPRESS, help=_help(f, meta), **switch)
 
 
@@ -94,16 +102,17 @@ def _add_track_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("tracking")
     group.add_argument("--track", metavar="KINDS", help="also send the run to tensorboard "
                        "(RUN_DIR/tensorboard/) and/or mlflow, comma-separated (default none)")
-    group.add_argument("--mlflow-uri", default="sqlite:///mlruns/mlflow.db",
-                       help="MLflow tracking server or store (default a local SQLite store "
-                       "in ./mlruns)")
-    group.add_argument("--mlflow-experiment", default="imclass",
-                       help="MLflow experiment name (default imclass)")
+    group.add_argument("--mlflow-uri", metavar="URI",
+                       help="MLflow tracking server or store (default $MLFLOW_TRACKING_URI, "
+                       "else a local SQLite store in ./mlruns)")
+    group.add_argument("--mlflow-experiment", metavar="NAME",
+                       help="MLflow experiment name (default $MLFLOW_EXPERIMENT_NAME, else "
+                       "imclass)")
 
 
 def _track_options(args: argparse.Namespace):
-    from imclass.tracking import TrackOptions, parse_kinds
-    return TrackOptions(parse_kinds(args.track), args.mlflow_uri, args.mlflow_experiment)
+    from imclass.tracking import options_from, parse_kinds
+    return options_from(parse_kinds(args.track), args.mlflow_uri, args.mlflow_experiment)
 
 
 def build_parser() -> Parser:
@@ -203,6 +212,8 @@ def build_parser() -> Parser:
     evaluate.add_argument("--batch-size", type=int, help="images per forward pass (default: "
                           "the run's eval_batch_size); lower it if memory runs out")
     evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--json", action="store_true", help="print the key figures as JSON "
+                          "on stdout (for scripts); metrics.json has them all")
     evaluate.set_defaults(func=_evaluate)
 
     tune = sub.add_parser("tune", help="search hyperparameters (Optuna): grid, random or TPE, "
@@ -368,7 +379,7 @@ def _resume(args: argparse.Namespace, argv: list[str]):
 
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     from imclass import api
-    from imclass.metrics import HEADLINES
+    from imclass.metrics import HEADLINES, headline
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ImclassError(f"--batch-size {args.batch_size}: give 1 or more images")
@@ -377,7 +388,12 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     def key_figures(m):
         keys = [k for k, _ in HEADLINES[m["task"]]] + ["top_3", "ece", "threshold", "count"]
         return {k: m[k] for k in keys if k in m}
-    print(json.dumps({kind: key_figures(m) for kind, m in result.items()}))
+    if args.json:  # for scripts: the figures at full precision
+        print(json.dumps({kind: key_figures(m) for kind, m in result.items()}))
+    elif args.quiet:  # the log said nothing: the result still goes out, readably
+        for kind, m in result.items():
+            print(f"{args.split}{' with TTA' if kind == 'tta' else ''}: {headline(m)} "
+                  f"on {m['count']} images")
     return 0
 
 
@@ -553,7 +569,12 @@ def _similar(args: argparse.Namespace, argv: list[str]) -> int:
                               log=lambda m: print(m, file=sys.stderr))
     print(json.dumps(results, indent=2))
     print(f"galleries: {folder / 'similar.html'}", file=sys.stderr)
-    return 1 if any("error" in r for r in results) else 0
+    failed = [r for r in results if "error" in r]
+    for r in failed:  # exit 1 says some failed; stderr says which and why
+        print(f"imclass: error: {r['image']}: {r['error']}", file=sys.stderr)
+    if failed:
+        print(f"imclass: {len(failed)} of {len(results)} queries failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _predict(args: argparse.Namespace, argv: list[str]) -> int:
@@ -626,6 +647,9 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # bare `imclass`: what it does and its commands, not an error
+        build_parser().print_help()
+        return 0
     args = build_parser().parse_args(argv)
     rank = rank_prefix()
     try:

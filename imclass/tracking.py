@@ -31,7 +31,8 @@ from imclass.extras import need
 KINDS = ("tensorboard", "mlflow")
 DEFAULT_MLFLOW_URI = "sqlite:///mlruns/mlflow.db"
 EPOCH_METRICS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accuracy/train",
-                 "val_acc": "accuracy/val", "lr": "learning_rate", "images_per_s": "images_per_s"}
+                 "val_acc": "accuracy/val", "val_balanced_acc": "balanced_accuracy/val",
+                 "lr": "learning_rate", "images_per_s": "images_per_s"}
 
 
 def epoch_scalars(info: dict) -> dict[str, float]:
@@ -46,6 +47,16 @@ class TrackOptions:
     mlflow_uri: str = DEFAULT_MLFLOW_URI
     experiment: str = "imclass"
     parent_run_id: str | None = None  # an MLflow run to nest under (a tune study's)
+
+
+def options_from(kinds: tuple[str, ...], uri: str | None = None,
+                 experiment: str | None = None) -> TrackOptions:
+    """TrackOptions with MLflow's own variables honoured: a flag's value, else
+    MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME (as every MLflow user and shared tracking
+    server sets them), else a SQLite store in ./mlruns and the experiment 'imclass'."""
+    import os
+    return TrackOptions(kinds, uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI,
+                        experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "imclass")
 
 
 def parse_kinds(text: str | None) -> tuple[str, ...]:

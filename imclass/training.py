@@ -465,13 +465,19 @@ class EarlyStopping:
 
 
 class OverfitWatch:
-    """Warns when validation loss has risen while training loss fell for `epochs` epochs."""
+    """Warns when validation loss has risen while training loss fell for `epochs` epochs.
+    Every such epoch is recorded (`warnings`: the report tells the whole story); the console
+    hears of it once, and again only when the validation loss has risen above its lowest by
+    twice as much as when it last did (a run that overfits for ten epochs gets a line or two,
+    not ten)."""
 
     def __init__(self, epochs: int, log: Callable[[str], None]):
         self.epochs, self.log = epochs, log
         self.streak = 0
         self.previous: dict | None = None
         self.warnings: list[dict] = []
+        self.said_at_loss: float | None = None  # validation loss when last said
+        self.lowest = math.inf  # the lowest validation loss so far
 
     def __call__(self, event: str, info: dict):
         if event != "epoch_end":
@@ -479,6 +485,7 @@ class OverfitWatch:
         if math.isnan(info["val_loss"]):  # no validation: nothing to compare
             return None
         prev, self.previous = self.previous, info
+        self.lowest = min(self.lowest, info["val_loss"])
         diverging = (prev is not None and info["val_loss"] > prev["val_loss"]
                      and info["train_loss"] < prev["train_loss"])
         self.streak = self.streak + 1 if diverging else 0
@@ -487,7 +494,10 @@ class OverfitWatch:
                        f"risen for {self.streak} epochs while training loss fell; consider "
                        "more augmentation, dropout or weight decay, or fewer epochs")
             self.warnings.append({"epoch": info["epoch"], "message": message})
-            self.log("warning: " + message)
+            said = self.said_at_loss
+            if said is None or info["val_loss"] - self.lowest >= 2 * (said - self.lowest):
+                self.log("warning: " + message)
+                self.said_at_loss = info["val_loss"]
         return None
 
 

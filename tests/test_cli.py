@@ -28,6 +28,24 @@ def test_unknown_flag_suggests_the_nearest(capsys):
     assert "did you mean --epochs?" in capsys.readouterr().err
 
 
+def test_a_mistyped_command_gets_the_nearest_and_bare_imclass_gets_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["trian"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unknown command 'trian'; did you mean 'train'?" in err
+    assert err.count("\n") == 1  # one line, not argparse's list of every command
+    assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: imclass") and "predict" in out
+
+
+def test_usage_lines_name_each_value(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    usage = capsys.readouterr().out
+    assert "[--lr LR]" in usage and "[--data DATA]" in usage and " V]" not in usage
+
+
 def test_bad_value_is_one_line_with_the_range(capsys):
     code, err = run_cli(capsys, "train", "--lr", "-0.1")
     assert code == 2 and err.strip() == "imclass: error: 'lr' must be in (0, 10]; got -0.1"

@@ -30,7 +30,7 @@ def test_class_folders_multiclass_train_evaluate_predict(tmp_path, capsys):
     assert run["data"]["channels"] == 3 and run["data"]["size"] == [20, 20]  # median edge
     assert (out / "analysis.json").is_file()
     capsys.readouterr()
-    assert cli.main(["evaluate", str(out), "--quiet"]) == 0
+    assert cli.main(["evaluate", str(out), "--quiet", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["plain"]["accuracy"] == test["accuracy"]
     blue = sorted((root / "test" / "blue").iterdir())[0]
     assert api.predict(out, [blue])[0]["top"][0]["class"] == "blue"

@@ -220,8 +220,14 @@ def test_a_run_with_a_crop_margin_evaluates_and_predicts_on_the_centre(tmp_path,
                                                   "decoded": 20, "fit": "crop"}
     before = json.loads((out / "metrics.json").read_text())["test"]["accuracy"]
     capsys.readouterr()
-    assert cli.main(["evaluate", str(out), "--quiet"]) == 0
+    assert cli.main(["evaluate", str(out), "--quiet", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["plain"]["accuracy"] == pytest.approx(before)
+    assert cli.main(["evaluate", str(out)]) == 0  # readable lines, and what it rewrote
+    printed = capsys.readouterr()
+    assert printed.out == "" and "test: accuracy" in printed.err
+    assert f"updated {out / 'metrics.json'} ('test')" in printed.err and "report.html" in printed.err
+    assert cli.main(["evaluate", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("test: accuracy")
     image = next((root / "test" / "blue").iterdir())
     assert before > 0.9  # the tint survives a centre crop
     assert api.predict(out, [image])[0]["top"][0]["class"] == "blue"

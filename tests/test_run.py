@@ -69,7 +69,7 @@ def test_report_is_self_contained(trained_run):
 
 def test_evaluate_reproduces_the_test_metrics(trained_run, capsys):
     before = json.loads((trained_run / "metrics.json").read_text())["test"]
-    assert cli.main(["evaluate", str(trained_run), "--quiet", "--tta"]) == 0
+    assert cli.main(["evaluate", str(trained_run), "--quiet", "--tta", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["plain"]["accuracy"] == pytest.approx(before["accuracy"])
     after = json.loads((trained_run / "metrics.json").read_text())

@@ -82,8 +82,11 @@ def test_similar_refuses_an_exported_file_and_reports_an_unreadable_query(folder
     good = sorted((data / "test" / "red").iterdir())[0]
     assert cli.main(["similar", str(run), str(tmp_path / "page.png"), str(good),
                      "--out", str(tmp_path / "q")]) == 1
-    results = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
     assert "error" in results[0] and len(results[1]["neighbours"]) == 8
+    assert f"imclass: error: {tmp_path / 'page.png'}: not an image" in captured.err
+    assert "1 of 2 queries failed" in captured.err  # exit 1 is never silent
 
 
 def test_serve_answers_similar_for_a_run_folder(folder_run):

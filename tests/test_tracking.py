@@ -199,3 +199,18 @@ def test_the_run_shows_in_the_mlflow_and_tensorboard_web_uis(mlflow_server, tmp_
     finally:
         board.terminate()
         board.wait(timeout=30)
+
+
+def test_mlflow_variables_are_honoured_and_flags_win(monkeypatch):
+    def options(*flags):
+        return cli._track_options(cli.build_parser().parse_args(
+            ["train", "--track", "mlflow", *flags]))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    plain = options()
+    assert plain.mlflow_uri == "sqlite:///mlruns/mlflow.db" and plain.experiment == "imclass"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///tmp/x")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "shared")
+    assert (options().mlflow_uri, options().experiment) == ("file:///tmp/x", "shared")
+    flagged = options("--mlflow-uri", "sqlite:///other.db", "--mlflow-experiment", "mine")
+    assert (flagged.mlflow_uri, flagged.experiment) == ("sqlite:///other.db", "mine")

@@ -33,6 +33,17 @@ def test_overfit_warning_needs_rising_val_and_falling_train_loss_in_a_row():
     assert calm.warnings == []
 
 
+def test_overfit_warning_is_said_once_then_only_when_much_worse():
+    messages = []
+    watch = OverfitWatch(epochs=2, log=messages.append)
+    losses = [(1.0, 0.50), (0.9, 0.60), (0.8, 0.62), (0.7, 0.64), (0.6, 0.75), (0.5, 0.76)]
+    for i, (tr, va) in enumerate(losses, 1):
+        watch("epoch_end", record(i, tr, va))
+    assert [w["epoch"] for w in watch.warnings] == [2, 3, 4, 5, 6]  # the report: every one
+    # said at epoch 2 (0.10 above the lowest), then at 5 (0.25: over twice that)
+    assert [m.split(":")[1].split()[-1] for m in messages] == ["2", "5"]
+
+
 def test_weight_decay_spares_biases_and_batchnorm():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
     groups = make_optimizer(model, TrainConfig(weight_decay=0.1)).param_groups

@@ -52,5 +52,8 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
         result = evaluate_split(Path(run_dir), run.model, run.task, data, run.norm, cfg,
                                 run.device, make_log(quiet), split=split, tta=tta,
                                 thresholds=run.thresholds, input_size=side)
-    write_report(Path(run_dir))
+    report = write_report(Path(run_dir))
+    where = f"plots/{split}/" if split == "val" else "plots/"
+    make_log(quiet)(f"updated {Path(run_dir) / 'metrics.json'} ('{split}'), {where} and "
+                    f"{report} (the checkpoints are unchanged)")
     return result

@@ -346,7 +346,8 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
         loop |= {"history": result.history, "stages": result.stages,
                  "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                  "overfit": {"streak": overfit.streak, "previous": overfit.previous,
-                             "warnings": overfit.warnings}}
+                             "warnings": overfit.warnings, "said_at_loss": overfit.said_at_loss,
+                             "lowest": overfit.lowest}}
         resume_mod.save(run_dir / "checkpoints", model=model, best=info["best"],
                         optimizer=info["optimizer"], scheduler=info["scheduler"], ema=ema,
                         order_state=train_batches.pass_start_state if info["mid_epoch"]
@@ -381,6 +382,8 @@ def restore(state: dict, model, ema, train_batches, overfit, history, log: Log) 
                     for row in loop["history"]]
     overfit.streak, overfit.previous = loop["overfit"]["streak"], loop["overfit"]["previous"]
     overfit.warnings = loop["overfit"]["warnings"]
+    overfit.said_at_loss = loop["overfit"].get("said_at_loss")
+    overfit.lowest = loop["overfit"].get("lowest", math.inf)
     mid = loop.get("mid_epoch")
     where = (f"in epoch {loop['epoch'] + 1} after batch {mid['step']} of {len(train_batches)}"
              if mid else f"after epoch {loop['epoch']}")
