@@ -91,8 +91,9 @@ class DataFacts:
                 f"{self.smallest_class} in the smallest, {self.short_edge} px)")
 
 
-def facts_of(scanned, val_fraction: float) -> DataFacts:
-    """DataFacts of a `data.scan` result (imclass.data.own.FolderDataset)."""
+def facts_of(scanned, val_fraction: float, subset: int | None = None) -> DataFacts:
+    """DataFacts of a `data.scan` result (imclass.data.own.FolderDataset), counting only the
+    `subset` of training images a run takes (--subset), as data.prepare will."""
     entries = scanned.listings["train"].entries
     infos = scanned.infos["train"]
     readable = [(e, i) for e, i in zip(entries, infos) if "error" not in i]
@@ -101,6 +102,8 @@ def facts_of(scanned, val_fraction: float) -> DataFacts:
         for label in entry.labels:
             counts[label] = counts.get(label, 0) + 1
     kept = 1.0 if "val" in scanned.listings else 1 - val_fraction
+    if subset and subset < len(readable):  # a stratified subset keeps the proportions
+        kept *= subset / len(readable)
     return DataFacts(train_images=round(len(readable) * kept), classes=len(counts),
                      smallest_class=round(min(counts.values(), default=0) * kept),
                      channels=choose_channels(infos), short_edge=median_short_edge(infos) or 0)

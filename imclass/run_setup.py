@@ -58,7 +58,8 @@ def prepare_training(config: RunConfig | None, log: Log, dist: Dist = SINGLE) ->
     cfg = check_names(config_mod.validate(config or RunConfig()))
     device = dist.device(resolve_device(cfg.train.device))
     scanned = scan(cfg.data)
-    facts = facts_of(scanned, cfg.data.val_fraction) if scanned is not None else None
+    facts = (facts_of(scanned, cfg.data.val_fraction, cfg.data.subset)
+             if scanned is not None else None)
     recipe = choose(cfg, facts, device.type)
     cfg, recipe = apply(cfg, recipe)
     cfg = config_mod.resolve(cfg)

@@ -117,3 +117,13 @@ def test_a_decode_that_would_fill_the_disk_is_refused_before_writing(tmp_path, m
     assert written <= {".lock"}  # no array, no half-written one: only the decode lock
     with pytest.raises(DataError, match="needs 977 MB"):
         cache.check_room(tmp_path, 1024 * 1000 * 1000, "many images")
+
+
+def test_an_entry_decoded_from_a_relative_folder_lists_its_absolute_path(tmp_path, monkeypatch,
+                                                                         capsys):
+    folder_dataset(tmp_path / "mine", n_train=4, n_test=2)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["analyze", "mine", "--out", "analysis", "--cache-dir", "cache"]) == 0
+    monkeypatch.chdir("/")  # `imclass cache` from another folder
+    sources = {e.source for e in cache.entries(tmp_path / "cache")}
+    assert sources == {str(tmp_path / "mine" / "train"), str(tmp_path / "mine" / "test")}

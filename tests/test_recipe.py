@@ -154,6 +154,8 @@ def test_facts_come_from_a_scan_of_the_files(tmp_path):
     assert (f.classes, f.channels, f.short_edge) == (3, 3, 20)
     assert f.train_images == round(61 * 0.8) and f.smallest_class == 16
     assert not f.photos
+    part = facts_of(scan(cfg.data), cfg.data.val_fraction, subset=40)  # --subset 40
+    assert part.train_images == 32 and part.smallest_class == round(20 * 0.8 * 40 / 61)
 
 
 @pytest.mark.slow

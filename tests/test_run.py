@@ -156,7 +156,8 @@ def test_compare_lists_figures_and_the_config_that_differs(trained_run, tmp_path
     out = capsys.readouterr().out
     assert "train.lr" in out and "0.05" in out and "train.epochs" not in out
     assert "test accuracy" in out and "small" in out and "other" in out
-    assert "test balanced accuracy" in out
+    assert "test balanced accuracy" in out and "parameters" in out
+    assert "positive class" not in out  # no binary run: no binary F1 column
     html = (tmp_path / "cmp.html").read_text()
     assert html.count("data:image/png;base64,") == 1 and "train.lr" in html
     assert not (tmp_path / "cmp.png").exists()

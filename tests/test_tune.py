@@ -181,3 +181,27 @@ def test_trials_are_scored_by_the_select_metric(tmp_path, capsys):
         assert t.value == validation["val_macro_f1"] != validation["val_acc"]
     assert (out / "trials.csv").read_text().startswith("trial,state,val macro-f1,seconds")
     assert load_yaml(out / "best.yaml").train.select_metric == "macro-f1"
+
+
+@pytest.mark.slow
+def test_best_yaml_holds_the_recipes_choices_and_trains_the_trials_config(tmp_path):
+    from imagedata import folder_dataset
+    from imclass.config import to_dict
+    root = folder_dataset(tmp_path / "shop", n_train=10, n_test=4)
+    (tmp_path / "space.yaml").write_text("lr: [0.001]\n")
+    out = tmp_path / "study"
+    assert cli.main(["tune", "--space", str(tmp_path / "space.yaml"), "--method", "grid",
+                     "--trials", "1", "--pruner", "none", "--out", str(out), "--quiet",
+                     "--no-final-run", "--data", str(root), "--epochs", "2",
+                     "--cache-dir", str(tmp_path / "cache")]) == 0
+    trial = load_yaml(out / "trials" / "trial-000" / "config.yaml")
+    best = load_yaml(out / "best.yaml")
+    # what the folder recipe chose, not the plain defaults (cnn, sgd, fashion, no freezing)
+    assert (best.model.name, best.model.pretrained, best.train.optimizer) == \
+        ("efficientnet_lite0", True, "adamw")
+    assert best.train.freeze_epochs == 1 and best.train.lr == 0.001
+    assert to_dict(best) == to_dict(trial)
+    again = tmp_path / "again"
+    assert cli.main(["train", "--config", str(out / "best.yaml"), "--out", str(again),
+                     "--quiet"]) == 0
+    assert to_dict(load_yaml(again / "config.yaml")) == to_dict(trial)

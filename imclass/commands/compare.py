@@ -14,6 +14,7 @@ from imclass.runfolder import read_history
 FIGURES = [("test accuracy", "test", "accuracy"),
            ("test balanced accuracy", "test", "balanced_accuracy"),
            ("test macro F1", "test", "f1_macro"),
+           ("test F1 (positive class)", "test", "f1_at_threshold"),  # binary runs
            ("test ROC AUC", "test", "roc_auc_macro"), ("best val accuracy", "validation", "val_acc"),
            ("best val loss", "validation", "val_loss")]
 
@@ -39,11 +40,21 @@ def load_runs(run_dirs: list[Path]) -> list[dict]:
 
 
 def figures_table(runs: list[dict]) -> tuple[list[str], list[list]]:
-    header = ["run"] + [label for label, _, _ in FIGURES] + ["epochs", "seconds"]
-    rows = [[r["name"]] + [r["metrics"].get(block, {}).get(key) for _, block, key in FIGURES]
-            + [r["run"].get("epochs_run"), round(r["run"].get("total_seconds", 0))]
+    """The key figures of each run; a figure no run has (a binary F1 among multiclass runs)
+    is left out, one some runs lack reads '-'."""
+    figures = [f for f in FIGURES if any(r["metrics"].get(f[1], {}).get(f[2]) is not None
+                                         for r in runs)]
+    header = ["run"] + [label for label, _, _ in figures] + ["parameters", "epochs", "seconds"]
+    rows = [[r["name"]] + [_or_dash(r["metrics"].get(block, {}).get(key))
+                           for _, block, key in figures]
+            + [_or_dash(r["run"].get("model", {}).get("parameters")),
+               r["run"].get("epochs_run"), round(r["run"].get("total_seconds", 0))]
             for r in runs]
     return header, rows
+
+
+def _or_dash(value):
+    return "-" if value is None else value
 
 
 def differing_config(runs: list[dict]) -> tuple[list[str], list[list]]:

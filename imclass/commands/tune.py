@@ -259,10 +259,18 @@ def finished(study) -> int:
     return sum(t.state in done for t in study.get_trials(deepcopy=False))
 
 
-def best_config(base: RunConfig, params: list[Param], best_params: dict) -> RunConfig:
+def best_config(base: RunConfig, params: list[Param], best) -> RunConfig:
+    """The best trial's own config, as its run resolved it (config.yaml in its folder): the
+    settings a folder's recipe chose (model, pretrained weights, optimizer, augmentation,
+    stages) included, so that `imclass train --config best.yaml` trains what the trial
+    trained. Rebuilt from the study's base and the trial's parameters when its folder is
+    gone (a study resumed elsewhere)."""
+    saved = Path(best.user_attrs.get("run_dir", "")) / "config.yaml"
+    if best.user_attrs.get("run_dir") and saved.is_file():
+        return config_mod.load_yaml(saved)
     values = {}
     for p in params:
-        v = best_params[p.key]
+        v = best.params[p.key]
         values[p.key] = p.choices[v] if p.choices and any(isinstance(c, tuple)
                                                           for c in p.choices) else v
     return config_mod.resolve(config_mod.override(base, values))
@@ -400,7 +408,7 @@ def write_outputs(study, base: RunConfig, params: list[Param], out: Path, *,
         raise ConfigError(f"no trial of {out} finished (all pruned or failed); widen the "
                           "space or use --pruner none")
     best = study.best_trial
-    cfg = best_config(base, params, best.params)
+    cfg = best_config(base, params, best)
     config_mod.save_yaml(cfg, out / "best.yaml")
     test = None
     if final_run:

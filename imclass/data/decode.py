@@ -201,6 +201,8 @@ def decode_all(infos: list[dict], size: int, channels: int, cache_dir: Path,
     (imclass.data.cache: `source` names the folder in `imclass cache`)."""
     key = cache_key(infos, size, channels, interpolation, fit)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    if source != "?":  # `imclass cache` runs from anywhere: a relative folder would mislead
+        source = str(Path(source).resolve())
     # One process decodes, the others (the ranks of a distributed run, two runs started at
     # once) wait for the lock and then find the finished array.
     with cache.locked(cache_dir / f"{key}.lock"):
@@ -213,6 +215,8 @@ def _decode_through(infos, size, channels, cache_dir: Path, key: str, workers, i
     array_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if array_file.is_file() and meta_file.is_file():
         meta = json.loads(meta_file.read_text())
+        if meta.get("source") != source and source != "?":  # an older entry's relative path
+            atomic_write_text(meta_file, json.dumps({**meta, "source": source}))
         cache.touch(meta_file)  # its age is the entry's last use, for imclass cache prune
         images = np.load(array_file, mmap_mode="c")  # copy-on-write: nothing read up front
         merged = [i | extra for i, extra in zip(infos, meta["extra"])]
