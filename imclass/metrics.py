@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -205,6 +206,46 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names,
 def _mean_defined(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if present else None
+
+
+# Validation images of each kind (positive, negative) a threshold is tuned on, at least: on 8
+# images a tuned threshold went to 0.998 and test F1 fell to 0.18 (issue 32).
+MIN_THRESHOLD_IMAGES = 20
+THRESHOLD_RESAMPLES = 200  # bootstrap resamples that measure a tuned threshold's spread
+
+
+@dataclass(frozen=True)
+class ThresholdFit:
+    """A decision threshold and how far to trust it: tuned (with the 10th-90th percentile of
+    the thresholds tuned on bootstrap resamples of validation), or kept at 0.5 (too few
+    positive or negative images to tune on)."""
+    value: float
+    tuned: bool
+    positives: int
+    negatives: int
+    spread: tuple[float, float] | None = None
+
+    def describe(self, name: str) -> str:
+        if not self.tuned:
+            return (f"{name} kept at 0.5 (validation holds {self.positives} positive and "
+                    f"{self.negatives} negative images, fewer than {MIN_THRESHOLD_IMAGES} of "
+                    "each to tune it on)")
+        low, high = self.spread
+        return f"{name} {self.value:.3f} (bootstrap 10-90%: {low:.3f}-{high:.3f})"
+
+
+def fit_threshold(positives: np.ndarray, score: np.ndarray, seed: int = 0) -> ThresholdFit:
+    """The best-F1 threshold on validation when there are enough images of each kind, with
+    its bootstrap spread; else 0.5."""
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if min(n_pos, n_neg) < MIN_THRESHOLD_IMAGES:
+        return ThresholdFit(0.5, False, n_pos, n_neg)
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(score), len(score)) for _ in range(THRESHOLD_RESAMPLES)]
+    resampled = [best_f1_threshold(positives[d], score[d]) for d in draws]
+    low, high = np.percentile(resampled, [10, 90])
+    return ThresholdFit(best_f1_threshold(positives, score), True, n_pos, n_neg,
+                        (float(low), float(high)))
 
 
 def best_f1_threshold(positives: np.ndarray, score: np.ndarray) -> float:

@@ -163,10 +163,26 @@ def _training_section(run: dict, plots: Path) -> str:
     kept = ("the last, as there was no validation to choose by" if unvalidated(run)
             else f"{by} (dashed line)")
     return (f"<p>{stop}the weights kept are those of epoch {run.get('best_epoch')}, "
-            f"{kept}.</p>" + _balance(run.get("balance")) + _start(run) + _stages(run)
+            f"{kept}.</p>" + _balance(run.get("balance")) + _thresholds(run) + _start(run)
+            + _stages(run)
             + (warnings or "<p>No overfitting warning was raised.</p>")
             + img_tag(plots / "curves.png", "loss, accuracy and learning-rate curves")
             + img_tag(plots / "lr_find.png", "learning-rate range test"))
+
+
+def _thresholds(run: dict) -> str:
+    """How the binary or multilabel decision thresholds were set, and how far to trust them."""
+    fits = run.get("threshold_fits")
+    if not fits:
+        return ""
+    names = run.get("data", {}).get("classes", [])[-len(fits):]
+    rows = [[name, f["value"], "tuned for the best validation F1" if f["tuned"] else
+             "kept at 0.5: too few validation images to tune on",
+             f"{f['spread'][0]:.3f}-{f['spread'][1]:.3f}" if f["spread"] else "n/a",
+             f["positives"], f["negatives"]] for name, f in zip(names, fits)]
+    return "<p>Decision thresholds:</p>" + html_table(
+        ["class", "threshold", "how", "bootstrap 10-90%", "validation positives",
+         "validation negatives"], rows)
 
 
 def _balance(balance: dict | None) -> str:
@@ -254,7 +270,7 @@ METRIC_ROWS = [("accuracy", "accuracy"),
                ("ece", "expected calibration error")]
 
 
-BINARY_ROWS = [("threshold", "decision threshold (tuned on validation for F1)"),
+BINARY_ROWS = [("threshold", "decision threshold (see Training)"),
                ("accuracy_at_threshold", "accuracy at the threshold"),
                ("precision_at_threshold", "precision of the positive class"),
                ("recall_at_threshold", "recall of the positive class"),

@@ -105,7 +105,8 @@ class Multiclass:
     def scores(self, tally: np.ndarray) -> dict[str, float]:
         return class_scores(tally)
 
-    def tune_thresholds(self, y_true: np.ndarray, probs: np.ndarray) -> list[float] | None:
+    def tune_thresholds(self, y_true: np.ndarray, probs: np.ndarray) -> list | None:
+        """None: the most probable class wins; binary and multilabel fit thresholds."""
         return None
 
     def metrics(self, y_true, probs, class_names, thresholds=None) -> dict:
@@ -122,8 +123,9 @@ class Binary(Multiclass):
         return (probabilities[:, 1] >= (thresholds[0] if thresholds else 0.5)).astype(int)
 
     def tune_thresholds(self, y_true, probs):
-        from imclass.metrics import best_f1_threshold
-        return [best_f1_threshold(y_true == 1, probs[:, 1])]
+        """The positive class's threshold (imclass.metrics.ThresholdFit), in a list."""
+        from imclass.metrics import fit_threshold
+        return [fit_threshold(y_true == 1, probs[:, 1])]
 
     def metrics(self, y_true, probs, class_names, thresholds=None) -> dict:
         """Every decision-based figure (accuracy, per-class precision and recall, the
@@ -189,8 +191,9 @@ class Multilabel:
                 "macro_f1": float(np.nanmean(f1)) if np.isfinite(f1).any() else math.nan}
 
     def tune_thresholds(self, y_true, probs):
-        from imclass.metrics import best_f1_threshold
-        return [best_f1_threshold(y_true[:, k] > 0.5, probs[:, k]) for k in range(probs.shape[1])]
+        """Each label's threshold (imclass.metrics.ThresholdFit)."""
+        from imclass.metrics import fit_threshold
+        return [fit_threshold(y_true[:, k] > 0.5, probs[:, k]) for k in range(probs.shape[1])]
 
     def metrics(self, y_true, probs, class_names, thresholds=None) -> dict:
         from imclass.metrics import multilabel_metrics

@@ -89,3 +89,18 @@ def test_top_k_calibration_and_most_confused():
     assert curves["micro"][2] == pytest.approx(m["roc_auc_micro"])
     assert abs(curves["macro"][2] - m["roc_auc_macro"]) < 0.01
     assert m["average_precision_macro"] > 1 / 6  # better than a random ranking
+
+
+def test_a_threshold_is_tuned_only_on_enough_images_and_comes_with_its_spread():
+    from imclass.metrics import MIN_THRESHOLD_IMAGES, fit_threshold
+    rng = np.random.default_rng(0)
+    positives = np.arange(200) < 100
+    score = np.clip(np.where(positives, 0.7, 0.3) + rng.normal(0, 0.15, 200), 0, 1)
+    fit = fit_threshold(positives, score)
+    assert fit.tuned and 0.3 < fit.value < 0.7 and (fit.positives, fit.negatives) == (100, 100)
+    low, high = fit.spread
+    assert low <= fit.value <= high and high - low < 0.3
+    few = fit_threshold(positives[90:110], score[90:110])  # 10 positives, 10 negatives
+    assert not few.tuned and few.value == 0.5 and few.spread is None
+    assert f"fewer than {MIN_THRESHOLD_IMAGES} of each" in few.describe("dog")
+    assert "bootstrap 10-90%" in fit.describe("dog")

@@ -51,6 +51,10 @@ def test_binary_csv_threshold_tuned_on_validation_and_used_everywhere(tmp_path, 
     assert api.predict(out, [dog])[0]["decision"] == "dog"
     html = (out / "report.html").read_text()
     assert "Positive class: <b>dog</b>" in html and "decision threshold" in html
+    # 12 validation images: too few to tune a threshold on, so 0.5, and the run says why
+    fit = json.loads((out / "run.json").read_text())["threshold_fits"][0]
+    assert fit["value"] == test["threshold"] == 0.5 and not fit["tuned"]
+    assert "too few validation images to tune on" in html
 
 
 @pytest.mark.slow

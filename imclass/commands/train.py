@@ -142,7 +142,8 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
                                            meta, stop_on_signal, resume_state)
     release_freed_memory()  # what training kept: evaluation allocates other sizes
     stopped = stop_summary(result, cfg.train.epochs, log)
-    thresholds = tune_thresholds(run_dir, model, setup, log)
+    fits = tune_thresholds(run_dir, model, setup, log)
+    thresholds = None if fits is None else [f.value for f in fits]
     clock.done("training")
     best = result.history[result.best_epoch - 1]
     write_json(run_dir / "metrics.json", {"validation": {
@@ -158,6 +159,7 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
                "train_seconds": time.perf_counter() - started,
                "command": command, "versions": versions(), "task": task.name,
                "thresholds": thresholds,
+               "threshold_fits": None if fits is None else [dataclasses.asdict(f) for f in fits],
                "balance": setup.balance.as_dict() if setup.balance else None,
                "select_metric": cfg.train.select_metric,
                "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc",
@@ -218,8 +220,9 @@ def same_run_facts(cfg: RunConfig, splits) -> dict:
                        f"labels {labels}"}
 
 
-def tune_thresholds(run_dir: Path, model, setup: Setup, log: Log) -> list[float] | None:
-    """Binary and multilabel decision thresholds with the best validation F1, saved into the
+def tune_thresholds(run_dir: Path, model, setup: Setup, log: Log) -> list | None:
+    """Binary and multilabel decision thresholds with the best validation F1
+    (imclass.metrics.ThresholdFit: 0.5 where validation is too small to tune on), saved into the
     best checkpoint's sidecar so evaluate and predict decide the same way."""
     splits, task, device = setup.splits, setup.task, setup.device
     if not splits.validated:
@@ -227,16 +230,17 @@ def tune_thresholds(run_dir: Path, model, setup: Setup, log: Log) -> list[float]
     probs, labels = predict_split(model, splits.val.center_cropped(splits.input_size),
                                   splits.norm, setup.cfg.train.eval_batch_size, task, device,
                                   setup.dist)
-    thresholds = task.tune_thresholds(labels, probs)
-    if thresholds is None or not setup.dist.is_main:
-        return thresholds
+    fits = task.tune_thresholds(labels, probs)
+    if fits is None:
+        return None
+    if not setup.dist.is_main:
+        return fits
     best = run_dir / "checkpoints" / "best"
     _, saved = checkpoint.load(best)
-    checkpoint.save(best, model, {**saved, "thresholds": thresholds})
-    log("decision threshold(s) tuned on validation for the best F1: "
-        + ", ".join(f"{n} {t:.3f}" for n, t in zip(
-            splits.train.class_names[-len(thresholds):], thresholds)))
-    return thresholds
+    checkpoint.save(best, model, {**saved, "thresholds": [f.value for f in fits]})
+    log("decision threshold(s) for the best validation F1: " + "; ".join(
+        f.describe(n) for n, f in zip(splits.train.class_names[-len(fits):], fits)))
+    return fits
 
 
 def plot_augmented(path: Path, train, augment, seed: int, count: int = 24) -> None:
