@@ -589,15 +589,22 @@ def _predict(args: argparse.Namespace, argv: list[str]) -> int:
     out = Path(args.out) if args.out else None
     cmd.check_output(out)
     predictor = load(args.model, args.backend)
-    paths = cmd.collect(args.images)
+    skipped: list = []
+    paths = cmd.collect(args.images, skipped)
+    if skipped:  # said, not silently dropped
+        names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(f"imclass: skipped {len(skipped)} file(s) that are not images by their "
+              f"extension ({names})", file=sys.stderr)
+    top_k = min(args.top_k, len(predictor.contract.class_names))  # no empty class_3 columns
     started = time.perf_counter()
-    results = cmd.predict_files(predictor, paths, args.top_k, args.batch_size, args.workers,
+    results = cmd.predict_files(predictor, paths, top_k, args.batch_size, args.workers,
                                 progress=out is not None)
     if out is not None:
-        counts = cmd.write_predictions(results, out, args.top_k, predictor.contract.task)
+        counts = cmd.write_predictions(results, out, top_k, predictor.contract.task)
         seconds = time.perf_counter() - started
-        print(f"{counts['images']} images scored in {seconds:.1f}s "
-              f"({counts['images'] / seconds:.0f} images/s), {counts['failed']} failed: {out}")
+        scored = counts["images"] - counts["failed"]
+        print(f"{scored} of {counts['images']} images scored in {seconds:.1f}s "
+              f"({scored / seconds:.3g} images a second), {counts['failed']} failed: {out}")
         return 1 if counts["failed"] else 0
     results = list(results)
     if args.json:

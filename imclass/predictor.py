@@ -151,11 +151,19 @@ def read_bytes(path: str | Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"image {path} does not exist") from None
+        raise unreadable(path, "does not exist") from None
     except IsADirectoryError:
-        raise DataError(f"{path} is a folder, not an image") from None
+        raise unreadable(path, "is a folder, not an image") from None
     except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
+        raise unreadable(path, f"cannot be read: {exc.strerror or exc}") from None
+
+
+def unreadable(path: Path, reason: str) -> DataError:
+    """'image PATH does not exist', with the reason alone in `.reason` for a listing whose
+    rows already name the file (predict's output)."""
+    exc = DataError(f"image {path} {reason}")
+    exc.reason = reason
+    return exc
 
 
 def load(model: str | Path, backend: str | None = None, device: str = "auto") -> Predictor:

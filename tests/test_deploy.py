@@ -106,6 +106,21 @@ def task_runs(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_predict_top_k_stops_at_the_classes_and_names_a_missing_file_once(task_runs,
+                                                                         tmp_path, capsys):
+    run, images = task_runs["binary"]
+    out = tmp_path / "two.csv"
+    assert cli.main(["predict", str(run), str(images[0]), "--top-k", "3", "--out",
+                     str(out)]) == 0
+    header = out.read_text().splitlines()[0].split(",")
+    assert "class_2" in header and "class_3" not in header  # two classes, two columns
+    capsys.readouterr()
+    assert cli.main(["predict", str(run), str(tmp_path / "gone.png")]) == 1
+    line = capsys.readouterr().out.strip()
+    assert line == f"{tmp_path / 'gone.png'}: error: does not exist"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["binary", "multilabel", "hierarchical"])
 def test_each_task_decides_the_same_after_export(task_runs, task):
     run, images = task_runs[task]
@@ -175,12 +190,17 @@ def test_predict_a_folder_to_csv_scores_all_and_lists_broken_files(trained_run, 
     (folder / "part0" / "empty.png").write_bytes(b"")
     (folder / "part1" / "page.png").write_text("<html><body>not found</body></html>")
     bomb_png(folder / "part2" / "bomb.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "part0" / "data.bin").write_bytes(b"\0")
     out = tmp_path / "predictions.csv"
     code = cli.main(["predict", str(trained_run), str(folder), "--out", str(out),
                      "--batch-size", "32", "--workers", "2"])
     assert code == 1  # some failed: the exit code says so
-    printed = capsys.readouterr().out
-    assert "153 images scored" in printed and "3 failed" in printed and str(out) in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "150 of 153 images scored" in printed and "3 failed" in printed
+    assert str(out) in printed and "images a second" in printed
+    assert "skipped 2 file(s) that are not images" in captured.err  # counted, not silent
     with out.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 153

@@ -35,14 +35,18 @@ def predict(model: str | Path, images: Iterable[str | Path], top_k: int = 3,
     return list(predict_files(predictor, collect(images), top_k))
 
 
-def collect(inputs: Iterable[str | Path]) -> list[str]:
+def collect(inputs: Iterable[str | Path], skipped: list[Path] | None = None) -> list[str]:
     """Image paths from files, folders (recursive, sorted), globs and CSV files of paths. A
-    missing path or a pattern matching nothing is kept: it becomes an error row."""
+    missing path or a pattern matching nothing is kept: it becomes an error row. The files
+    of a folder that are not images (by their extension) go into `skipped`."""
     paths: list[str] = []
     for given in map(str, inputs):
         p = Path(given)
         if p.is_dir():  # linked folders followed, link loops not (as datasets are listed)
-            paths += [str(f) for f in walk_images(p).files]
+            walk = walk_images(p)
+            paths += [str(f) for f in walk.files]
+            if skipped is not None:
+                skipped += walk.others
         elif p.is_file() and p.suffix.lower() == ".csv":
             paths += paths_in_csv(p)
         elif not p.exists() and any(ch in given for ch in "*?["):
@@ -99,8 +103,8 @@ class Decoding(torch.utils.data.Dataset):
             try:
                 pixels[n] = pixels_of(self.paths[k], c)
                 n += 1
-            except DataError as exc:
-                errors[k] = str(exc)
+            except DataError as exc:  # the row names the file: the reason alone
+                errors[k] = getattr(exc, "reason", str(exc))
         return list(positions), pixels[:n], errors
 
 

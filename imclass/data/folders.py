@@ -101,6 +101,7 @@ class Walk:
     files: list[Path] = field(default_factory=list)
     unreadable: list[Path] = field(default_factory=list)  # folders that could not be listed
     loops: list[Path] = field(default_factory=list)       # links back to a folder seen
+    others: list[Path] = field(default_factory=list)      # files that are not images
 
 
 def walk_images(folder: Path) -> Walk:
@@ -122,6 +123,7 @@ def walk_images(folder: Path) -> Walk:
         dirs.sort()
         walk.files += [Path(here) / n for n in names if is_image(Path(n))
                        and (Path(here) / n).is_file()]
+        walk.others += [Path(here) / n for n in names if not is_image(Path(n))]
     walk.files.sort()
     return walk
 
