@@ -28,18 +28,29 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.argv: list[str] = []  # what was parsed: the command whose flags to suggest
+
+    def parse_args(self, args=None, namespace=None):
+        self.argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_args(args, namespace)
 
     def error(self, message: str):
         if message.startswith("unrecognized arguments:"):
             unknown = message.split(":", 1)[1].split()
             known = [s for a in self._actions for s in a.option_strings]
+            commands = {}
             for sub in self._subparsers._group_actions if self._subparsers else ():
-                for p in getattr(sub, "choices", {}).values():
+                commands |= getattr(sub, "choices", {})
+            command = next((a for a in self.argv if a in commands), None)
+            for name, p in commands.items():  # the command given's own flags, if known
+                if command in (None, name):
                     known += [s for a in p._actions for s in a.option_strings]
             flag = next((u.split("=")[0] for u in unknown if u.startswith("--")), None)
             close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6) if flag else []
             if close:
                 message += f" (did you mean {close[0]}?)"
+            elif flag and command:
+                message += f" (imclass {command} --help lists its options)"
         elif message.startswith("argument COMMAND: invalid choice:"):
             given = message.split("'")[1]
             commands = list(self._subparsers._group_actions[0].choices)

@@ -27,12 +27,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from imclass.config import OWN_MODELS, ModelConfig, RunConfig, override, user_set
 from imclass.data.decode import choose_channels, median_short_edge
 from imclass.errors import ConfigError
-from imclass.models.weights import resolve_architecture
+from imclass.models.weights import resolve_architecture, run_architecture
 from imclass.models.zoo import input_spec
 
 # Training images; above this our CNN from scratch is about as good and much faster (2,400
@@ -111,7 +112,7 @@ def facts_of(scanned, val_fraction: float, subset: int | None = None) -> DataFac
 
 @dataclass(frozen=True)
 class Recipe:
-    name: str  # transfer, scratch, long, or none (the plain defaults)
+    name: str  # transfer, scratch, long, none (the plain defaults) or run (imclass prune)
     values: dict[str, Any]  # the settings it gives (after `apply`: those it gave)
     reason: str
 
@@ -121,6 +122,8 @@ class Recipe:
             return f"recipe: the plain defaults ({self.reason})"
         t, d = cfg.train, cfg.data
         weights = " pretrained" if cfg.model.pretrained else " from scratch"
+        if self.name == "run":
+            weights = " from its weights"
         stages = _stages(t)
         size = d.image_size if d.image_size else "native"
         lr = f"{t.lr:g}" if isinstance(t.lr, float) else f"lr {t.lr}"  # "auto": found later
@@ -148,6 +151,8 @@ def _stages(t) -> str:
 def choose(cfg: RunConfig, facts: DataFacts | None, device_type: str) -> Recipe:
     """The recipe for this data and machine (facts None: a built-in dataset)."""
     if cfg.train.recipe == "none":
+        if run_architecture(Path(cfg.model.weights or "")):  # imclass prune: a trained run
+            return Recipe("run", {}, f"fine-tuning the run {cfg.model.weights}")
         return Recipe("none", {}, "--recipe none")
     if cfg.train.recipe == "long":
         return Recipe("long", _long(facts, device_type), "an hour on a CPU (--recipe long)"

@@ -28,6 +28,13 @@ def test_unknown_flag_suggests_the_nearest(capsys):
     assert "did you mean --epochs?" in capsys.readouterr().err
 
 
+def test_a_flag_of_another_command_is_not_suggested_as_itself(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["prune", "some-run", "--cache-dir", "c"])
+    err = capsys.readouterr().err
+    assert "did you mean --cache-dir" not in err and "imclass prune --help" in err
+
+
 def test_a_mistyped_command_gets_the_nearest_and_bare_imclass_gets_help(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["trian"])

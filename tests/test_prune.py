@@ -160,6 +160,26 @@ def test_prune_on_a_folder_dataset(tmp_path, capsys):
     assert (out / "analysis.json").is_file() and (out / "report.html").is_file()
 
 
+@pytest.mark.slow
+def test_a_pretrained_run_is_pruned_as_it_was_built_and_the_recipe_line_says_so(tmp_path,
+                                                                               capsys):
+    data = folder_dataset(tmp_path / "pets", n_train=40, n_test=6)
+    base = tmp_path / "run"  # the recipe: the Lite0 package, a tf_efficientnet_lite0
+    assert cli.main(["train", "--data", str(data), "--out", str(base), "--epochs", "3",
+                     "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert cli.main(["prune", str(base), "--amount", "0.3", "--fine-tune-epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"recipe for fine-tuning the run {base}: efficientnet_lite0 from its weights" in err
+    assert "--recipe none" not in err
+    trained = json.loads((base / "run.json").read_text())
+    pruned = json.loads((tmp_path / "run-pruned30" / "run.json").read_text())
+    assert pruned["model"]["architecture"] == trained["model"]["architecture"]
+    # before any weight is removed the model is the trained one: its validation accuracy too
+    # (rebuilt with PyTorch padding and ImageNet statistics it had 0.67 for the run's 1.0)
+    assert pruned["pruned"]["before"]["val_acc"] == pytest.approx(
+        trained["validation"]["val_acc"], abs=0.05)
+
+
 def test_prune_refuses_in_one_line(tmp_path, capsys):
     cases = [(["prune", str(tmp_path)], "no finished run"),
              (["prune", str(tmp_path), "--amount", "1.5"], "between 0 and 1"),

