@@ -102,6 +102,15 @@ def test_bad_requests_get_a_4xx_with_a_sentence(server, images):
     assert httpx.get(f"{server}/health").status_code == 200  # still up
 
 
+def test_a_bad_file_among_good_ones_is_answered_on_its_own(server, images):
+    folder, paths = images
+    answer = post(server, paths[0], folder / "page.png", paths[1])
+    assert answer.status_code == 200, answer.text  # the good results are not lost
+    first, bad, last = answer.json()
+    assert first["decision"] and last["decision"] and "decision" not in bad
+    assert bad["image"] == "page.png" and "not an image" in bad["error"]
+
+
 def test_docs_and_the_page_need_nothing_from_the_network(server):
     docs = httpx.get(f"{server}/docs")
     assert docs.status_code == 200 and "/static/swagger/swagger-ui-bundle.js" in docs.text

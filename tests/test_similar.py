@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from imagedata import folder_dataset
-from imclass import cli
+from imclass import api, cli
 from imclass.similarity import Index, nearest
 
 pytestmark = pytest.mark.slow
@@ -104,6 +104,16 @@ def test_serve_answers_similar_for_a_run_folder(folder_run):
         assert [len(r["neighbours"]) for r in answer.json()] == [3]
         assert client.post("/similar?k=0", files=[("files", ("a.png", query.read_bytes(),
                                                              "image/png"))]).status_code == 422
+        mixed = client.post("/similar?k=2", files=[
+            ("files", ("page.png", b"<html></html>", "image/png")),
+            ("files", (query.name, query.read_bytes(), "image/png"))])
+        assert mixed.status_code == 200
+        assert "error" in mixed.json()[0] and len(mixed.json()[1]["neighbours"]) == 2
+    exported, _ = api.export(run)
+    with TestClient(create_app(load(exported))) as client:  # no training images: no route
+        assert "/similar" not in client.get("/openapi.json").json()["paths"]
+        assert client.post("/similar", files=[("files", (query.name, query.read_bytes(),
+                                                         "image/png"))]).status_code == 404
 
 
 def test_nearest_is_exact_cosine_order():

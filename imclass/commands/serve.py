@@ -198,42 +198,51 @@ def create_app(predictor: Predictor, *, api_key: str | None = None, max_upload_m
                     f"imclass serve: {m}", file=sys.stderr, flush=True))
             return searcher["it"]
 
-    @app.post("/similar", dependencies=[Depends(require_key)])
     async def similar(files: list[UploadFile] = File(...), k: int = 8):
-        """The k training images nearest each uploaded image by the model's features."""
-        if not Path(predictor.source).is_dir():
-            raise HTTPException(404, "/similar needs the run folder (its model and training "
-                                "images): serve RUN_DIR rather than an exported file")
+        """The k training images nearest each uploaded image by the model's features; an
+        image that cannot be read gets an "error" in its place (all unreadable: 415)."""
         if not 1 <= k <= 100:
             raise HTTPException(422, "k must be between 1 and 100")
         found = await run_in_threadpool(get_searcher)
         datas = [await u.read() for u in files]
         results = await run_in_threadpool(found.search, datas, k)
-        out = []
-        for upload, result in zip(files, results):
-            if "error" in result:
-                raise HTTPException(415, f"{upload.filename or 'the upload'}: "
-                                    f"{result['error']}")
-            out.append({"image": upload.filename, "neighbours": result["neighbours"]})
-        return out
+        failures = [(415, f"{u.filename or 'the upload'}: {r['error']}")
+                    for u, r in zip(files, results) if "error" in r]
+        per_file(failures, len(files))
+        return [{"image": u.filename, **({"error": r["error"]} if "error" in r
+                                         else {"neighbours": r["neighbours"]})}
+                for u, r in zip(files, results)]
+
+    if Path(predictor.source).is_dir():  # it needs the run folder's training images
+        app.post("/similar", dependencies=[Depends(require_key)])(similar)
 
     @app.post("/predict", dependencies=[Depends(require_key)])
     async def predict(files: list[UploadFile] = File(...)):
-        """Top-k classes and the decision for each uploaded image, in order."""
-        pixels = []
-        for upload in files:
+        """Top-k classes and the decision for each uploaded image, in order; an image that
+        cannot be read gets an "error" in its place (every one unreadable: 415 or 422)."""
+        pixels, errors = [], {}
+        for n, upload in enumerate(files):
             data = await upload.read()
             try:
                 pixels.append(await run_in_threadpool(predictor.pixels, data))
             except DataError as exc:
-                name = upload.filename or "the upload"
-                status = 422 if str(exc) == TOO_LARGE else 415
-                raise HTTPException(status, f"{name}: {exc}") from None
+                errors[n] = (422 if str(exc) == TOO_LARGE else 415, str(exc))
+        per_file([(status, f"{files[n].filename or 'the upload'}: {message}")
+                  for n, (status, message) in errors.items()], len(files))
         probs = await batcher.probabilities(pixels)
-        return [{"image": u.filename, **d}
-                for u, d in zip(files, predictor.decisions(probs, top_k))]
+        decided = iter(predictor.decisions(probs, top_k))
+        return [{"image": u.filename, **({"error": errors[n][1]} if n in errors
+                                         else next(decided))}
+                for n, u in enumerate(files)]
 
     return BodyLimit(app, int(max_upload_mb * 2 ** 20))
+
+
+def per_file(failures: list[tuple[int, str]], files: int) -> None:
+    """A request whose every file failed is refused with the first failure's status (415 not
+    an image, 422 too large); otherwise each file is answered on its own."""
+    if failures and len(failures) == files:
+        raise HTTPException(*failures[0])
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, backend: str | None = None,
@@ -248,8 +257,9 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, backend: str
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print("imclass serve: listening beyond this machine without --api-key: anyone who "
               "can reach the port can use the model", file=sys.stderr)
+    routes = "/predict, /similar" if Path(predictor.source).is_dir() else "/predict"
     print(f"imclass serve: {predictor.backend} model {model} on http://{host}:{port}/ "
-          f"(API: /predict, /similar, /model, /health; docs: /docs)", file=sys.stderr, flush=True)
+          f"(API: {routes}, /model, /health; docs: /docs)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
