@@ -501,9 +501,14 @@ def _analyze(args: argparse.Namespace, argv: list[str]) -> int:
 
     from imclass.data.audit import analyze, summary_text
 
-    cfg = _base_config(args, source=args.path).data
+    from imclass.devices import resolve_device
+    from imclass.run_setup import check_names, plan
+
+    cfg = check_names(_base_config(args, source=args.path))
+    # decoded at the size training will decode at (the recipe's), so train reuses the cache
+    cfg, scanned, *_ = plan(cfg, resolve_device(cfg.train.device).type)
     out = Path(args.out) if args.out else Path("analysis") / (Path(args.path).resolve().name)
-    analysis = analyze(cfg, out)
+    analysis = analyze(cfg.data, out, scanned)
     print(summary_text(analysis))
     print(f"details: {out / 'analysis.json'}")
     levels = analysis["counts_by_level"]

@@ -57,14 +57,7 @@ def prepare_training(config: RunConfig | None, log: Log, dist: Dist = SINGLE) ->
     exists (and a missing pretrained model before a minute of decoding)."""
     cfg = check_names(config_mod.validate(config or RunConfig()))
     device = dist.device(resolve_device(cfg.train.device))
-    scanned = scan(cfg.data)
-    facts = (facts_of(scanned, cfg.data.val_fraction, cfg.data.subset)
-             if scanned is not None else None)
-    recipe = choose(cfg, facts, device.type)
-    cfg, recipe = apply(cfg, recipe)
-    cfg = config_mod.resolve(cfg)
-    architecture, weights_source = resolve_architecture(cfg.model)
-    cfg = data_for_model(cfg, architecture)
+    cfg, scanned, recipe, architecture, weights_source = plan(cfg, device.type)
     log(recipe.line(cfg))
     splits = prepare(cfg.data, cfg.train.seed, scanned)
     if weights_source is not None and cfg.model.name not in OWN_MODELS:
@@ -97,6 +90,20 @@ def balance_for(cfg: RunConfig, splits: Splits, log: Log) -> tuple[RunConfig, Ba
         log(f"balance: {balance.describe()}; the best epoch has the best validation "
             f"{t.select_metric.replace('-', ' ')}")
     return dataclasses.replace(cfg, train=t), balance
+
+
+def plan(cfg: RunConfig, device_type: str):
+    """The config a run will train with, before any pixel is decoded: the folder scanned,
+    the recipe chosen and applied, presets resolved, the model's input settings. Returns
+    (cfg, the scan or None, recipe, architecture, where its weights come from)."""
+    scanned = scan(cfg.data)
+    facts = (facts_of(scanned, cfg.data.val_fraction, cfg.data.subset)
+             if scanned is not None else None)
+    recipe = choose(cfg, facts, device_type)
+    cfg, recipe = apply(cfg, recipe)
+    cfg = config_mod.resolve(cfg)
+    architecture, weights_source = resolve_architecture(cfg.model)
+    return data_for_model(cfg, architecture), scanned, recipe, architecture, weights_source
 
 
 def check_unvalidated(cfg: RunConfig, recipe: Recipe, log: Log) -> None:

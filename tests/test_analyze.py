@@ -46,11 +46,16 @@ def flawed(tmp_path):
     near = np.asarray(Image.open(train / "images" / "img0001.png")).astype(int)
     Image.fromarray(np.clip(near + 3, 0, 255).astype(np.uint8)).save(train / "images" / "near.png")
     shutil.copy(train / "images" / "img0002.bmp", test / "images" / "leak.bmp")
+    other = np.asarray(Image.open(train / "images" / "img0006.bmp")).astype(int)
+    Image.fromarray(np.clip(other + 3, 0, 255).astype(np.uint8)).save(
+        test / "images" / "nearleak.png")
     append_rows(train / "labels.csv", ["broken.jpg", "red"], ["empty.png", "green"],
                 ["png_inside.jpg", "red"], ["ghost.png", "blue"], ["../../outside.png", "red"],
-                ["/etc/passwd", "red"], ["bomb.png", "red"], ["near.png", "green"])
+                ["/etc/passwd", "red"], ["bomb.png", "red"], ["near.png", "green"],
+                ["img0004.jpg", "red"], ["img0005.png", ""])
     Image.fromarray(draw(("red",), rng)).save(test / "images" / "purple.png")
-    append_rows(test / "labels.csv", ["leak.bmp", "blue"], ["purple.png", "purple"])
+    append_rows(test / "labels.csv", ["leak.bmp", "blue"], ["purple.png", "purple"],
+                ["nearleak.png", "blue"])
     return root
 
 
@@ -61,7 +66,10 @@ def test_every_finding_names_its_file_and_row(flawed, tmp_path):
     expect = {"broken_file": ("train", "images/broken.jpg", 47),
               "empty_file": ("train", "images/empty.png", 48),
               "wrong_extension": ("train", "images/png_inside.jpg", 49),
-              "missing_file": ("train", "ghost.png", 50),
+              "missing_file": ("train", "images/ghost.png", 50),
+              "duplicate_row": ("train", "images/img0004.jpg", 55),
+              "no_label": ("train", "images/img0005.png", 56),
+              "near_leak": ("test", "images/nearleak.png", 16),
               "unlisted_file": ("train", "images/nobody.png", None),
               "leak_duplicate": ("test", "images/leak.bmp", 14),
               "unknown_label": ("test", "images/purple.png", 15),
@@ -76,6 +84,8 @@ def test_every_finding_names_its_file_and_row(flawed, tmp_path):
     bomb = [f for f in codes["broken_file"] if f["file"] == "images/bomb.png"]
     assert bomb and "Pillow's limit" in bomb[0]["message"]
     assert "images/img0001.png" in codes["near_duplicate"][0]["message"]
+    assert codes["duplicate_row"][0]["message"].startswith("lists the same image as row 6")
+    assert "train/images/img0006.bmp" in codes["near_leak"][0]["message"]
     tiny = {f["message"].split("'")[1] for f in codes["tiny_class"]}
     assert tiny == {"red", "green", "blue"}  # 15 each, under 30
     saved = json.loads((tmp_path / "out" / "analysis.json").read_text())
@@ -91,6 +101,10 @@ def test_analyze_cli_exits_non_zero_on_errors_and_strict_warnings(flawed, tmp_pa
     assert cli.main(args) == 1
     out = capsys.readouterr().out
     assert "ERROR leak_duplicate: 1" in out and "test/images/leak.bmp row 14" in out
+    # by severity: what loses or leaks images before the hundreds of size hints
+    order = [out.index(f"WARNING {code}") for code in ("broken_file", "duplicate_row",
+                                                       "near_leak", "small_image")]
+    assert order == sorted(order) and out.index("ERROR") < order[0]
     clean = csv_dataset(tmp_path / "clean", "binary", n_train=20, n_test=6)
     args = ["analyze", str(clean), "--out", str(tmp_path / "b"), "--cache-dir",
             str(tmp_path / "cache")]
@@ -220,3 +234,16 @@ def test_held_out_test_split_is_recorded_and_kept_when_images_are_added(tmp_path
 
 def torch_equal(a, b) -> bool:
     return bool((a == b).all())
+
+
+def test_analyze_decodes_photos_at_the_size_training_will(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for label in ("red", "blue"):
+        folder = tmp_path / "photos" / "train" / label
+        folder.mkdir(parents=True)
+        for i in range(6):  # 200 x 160 px: photos, which the recipe decodes at 256 px
+            Image.fromarray(draw((label,), rng, size=200)[:160]).save(folder / f"{i}.jpg")
+    assert cli.main(["analyze", str(tmp_path / "photos"), "--out", str(tmp_path / "a"),
+                     "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "decoded as 3 channel(s) at 256x256" in capsys.readouterr().out
+    assert json.loads((tmp_path / "a" / "analysis.json").read_text())["image_size"] == 256

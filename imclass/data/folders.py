@@ -265,8 +265,9 @@ def _entry(listing: Listing, images_dir: Path, name: str, labels: tuple[str, ...
     """The row's entry, or None with a finding: an empty or unsafe name, a missing file."""
     split, csv_name = listing.split, listing.csv_file.name
 
-    def finding(level, code, message):
-        listing.findings.append(Finding(level, code, message, split, name or None, line))
+    def finding(level, code, message, file=None):  # file: where the image is, once known
+        listing.findings.append(Finding(level, code, message, split, file or name or None,
+                                        line))
 
     pure = PurePosixPath(name.replace("\\", "/"))
     if not name:
@@ -294,11 +295,12 @@ def _entry(listing: Listing, images_dir: Path, name: str, labels: tuple[str, ...
                 "(through a link); it was not opened")
         return None
     if not labels:
-        finding("warning", "no_label", f"row of {csv_name} has no label; the image is skipped")
+        finding("warning", "no_label", f"row of {csv_name} has no label; the image is skipped",
+                listing.relative(path))
         return None
     if not exists:
         finding("warning", "missing_file", f"row of {csv_name} names an image that does not "
-                "exist in images/; fix the name or remove the row")
+                "exist in images/; fix the name or remove the row", listing.relative(path))
         return None
     return Entry(path, labels, line)
 
