@@ -102,3 +102,24 @@ def test_a_csv_datasets_issues_name_their_csv_line(tmp_path):
     issues = list(csv.DictReader((out / "label_issues.csv").open()))
     named = {i["image"]: int(i["csv_row"]) for i in issues if i["image"] in flipped}
     assert len(named) >= 2 and all(named[n] == flipped[n] for n in named), (flipped, issues)
+
+
+def test_fold_models_near_chance_list_no_image_as_mislabelled(tmp_path, capsys):
+    """Labels that say nothing of the images (each image's label drawn at random): the fold
+    models agree with them about as often as chance, so nothing is listed, and it says why."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        folder = tmp_path / "coin" / "train" / ("heads", "tails")[int(rng.integers(2))]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            folder / f"{i}.png")
+    out = tmp_path / "review"
+    assert cli.main(["labels", str(tmp_path / "coin"), "--folds", "2", "--out", str(out),
+                     "--cache-dir", str(tmp_path / "cache"), "--model", "cnn", "--epochs",
+                     "3", "--batch-size", "16", "--lr", "0.05"]) == 0
+    err = capsys.readouterr().err
+    assert "Cohen's kappa" in err and "no image is listed as mislabelled" in err
+    with (out / "label_issues.csv").open() as fh:
+        assert list(csv.DictReader(fh)) == []
