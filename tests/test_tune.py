@@ -80,13 +80,19 @@ def finished_count(db) -> int:
         return 0
 
 
+def grid_search(tmp_path, name: str, space: str, trials: int, *flags: str):
+    """imclass tune over a grid (no pruning, quiet) into tmp_path/name; returns that folder."""
+    (tmp_path / "space.yaml").write_text(space)
+    out = tmp_path / name
+    assert cli.main(["tune", "--space", str(tmp_path / "space.yaml"), "--method", "grid",
+                     "--trials", str(trials), "--pruner", "none", "--out", str(out),
+                     "--quiet", *flags]) == 0
+    return out
+
+
 @pytest.mark.slow
 def test_a_two_by_two_grid_runs_four_trials_and_picks_the_best(tmp_path, capsys):
-    (tmp_path / "space.yaml").write_text("lr: [0.05, 0.2]\ndropout: [0.0, 0.3]\n")
-    out = tmp_path / "grid"
-    assert cli.main(["tune", "--space", str(tmp_path / "space.yaml"), "--method", "grid",
-                     "--trials", "10", "--pruner", "none", "--out", str(out), "--quiet",
-                     *TINY]) == 0
+    out = grid_search(tmp_path, "grid", "lr: [0.05, 0.2]\ndropout: [0.0, 0.3]\n", 10, *TINY)
     study, points = grid_points(out / "study.db")
     assert points == [(0.05, 0.0), (0.05, 0.3), (0.2, 0.0), (0.2, 0.3)]
     best = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
@@ -167,11 +173,8 @@ def test_two_workers_share_one_grid_without_duplicates(tmp_path, kind):
 
 @pytest.mark.slow
 def test_trials_are_scored_by_the_select_metric(tmp_path, capsys):
-    (tmp_path / "space.yaml").write_text("lr: [0.05, 0.2]\n")
-    out = tmp_path / "f1"
-    assert cli.main(["tune", "--space", str(tmp_path / "space.yaml"), "--method", "grid",
-                     "--trials", "2", "--pruner", "none", "--out", str(out), "--quiet",
-                     "--no-final-run", "--select-metric", "macro-f1", *TINY]) == 0
+    out = grid_search(tmp_path, "f1", "lr: [0.05, 0.2]\n", 2, "--no-final-run",
+                      "--select-metric", "macro-f1", *TINY)
     assert "validation macro-f1" in capsys.readouterr().out
     study = optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}")
     for t in study.trials:  # each trial's value: its best epoch's validation macro F1
@@ -188,12 +191,8 @@ def test_best_yaml_holds_the_recipes_choices_and_trains_the_trials_config(tmp_pa
     from imagedata import folder_dataset
     from imclass.config import to_dict
     root = folder_dataset(tmp_path / "shop", n_train=10, n_test=4)
-    (tmp_path / "space.yaml").write_text("lr: [0.001]\n")
-    out = tmp_path / "study"
-    assert cli.main(["tune", "--space", str(tmp_path / "space.yaml"), "--method", "grid",
-                     "--trials", "1", "--pruner", "none", "--out", str(out), "--quiet",
-                     "--no-final-run", "--data", str(root), "--epochs", "2",
-                     "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = grid_search(tmp_path, "study", "lr: [0.001]\n", 1, "--no-final-run", "--data",
+                      str(root), "--epochs", "2", "--cache-dir", str(tmp_path / "cache"))
     trial = load_yaml(out / "trials" / "trial-000" / "config.yaml")
     best = load_yaml(out / "best.yaml")
     # what the folder recipe chose, not the plain defaults (cnn, sgd, fashion, no freezing)
