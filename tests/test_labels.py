@@ -123,3 +123,26 @@ def test_fold_models_near_chance_list_no_image_as_mislabelled(tmp_path, capsys):
     assert "Cohen's kappa" in err and "no image is listed as mislabelled" in err
     with (out / "label_issues.csv").open() as fh:
         assert list(csv.DictReader(fh)) == []
+
+
+def test_only_images_the_models_place_elsewhere_with_confidence_are_listed():
+    import numpy as np
+    import torch
+
+    from imclass.data.images import ImageSet
+    from imclass.label_issues import SURE_OTHER, find_issues
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    probs = np.full((120, 3), 0.02)
+    probs[np.arange(120), labels] = 0.96  # the fold models agree with most labels
+    probs[0] = [0.01, 0.98, 0.01]  # given a, surely b
+    probs[2] = [0.01, 0.01, 0.98]  # given a, surely c
+    probs[1] = [0.002, 0.499, 0.499]  # given a, torn between b and c
+    probs += rng.uniform(0, 1e-4, probs.shape)
+    probs /= probs.sum(1, keepdims=True)
+    images = ImageSet(torch.zeros(120, 1, 2, 2, dtype=torch.uint8), torch.as_tensor(labels),
+                      ("a", "b", "c"))
+    from cleanlab.filter import find_label_issues
+    assert 1 in find_label_issues(labels, probs, filter_by="low_self_confidence")  # alone
+    found = set(find_issues(images, probs).tolist())
+    assert 1 not in found and len(found) == 1 and found <= {0, 2} and SURE_OTHER == 0.5
