@@ -247,3 +247,17 @@ def test_analyze_decodes_photos_at_the_size_training_will(tmp_path, capsys):
                      "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "decoded as 3 channel(s) at 256x256" in capsys.readouterr().out
     assert json.loads((tmp_path / "a" / "analysis.json").read_text())["image_size"] == 256
+
+
+def test_small_images_are_near_duplicates_only_with_identical_perceptual_hashes():
+    from imclass.data.audit import _near_duplicates
+
+    def item(name, phash, side):
+        return ("train", name, None, {"phash": phash, "width": side, "height": side})
+    pairs = {side: [item("a.png", "ff00ff00ff00ff00", side), item("b.png", "ff00ff00ff00ff03", side),
+                    item("c.png", "00ff00ff00ff00ff", side), item("d.png", "00ff00ff00ff00ff", side)]
+             for side in (28, 300)}
+    small = {f.file for f in _near_duplicates(pairs[28])}
+    large = {f.file for f in _near_duplicates(pairs[300])}
+    assert small == {"d.png"}  # 2 bits apart is noise at 28 px; identical hashes still count
+    assert large == {"b.png", "d.png"}
