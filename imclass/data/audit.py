@@ -55,7 +55,7 @@ def _file_findings(data: FolderDataset) -> list[Finding]:
     return out
 
 
-def _count_findings(counts: dict[str, dict[str, int]]) -> list[Finding]:
+def _count_findings(counts: dict[str, dict[str, int]], test_carved: bool) -> list[Finding]:
     out = []
     train = counts.get("train", {})
     for label, n in train.items():
@@ -67,9 +67,11 @@ def _count_findings(counts: dict[str, dict[str, int]]) -> list[Finding]:
         if n < MIN_TEST_PER_LABEL and train.get(label):
             measured = (f"its recall moves in steps of {100 / n:.0f} points" if n else
                         "its recall cannot be measured")
+            more = ("add images or raise --test-fraction (the test split is held out of "
+                    "train)" if test_carved else "add images to test/")
             out.append(Finding("warning", "few_test_images", f"label {label!r} has {n} test "
-                               f"image(s), fewer than {MIN_TEST_PER_LABEL}: {measured}; add "
-                               "images (or raise --test-fraction)", "test"))
+                               f"image(s), fewer than {MIN_TEST_PER_LABEL}: {measured}; {more}",
+                               "test"))
     present = [n for n in train.values() if n > 0]
     if present and max(present) / min(present) > IMBALANCE_WARNING:
         out.append(Finding("warning", "imbalance", f"the largest class has "
@@ -145,7 +147,7 @@ def analyze_dataset(data: FolderDataset) -> dict:
               for split, listing in data.listings.items()}
     counts = {split: {name: c.get(name, 0) for name in data.class_names}
               for split, c in counts.items()}
-    findings = list(data.findings) + _file_findings(data) + _count_findings(counts)
+    findings = list(data.findings) + _file_findings(data) + _count_findings(counts, data.test_carved)
     findings += _duplicate_findings(data)
     infos = [i for split_infos in data.infos.values() for i in split_infos]
     readable = [i for i in infos if "width" in i]
