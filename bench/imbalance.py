@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/imbalance.py [--runs 3] [--only fmnist-10to1,photos-10to1]
                                         [--methods none,weights,sqrt,effective,sampler]
+                                        [--first-seed 0]
 
 Datasets (written under --work, class folders with a test/ folder of their own; the test set
 has the training set's imbalance, as a user's own held-out images would, with enough rare
@@ -102,6 +103,7 @@ def one_run(data: Path, out: Path, method: str, seed: int, rare: list[str]) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="seeds per dataset and method")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed onwards")
     parser.add_argument("--only", default="", help="comma-separated dataset names")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--work", default="runs/bench-imbalance")
@@ -122,7 +124,7 @@ def main() -> None:
         data, rare = datasets[name]()
         if args.make_only:
             continue
-        for seed in range(args.runs):
+        for seed in range(args.first_seed, args.first_seed + args.runs):
             for method in args.methods.split(","):  # methods interleaved: drift hits all alike
                 r = one_run(data, work / "runs" / f"{name}-{method}-{seed}", method, seed, rare)
                 results.setdefault(f"{name} {method}", []).append(r)
