@@ -187,10 +187,11 @@ def test_an_imbalanced_folder_is_balanced_and_reported_per_class(tmp_path, capsy
                      str(tmp_path / "cache"), "--model", "cnn", "--epochs", "3",
                      "--batch-size", "16", "--lr", "0.05"]) == 0
     console = capsys.readouterr().err
-    assert "balance: class-weighted loss (inverse frequency)" in console
+    assert "balance: class-weighted loss (inverse square root of frequency)" in console
     assert "recall per class, lowest first:" in console and "blue" in console
     run = json.loads((out / "run.json").read_text())
-    assert run["balance"]["method"] == "weights" and run["balance"]["ratio"] > AUTO_RATIO
+    assert run["balance"]["method"] == AUTO_METHOD == "sqrt"
+    assert run["balance"]["ratio"] > AUTO_RATIO
     assert run["select_metric"] == "balanced-accuracy"
     metrics = json.loads((out / "metrics.json").read_text())
     test = metrics["test"]
@@ -202,10 +203,10 @@ def test_an_imbalanced_folder_is_balanced_and_reported_per_class(tmp_path, capsy
     assert "val_balanced_acc" in history[0].split(",")
     assert not math.isnan(float(history[1].split(",")[6]))
     report = (out / "report.html").read_text()
-    assert "Per class, lowest recall first" in report and "--balance weights" in report
+    assert "Per class, lowest recall first" in report and "--balance sqrt" in report
     assert "the highest validation balanced-accuracy" in report
     config = (out / "config.yaml").read_text()
-    assert "balance: weights" in config and "select_metric: balanced-accuracy" in config
+    assert "balance: sqrt" in config and "select_metric: balanced-accuracy" in config
     analysis = json.loads((out / "analysis.json").read_text())
     few = [f for f in analysis["findings"] if f["code"] == "few_test_images"]
     assert len(few) == 3 and "steps of 17 points" in few[0]["message"]
