@@ -1,6 +1,6 @@
 """Imbalanced classes: how training compensates when some classes have far fewer images.
 
-Two ways, for every task (`--balance`):
+The ways, for every task (`--balance`):
 - weights: the loss weighs each class by the inverse of its training count, normalised so that
   an image of average weight counts 1 (scikit-learn's "balanced" class weights: n / (k * n_c));
   multilabel: each label's positives weighed by negatives / positives (BCE's pos_weight);
@@ -41,15 +41,14 @@ EFFECTIVE_BETA = 0.999  # Cui et al.'s beta for up to a few thousand images per 
 @dataclass(frozen=True)
 class Balance:
     """The method a run trains with, and why (for the console and run.json)."""
-    method: str  # weights, effective, sampler or none
+    method: str  # weights, sqrt, effective, sampler or none
     reason: str
     counts: tuple[int, ...]  # training images per class (multilabel: positives per label)
     images: int  # training images
 
     @property
     def ratio(self) -> float:
-        present = [c for c in self.counts if c > 0]
-        return max(present) / min(present) if present else 1.0
+        return spread(self.counts)
 
     def describe(self) -> str:
         what = {"weights": "class-weighted loss (inverse frequency)",
@@ -67,14 +66,21 @@ def resolve(requested: str, counts: list[int], images: int) -> Balance:
     """The method for a training split of `images` with these per-class counts."""
     if requested not in METHODS:
         raise ConfigError(f"unknown --balance '{requested}'; valid: {', '.join(METHODS)}")
-    present = [c for c in counts if c > 0]
-    ratio = max(present) / min(present) if present else 1.0
-    spread = f"the largest class has {ratio:.1f}x the images of the smallest"
+    ratio = spread(counts)
+    said = f"the largest class has {ratio:.1f}x the images of the smallest"
     if requested != "auto":
-        return Balance(requested, f"--balance {requested}; {spread}", tuple(counts), images)
-    if ratio > AUTO_RATIO:
-        return Balance(AUTO_METHOD, f"{spread}; --balance none turns it off", tuple(counts), images)
-    return Balance("none", f"{spread}, within {AUTO_RATIO:g}x", tuple(counts), images)
+        method, reason = requested, f"--balance {requested}; {said}"
+    elif ratio > AUTO_RATIO:
+        method, reason = AUTO_METHOD, f"{said}; --balance none turns it off"
+    else:
+        method, reason = "none", f"{said}, within {AUTO_RATIO:g}x"
+    return Balance(method, reason, tuple(counts), images)
+
+
+def spread(counts) -> float:
+    """The largest class count over the smallest (classes with none left out)."""
+    present = [c for c in counts if c > 0]
+    return max(present) / min(present) if present else 1.0
 
 
 def class_weights(counts: list[int], method: str) -> torch.Tensor:
@@ -95,8 +101,8 @@ def class_weights(counts: list[int], method: str) -> torch.Tensor:
 
 def positive_weights(positives: list[int], images: int, method: str) -> torch.Tensor:
     """Multilabel: BCE's pos_weight per label, negatives / positives (inverse frequency; its
-    square root for sqrt), or the effective-number weights of the positives over those of the negatives; 1 for a label
-    with no positive or no negative."""
+    square root for sqrt), or the effective-number weights of the positives over those of
+    the negatives; 1 for a label with no positive or no negative."""
     pos = torch.tensor(positives, dtype=torch.float64)
     neg = images - pos
     if method in ("weights", "sqrt"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -282,6 +283,15 @@ def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float, clas
             "pr_auc": float(skm.average_precision_score(positives, score)) if defined else None}
 
 
+def label_balanced_accuracy(tp, fp, fn, tn) -> float:
+    """Multilabel balanced accuracy from per-label counts (arrays): per label the mean of its
+    true positive and true negative rates (those defined: a label's images are positive or
+    negative), averaged over the labels; NaN without labels."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = np.stack([tp / (tp + fn), tn / (tn + fp)])
+    return float(np.nanmean(rates, axis=0).mean()) if len(tp) else math.nan
+
+
 def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, class_names,
                        thresholds) -> dict:
     """Per-label and averaged figures of a multilabel model, each label decided at its own
@@ -300,13 +310,10 @@ def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, class_names,
                     for avg in ("micro", "macro") for m, fn in (
                         ("precision", skm.precision_score), ("recall", skm.recall_score),
                         ("f1", skm.f1_score))}
-    rates = [(m["tp"] / (m["tp"] + m["fn"]) if m["tp"] + m["fn"] else None,
-              m["tn"] / (m["tn"] + m["fp"]) if m["tn"] + m["fp"] else None)
-             for m in per_label.values()]
-    balanced = [float(np.mean([r for r in pair if r is not None])) for pair in rates]
     return {"count": int(len(truth)), "subset_accuracy": float((decided == truth).all(1).mean()),
-            # per label the mean of its true positive and true negative rates, averaged
-            "balanced_accuracy": float(np.mean(balanced)) if balanced else None,
+            "balanced_accuracy": label_balanced_accuracy(
+                *(np.array([m[k] for m in per_label.values()], dtype=np.float64)
+                  for k in ("tp", "fp", "fn", "tn"))),
             "hamming_loss": float(skm.hamming_loss(truth, decided)),
             "label_accuracy": float((decided == truth).mean()), **averaged,
             "mean_average_precision": _mean_defined(aps), "roc_auc_macro": _mean_defined(aucs),

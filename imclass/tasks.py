@@ -11,10 +11,9 @@ decisions, the training loop's accuracy, thresholds and the test metrics.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
-
-import math
 
 import numpy as np
 import torch
@@ -182,12 +181,11 @@ class Multilabel:
         """Balanced accuracy: per label the mean of its true positive and true negative
         rates (those defined), averaged over labels; macro F1 over the labels that occur or
         are predicted."""
+        from imclass.metrics import label_balanced_accuracy
         tp, fp, fn, tn = np.asarray(tally, dtype=np.float64).reshape(-1, 4).T
         with np.errstate(invalid="ignore", divide="ignore"):
-            rates = np.stack([tp / (tp + fn), tn / (tn + fp)])
             f1 = 2 * tp / (2 * tp + fp + fn)
-        per_label = np.nanmean(rates, axis=0)  # a label's images are positive or negative
-        return {"balanced_acc": float(per_label.mean()) if len(tp) else math.nan,
+        return {"balanced_acc": label_balanced_accuracy(tp, fp, fn, tn),
                 "macro_f1": float(np.nanmean(f1)) if np.isfinite(f1).any() else math.nan}
 
     def tune_thresholds(self, y_true, probs):

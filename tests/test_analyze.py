@@ -254,9 +254,9 @@ def test_small_images_are_near_duplicates_only_with_identical_perceptual_hashes(
 
     def item(name, phash, side):
         return ("train", name, None, {"phash": phash, "width": side, "height": side})
-    pairs = {side: [item("a.png", "ff00ff00ff00ff00", side), item("b.png", "ff00ff00ff00ff03", side),
-                    item("c.png", "00ff00ff00ff00ff", side), item("d.png", "00ff00ff00ff00ff", side)]
-             for side in (28, 300)}
+    hashes = {"a.png": "ff00ff00ff00ff00", "b.png": "ff00ff00ff00ff03",  # 2 bits apart
+              "c.png": "00ff00ff00ff00ff", "d.png": "00ff00ff00ff00ff"}  # identical
+    pairs = {side: [item(name, h, side) for name, h in hashes.items()] for side in (28, 300)}
     small = {f.file for f in _near_duplicates(pairs[28])}
     large = {f.file for f in _near_duplicates(pairs[300])}
     assert small == {"d.png"}  # 2 bits apart is noise at 28 px; identical hashes still count

@@ -232,7 +232,8 @@ def test_fine_tune_run_records_stages_and_rebuilds_from_its_checkpoint(tmp_path,
     assert (out / "plots" / "lr_find.png").is_file()
     trained = json.loads((out / "metrics.json").read_text())["test"]["accuracy"]
     capsys.readouterr()
-    assert cli.main(["evaluate", str(out), "--quiet", "--json"]) == 0  # rebuilt from the sidecar alone
+    # rebuilt from the sidecar alone
+    assert cli.main(["evaluate", str(out), "--quiet", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["plain"]["accuracy"] == trained
     assert api.load_run(out).model.architecture == "tf_efficientnet_lite0"
     red = sorted((root / "test" / "red").iterdir())[0]

@@ -147,7 +147,8 @@ def analyze_dataset(data: FolderDataset) -> dict:
               for split, listing in data.listings.items()}
     counts = {split: {name: c.get(name, 0) for name in data.class_names}
               for split, c in counts.items()}
-    findings = list(data.findings) + _file_findings(data) + _count_findings(counts, data.test_carved)
+    findings = (list(data.findings) + _file_findings(data)
+                + _count_findings(counts, data.test_carved))
     findings += _duplicate_findings(data)
     infos = [i for split_infos in data.infos.values() for i in split_infos]
     readable = [i for i in infos if "width" in i]
