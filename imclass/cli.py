@@ -344,6 +344,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         raise ImclassError(f"--nproc {args.nproc}: give 1 or more processes")
     if (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:
         from imclass.distributed import launch
+        process_started()  # the processes it starts count a --budget from this one's start
         return launch(args.nproc, without_flag(argv, "--nproc"))
     if args.resume:
         run_dir = _resume(args, argv)
@@ -351,12 +352,24 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         cfg = _base_config(args)
         run_dir = api.train(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet,
                             verbose=args.verbose, command=shlex.join(["imclass", *argv]),
-                            track=_track_options(args))
+                            track=_track_options(args), started=process_started())
     if os.environ.get("RANK", "0") != "0":  # another rank: rank 0 says where the run went
         return 0
     print(run_dir / "report.html")
     stopped = json.loads((run_dir / "run.json").read_text()).get("stopped")
     return 128 + stopped["signal_number"] if stopped else 0  # 130 Ctrl-C, 143 SIGTERM
+
+
+def process_started() -> float:
+    """The time.monotonic() reading at which this command started: its process's start, or
+    that of the `imclass train --nproc N` that launched it (IMCLASS_STARTED, wall-clock)."""
+    import os
+    import time
+
+    from imclass.timekeeping import process_age
+    wall = float(os.environ.get("IMCLASS_STARTED") or time.time() - process_age())
+    os.environ["IMCLASS_STARTED"] = repr(wall)
+    return time.monotonic() - (time.time() - wall)
 
 
 def without_flag(argv: list[str], flag: str) -> list[str]:

@@ -176,6 +176,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    budget: float | None = option(None, "a time budget for the whole run, from process "
+                                  "start to the report: 90s, 5m, 1h30m (seconds when a plain "
+                                  "number). A short measurement of this machine then picks the "
+                                  "model, image size, epochs and validation share, and the "
+                                  "learning-rate schedule follows the clock so the run anneals "
+                                  "and ends on time; keys you set still win. imclass tune: the "
+                                  "whole search's budget, shared among its trials",
+                                  low=10, high=30 * 24 * 3600, flag="budget")
     recipe: str = option("auto", "auto: a folder of your own images gets the model, image size, "
                          "batch size, epochs, learning rate, fine-tuning and augmentation "
                          "chosen from its images and this machine, for every key you leave "
@@ -353,6 +361,34 @@ def coerce(key: str, value: Any, typ: Any) -> Any:
         raise ConfigError(f"'{key}' must be {typ.__name__}; got {value!r}") from None
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, key: str = "budget") -> float | None:
+    """Seconds in a duration such as 90s, 5m, 1h30m or 2.5h (a plain number is seconds);
+    none/null/empty: no budget."""
+    spoken = text.strip().lower().replace(" ", "")
+    if spoken in ("none", "null", ""):
+        return None
+    try:
+        return float(spoken)
+    except ValueError:
+        pass
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", spoken)
+    if not parts or "".join(n + u for n, u in parts) != spoken:
+        raise ConfigError(f"'{key}' takes a duration such as 90s, 5m or 1h30m; got {text!r}")
+    return sum(float(n) * DURATION_UNITS[u] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """90 -> 1m30s, 300 -> 5m, 3600 -> 1h, 45.5 -> 46s: how a budget is said back."""
+    total = round(seconds)
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    text = (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s}s" if s else "")
+    return text or "0s"
+
+
 def _check_value(key: str, value: Any, meta: dict) -> None:
     """Refuse a value outside the field's choices or range, saying which values are allowed."""
     if value is None:
@@ -388,6 +424,8 @@ def override(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
         if name not in KEYS or ("." in key and KEYS[name][0] != key.split(".", 1)[0]):
             raise unknown_key_error(key, list(KEYS))
         section, f, typ = KEYS[name]
+        if name == "budget" and isinstance(raw, str):
+            raw = parse_duration(raw, key)
         if name == "lr" and isinstance(raw, str) and raw.strip().lower() == "auto":
             per_section.setdefault(section, {})[name] = "auto"  # found by imclass.lr_find
             continue

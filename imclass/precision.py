@@ -64,21 +64,62 @@ def probe_batch(shape: tuple[int, ...], batch: int) -> int:
 
 def step_seconds(model: nn.Module, shape: tuple[int, ...], outputs: int,
                  dtype: torch.dtype | None, batch: int = 8,
-                 clock: Callable[[], float] = time.perf_counter) -> float:
-    """Median seconds of a forward + backward pass of `model` on `batch` random images."""
-    x = torch.randn(batch, *shape).contiguous(memory_format=torch.channels_last)
-    target = torch.randint(0, max(1, outputs), (batch,))
+                 clock: Callable[[], float] = time.perf_counter,
+                 device: torch.device = torch.device("cpu"), untimed: int = 1,
+                 timed: int = TIMED_STEPS) -> float:
+    """Median seconds of a forward + backward pass of `model` on `batch` random images,
+    `timed` passes after `untimed` ones."""
+    x = torch.randn(batch, *shape, device=device).contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, max(1, outputs), (batch,), device=device)
     times = []
-    for step in range(TIMED_STEPS + 1):
+    for step in range(untimed + timed):
         start = clock()
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x)
         loss = nn.functional.cross_entropy(logits.float()[:, :max(1, outputs)], target)
         loss.backward()
         model.zero_grad(set_to_none=True)
-        if step:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= untimed:
             times.append(clock() - start)
     return sorted(times)[len(times) // 2]
+
+
+def measure(model: nn.Module, architecture: str, shape: tuple[int, ...], batch: int,
+            outputs: int, timer=step_seconds) -> dict:
+    """Seconds of a training step in fp32 and bf16 on a probe batch (`images` of them),
+    measured now and remembered for `choose_cpu_precision` (a budget run measures afresh: a
+    figure cached while the machine was busy would mislead its plan)."""
+    probe = copy.deepcopy(model).train()  # BatchNorm statistics of the run stay untouched
+    n = probe_batch(shape, batch)
+    m = {"fp32_s": timer(probe, shape, outputs, None, n),
+         "bf16_s": timer(probe, shape, outputs, torch.bfloat16, n)}
+    _remember(probe_key(architecture, shape, batch), m)
+    return m | {"images": n}
+
+
+def _known() -> dict:
+    try:
+        return json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(key: str, m: dict) -> None:
+    known = _known()
+    known[key] = {"fp32_s": m["fp32_s"], "bf16_s": m["bf16_s"]}
+    try:
+        atomic_write_text(cache_path(), json.dumps(known, indent=1, sort_keys=True))
+    except OSError:
+        pass  # an unwritable home: measured again next time
+
+
+def faster(m: dict) -> tuple[str, str]:
+    """("bf16" or "fp32", why) from a measurement's step times."""
+    ratio = m["fp32_s"] / m["bf16_s"]
+    choice = "bf16" if ratio >= MARGIN else "fp32"
+    return choice, f"measured: bf16 {ratio:.2f}x the speed of fp32 for this model"
 
 
 def choose_cpu_precision(model: nn.Module, architecture: str, shape: tuple[int, ...],
@@ -86,23 +127,7 @@ def choose_cpu_precision(model: nn.Module, architecture: str, shape: tuple[int, 
     """("bf16" or "fp32", why) for training `model` on images of `shape` on this CPU."""
     if not native_bf16():
         return "fp32", "this CPU has no native bf16"
-    key = probe_key(architecture, shape, batch)
-    path = cache_path()
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key not in known:
-        probe = copy.deepcopy(model).train()  # BatchNorm statistics of the run stay untouched
-        n = probe_batch(shape, batch)
-        fp32 = timer(probe, shape, outputs, None, n)
-        bf16 = timer(probe, shape, outputs, torch.bfloat16, n)
-        known[key] = {"fp32_s": fp32, "bf16_s": bf16}
-        try:
-            atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True))
-        except OSError:
-            pass  # an unwritable home: measured again next time
-    m = known[key]
-    ratio = m["fp32_s"] / m["bf16_s"]
-    choice = "bf16" if ratio >= MARGIN else "fp32"
-    return choice, f"measured: bf16 {ratio:.2f}x the speed of fp32 for this model"
+    m = _known().get(probe_key(architecture, shape, batch))
+    if m is None:
+        m = measure(model, architecture, shape, batch, outputs, timer)
+    return faster(m)

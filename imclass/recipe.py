@@ -28,7 +28,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from imclass.config import OWN_MODELS, ModelConfig, RunConfig, override, user_set
 from imclass.data.decode import choose_channels, median_short_edge
@@ -68,6 +68,10 @@ FOLDER_EMA = 0.999
 LONG = {"name": "rescnn", "widths": (32, 64, 128, 256), "depths": (0, 1, 0, 1),
         "erase_p": 0.5, "val_fraction": 0.1, "patience": None}
 LONG_EPOCHS, LONG_IMAGES_AT_28, LONG_MAX_EPOCHS = 40, 2_160_000, 200
+
+# Training images a run can afford at an input side (px): the CPU budgets above, or under
+# --budget what imclass.budget measured this machine to train in the time there is.
+Afford = Callable[[int], float]
 
 
 @dataclass(frozen=True)
@@ -155,14 +159,14 @@ def choose(cfg: RunConfig, facts: DataFacts | None, device_type: str) -> Recipe:
             return Recipe("run", {}, f"fine-tuning the run {cfg.model.weights}")
         return Recipe("none", {}, "--recipe none")
     if cfg.train.recipe == "long":
-        return Recipe("long", _long(facts, device_type), "an hour on a CPU (--recipe long)"
+        return Recipe("long", long_values(facts, device_type), "an hour on a CPU (--recipe long)"
                       if facts is None else facts.describe() + ", for an hour (--recipe long)")
     if facts is None:
         return Recipe("none", {}, f"{cfg.data.source} has its own tuned defaults")
     given = user_set(cfg)
     transfer, note = _wants_transfer(cfg, facts, given)
-    values = (_transfer(cfg, facts, device_type) if transfer
-              else _scratch(facts, device_type))
+    values = (transfer_values(facts, device_type) if transfer
+              else scratch_values(facts, device_type))
     return Recipe("transfer" if transfer else "scratch", values, facts.describe() + note)
 
 
@@ -209,22 +213,26 @@ def _frozen_epochs(epochs: int) -> int:
     return min(epochs - 1, max(1, epochs // 4))
 
 
-def _transfer(cfg: RunConfig, facts: DataFacts, device_type: str) -> dict[str, Any]:
-    cpu = device_type == "cpu"
+def transfer_values(facts: DataFacts, device_type: str,
+                    afford: Afford | None = None) -> dict[str, Any]:
+    """Pretrained EfficientNet-Lite0: the largest photo side whose affordable images give
+    MIN_EPOCHS passes, the epochs from TRANSFER_STEPS within what it affords."""
+    if afford is None and device_type == "cpu":
+        afford = _cpu_transfer_budget
     budget = None
     if facts.photos:
         spec = input_spec("tf_efficientnet_lite0")
         side = spec.size
-        if cpu:
-            side = next((s for s in PHOTO_SIDES if _photo_budget(s) >= MIN_EPOCHS *
+        if afford is not None:
+            side = next((s for s in PHOTO_SIDES if afford(s) >= MIN_EPOCHS *
                          facts.train_images), PHOTO_SIDES[-1])
-            budget = _photo_budget(side)
+            budget = round(afford(side))
         # timm's evaluation transform: shorter edge to size / crop_pct, centre crop; the
         # margin gives training its random crops
         data = {"image_size": side, "crop_pct": spec.crop_pct, "fit": "crop",
                 "preset": "photo"}
     else:
-        budget = CPU_IMAGE_BUDGET["transfer-96"] if cpu else None
+        budget = None if afford is None else round(afford(LINE_ART_SIZE))
         data = {"image_size": LINE_ART_SIZE, "fit": "squash", "preset": "fashion"}
     batch = 32
     epochs = _epochs(facts.train_images, batch, TRANSFER_STEPS, budget)
@@ -237,27 +245,41 @@ def _transfer(cfg: RunConfig, facts: DataFacts, device_type: str) -> dict[str, A
             "freeze_bn": True, "patience": max(4, epochs // 3), "ema": FOLDER_EMA}
 
 
-def _photo_budget(side: int) -> int:
-    return round(CPU_IMAGE_BUDGET["transfer-photo"] * (224 / side) ** 2)
+def _cpu_transfer_budget(side: int) -> float:
+    if side == LINE_ART_SIZE:
+        return CPU_IMAGE_BUDGET["transfer-96"]
+    return CPU_IMAGE_BUDGET["transfer-photo"] * (224 / side) ** 2
 
 
-def _scratch(facts: DataFacts, device_type: str) -> dict[str, Any]:
+def scratch_side(facts: DataFacts) -> int:
+    return min(SCRATCH_MAX_SIZE, max(8, facts.short_edge))
+
+
+def scratch_values(facts: DataFacts, device_type: str,
+                   afford: Afford | None = None) -> dict[str, Any]:
+    """Our CNN at the images' own size (at most SCRATCH_MAX_SIZE), SCRATCH_STEPS steps within
+    what the run affords."""
     batch = 64 if facts.train_images < 8000 else 128
+    side = scratch_side(facts)
+    if afford is None and device_type == "cpu":
+        afford = lambda _side: CPU_IMAGE_BUDGET["scratch"]  # noqa: E731
     epochs = _epochs(facts.train_images, batch, SCRATCH_STEPS,
-                     CPU_IMAGE_BUDGET["scratch"] if device_type == "cpu" else None)
-    return {"image_size": min(SCRATCH_MAX_SIZE, max(8, facts.short_edge)), "name": "cnn",
+                     None if afford is None else round(afford(side)))
+    return {"image_size": side, "name": "cnn",
             "batch_size": batch, "epochs": epochs, "lr": 0.2 * batch / 256,
             "preset": "fashion" if facts.channels == 1 else "light",
             "patience": max(5, epochs // 4), "ema": FOLDER_EMA}
 
 
-def _long(facts: DataFacts | None, device_type: str) -> dict[str, Any]:
+def long_values(facts: DataFacts | None, device_type: str,
+                afford: Afford | None = None) -> dict[str, Any]:
     """The long recipe: for a built-in dataset the same schedule on any device; for a folder,
-    the scratch recipe's size, batch and augmentation, with LONG_IMAGES_AT_28 of training."""
+    the scratch recipe's size, batch and augmentation, with LONG_IMAGES_AT_28 of training
+    (or what `afford` says the run can afford)."""
     if facts is None:
         return {**LONG, "epochs": LONG_EPOCHS}
-    scratch = _scratch(facts, device_type)
+    scratch = scratch_values(facts, device_type)
     side = scratch["image_size"]
-    images = LONG_IMAGES_AT_28 * (28 / side) ** 2
+    images = LONG_IMAGES_AT_28 * (28 / side) ** 2 if afford is None else afford(side)
     epochs = max(MIN_EPOCHS, min(LONG_MAX_EPOCHS, round(images / max(1, facts.train_images))))
     return {**scratch, **LONG, "epochs": epochs}

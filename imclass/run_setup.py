@@ -6,6 +6,7 @@ input the same way, in one sentence, before a run folder exists."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,8 @@ from imclass.console import Log
 from imclass.data import Splits, check_source, prepare, scan
 from imclass.data.batches import Normalization, eval_batch_within, training_batch_within
 from imclass.devices import hardware, precision_name, resolve_device
-from imclass.distributed import SINGLE, Dist
+from imclass.budget import plan as budget_plan
+from imclass.distributed import SINGLE, Dist, broadcast
 from imclass.models import MODELS, build_model, check_model_name, count_parameters, \
     flops_per_image
 from imclass.models.weights import load_pretrained, resolve_architecture
@@ -27,6 +29,7 @@ from imclass.models.zoo import input_spec
 from imclass.precision import choose_cpu_precision
 from imclass.recipe import Recipe, apply, choose, facts_of
 from imclass.tasks import get_task
+from imclass.timekeeping import Budget
 from imclass.training import selection
 
 
@@ -42,6 +45,8 @@ class Setup:
     recipe: Recipe
     dist: Dist = SINGLE  # this process's place in a distributed run
     balance: Balance | None = None  # how training compensates for imbalanced classes
+    budget: Budget | None = None  # --budget: the run's clock
+    budget_plan: dict | None = None  # what the budget's probe measured and chose
 
 
 def check_names(cfg: RunConfig) -> RunConfig:
@@ -51,13 +56,18 @@ def check_names(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def prepare_training(config: RunConfig | None, log: Log, dist: Dist = SINGLE) -> Setup:
+def prepare_training(config: RunConfig | None, log: Log, dist: Dist = SINGLE,
+                     budget: Budget | None = None) -> Setup:
     """Config resolved, the recipe chosen from a scan of the data, data decoded and split,
     task chosen: everything that can fail on bad input fails here, before a run folder
-    exists (and a missing pretrained model before a minute of decoding)."""
+    exists (and a missing pretrained model before a minute of decoding). With --budget the
+    recipe is fitted to it (imclass.budget), `budget` its clock (default: from now)."""
     cfg = check_names(config_mod.validate(config or RunConfig()))
     device = dist.device(resolve_device(cfg.train.device))
-    cfg, scanned, recipe, architecture, weights_source = plan(cfg, device.type)
+    if cfg.train.budget and budget is None:
+        budget = Budget(cfg.train.budget, time.monotonic())
+    cfg, scanned, recipe, architecture, weights_source, measured = plan(
+        cfg, device.type, budget if cfg.train.budget else None, dist)
     log(recipe.line(cfg))
     splits = prepare(cfg.data, cfg.train.seed, scanned)
     if weights_source is not None and cfg.model.name not in OWN_MODELS:
@@ -73,7 +83,7 @@ def prepare_training(config: RunConfig | None, log: Log, dist: Dist = SINGLE) ->
         check_unvalidated(cfg, recipe, log)
     task = get_task(splits.task, cfg.data.hierarchy_sep)
     return Setup(cfg, device, splits, task, architecture, weights_source, recipe, dist,
-                 balance)
+                 balance, budget if cfg.train.budget else None, measured)
 
 
 def balance_for(cfg: RunConfig, splits: Splits, log: Log) -> tuple[RunConfig, Balance]:
@@ -92,18 +102,27 @@ def balance_for(cfg: RunConfig, splits: Splits, log: Log) -> tuple[RunConfig, Ba
     return dataclasses.replace(cfg, train=t), balance
 
 
-def plan(cfg: RunConfig, device_type: str):
+def plan(cfg: RunConfig, device_type: str, budget: Budget | None = None, dist: Dist = SINGLE):
     """The config a run will train with, before any pixel is decoded: the folder scanned,
-    the recipe chosen and applied, presets resolved, the model's input settings. Returns
-    (cfg, the scan or None, recipe, architecture, where its weights come from)."""
+    the recipe chosen (fitted to a --budget by measuring this machine) and applied, presets
+    resolved, the model's input settings. Returns (cfg, the scan or None, recipe,
+    architecture, where its weights come from, the budget's measurements or None)."""
     scanned = scan(cfg.data)
     facts = (facts_of(scanned, cfg.data.val_fraction, cfg.data.subset)
              if scanned is not None else None)
     recipe = choose(cfg, facts, device_type)
+    measured = None
+    if budget is not None:
+        outputs = facts.classes if facts is not None else 10
+        recipe, measured = budget_plan(cfg, facts, recipe, dist.device(torch.device(
+            device_type)), budget, outputs)
+        # every process trains to rank 0's plan (each measured with the others running)
+        recipe, measured = broadcast(dist, (recipe, measured))
     cfg, recipe = apply(cfg, recipe)
     cfg = config_mod.resolve(cfg)
     architecture, weights_source = resolve_architecture(cfg.model)
-    return data_for_model(cfg, architecture), scanned, recipe, architecture, weights_source
+    return (data_for_model(cfg, architecture), scanned, recipe, architecture, weights_source,
+            measured)
 
 
 def check_unvalidated(cfg: RunConfig, recipe: Recipe, log: Log) -> None:

@@ -27,6 +27,7 @@ from imclass.distributed import SINGLE, Dist, all_sum, any_rank, wrapper
 from imclass.features import CachedHead
 from imclass.finetune import apply_stage, plan_stages, train_mode
 from imclass.tasks import Loss, argmax_hits
+from imclass.timekeeping import Deadline, TimedSchedule
 
 Callback = Callable[[str, dict], Any]
 
@@ -69,6 +70,16 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_step
         "constant": lambda: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
     }
     return schedules[cfg.schedule]()
+
+
+def timed_schedule(optimizer, cfg: TrainConfig, total_steps: int, deadline: Deadline,
+                   dist: Dist = SINGLE) -> TimedSchedule:
+    """The schedule of a budget run's last stage: over its steps or until the deadline,
+    whichever comes first; several processes share one clock (the mean of their shares)."""
+    agree = (lambda share: all_sum(dist, [share])[0] / dist.world) if dist.active else (
+        lambda share: share)
+    return TimedSchedule(optimizer, cfg.schedule, cfg.warmup_fraction, total_steps,
+                         deadline.left(), deadline.clock, agree)
 
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:
@@ -120,13 +131,15 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
                     partial: dict | None = None,
                     on_batch: Callable[[dict], None] | None = None,
                     dist: Dist = SINGLE,
-                    after_step: Callable[[], None] | None = None) -> dict[str, float]:
+                    after_step: Callable[[], None] | None = None,
+                    time_up: Callable[[], bool] | None = None) -> dict[str, float]:
     """One pass over `batches` (cut short when `stop` is requested); returns mean loss,
     accuracy, images/s and seconds. `partial` (a resumed epoch: the batches done and their
     sums, as `on_batch` got them after each batch) continues a pass in the middle; the
     batches must then be imclass.data.Batches, which can skip its first batches.
     In a distributed run `model` is the DDP wrapper, `batches` this rank's slices, and the
-    figures returned are those of all ranks together."""
+    figures returned are those of all ranks together. `time_up` (a budget run's timed
+    schedule, the same on every rank) ends the pass early once it says so."""
     train_mode(model)
     partial = partial or {"step": 0, "loss_sum": 0.0, "correct": 0.0, "seen": 0,
                           "seconds": 0.0}
@@ -155,6 +168,8 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn: Loss, cfg: Tr
                            "loss_sum": loss_sum, "correct": correct,
                            "seconds": time.perf_counter() - start})
         if stop is not None and any_rank(dist, stop.requested):
+            break
+        if time_up is not None and time_up():
             break
         if on_batch is not None and step + 1 < len(batches):
             on_batch({"step": step + 1, "loss_sum": loss_sum, "correct": correct, "seen": seen,
@@ -267,13 +282,14 @@ class FitResult:
     stages: list[dict] = field(default_factory=list)
     stopped_by: str | None = None    # SIGINT or SIGTERM: the user stopped the run
     stopped_in_epoch: int | None = None  # the epoch that was cut short (not counted)
+    stopped_by_budget: bool = False  # --budget: its time ran out before the planned epochs
 
 
 def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainConfig,
         device: torch.device, callbacks: list[Callback] = (), hits: Hits = argmax_hits,
         stop: StopSignal | None = None, on_state: Callable[[dict], None] | None = None,
         resume: dict | None = None, dist: Dist = SINGLE, ema=None,
-        features=None, scorer=None) -> FitResult:
+        features=None, scorer=None, deadline: Deadline | None = None) -> FitResult:
     """Train for cfg.epochs (or until a callback says stop), in stages when fine-tuning
     (imclass.finetune); ends holding the best weights, those of the epoch with the lowest
     validation figure (with `val_batches` None, no validation: the last epoch's). A "stop"
@@ -300,7 +316,11 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
 
     The best epoch is the one with the best validation figure named by cfg.select_metric
     (`selection`): the lowest loss, or the highest accuracy, balanced accuracy or macro F1,
-    the last two counted by `scorer` (the run's task)."""
+    the last two counted by `scorer` (the run's task).
+
+    With `deadline` (a budget run) the last stage's schedule follows the clock
+    (imclass.timekeeping.TimedSchedule) and training ends by the deadline, the epoch it cuts
+    short validated and kept like any other; a stage that would start after it is skipped."""
     metric = selection(cfg)
     if metric in ("balanced-accuracy", "macro-f1") and scorer is None:
         raise ValueError(f"select metric {metric} needs the task as scorer")
@@ -344,8 +364,14 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             stage_evaluated = CachedHead(evaluated, 0.0)
         else:  # after apply_stage: DDP reduces the gradients that train now
             net = compiled(wrap(model), cfg.compile)
+        if deadline is not None and any_rank(dist, deadline.passed()):
+            result.stopped_by_budget = True
+            break
         optimizer = make_optimizer(stage.groups, cfg)
-        scheduler = make_schedule(optimizer, cfg, stage.epochs * len(stage_train))
+        timed = deadline is not None and stage is stages[-1]
+        scheduler = (timed_schedule(optimizer, cfg, stage.epochs * len(stage_train), deadline,
+                                    dist)
+                     if timed else make_schedule(optimizer, cfg, stage.epochs * len(stage_train)))
         already = 0
         if resume is not None and index == start_stage and (done_in_stage or partial):
             optimizer.load_state_dict(resume["optimizer"])
@@ -369,7 +395,7 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                 stage_train.epoch = epoch
             train = train_one_epoch(net, stage_train, optimizer, scheduler, loss_fn, cfg,
                                     device, emit, hits, stop, partial, saver, dist,
-                                    after_step)
+                                    after_step, (lambda: scheduler.done) if timed else None)
             partial = None
             if stop is not None and any_rank(dist, stop.requested):
                 result.stopped_by = signal.Signals(stop.signum or signal.SIGTERM).name
@@ -406,17 +432,19 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             stop_asked = "stop" in emit("epoch_end", record)
             if stop_asked:
                 result.stopped_early = stage is stages[-1] and epoch < cfg.epochs
+            elif timed and scheduler.done and in_stage < stage.epochs:
+                stop_asked = result.stopped_by_budget = True
             if on_state is not None:
                 on_state({"epoch": epoch, "stage_index": index, "epochs_in_stage": in_stage,
                           "stage_finished": stop_asked or in_stage == stage.epochs,
-                          "finished": result.stopped_early or (
+                          "finished": result.stopped_early or result.stopped_by_budget or (
                               index == len(stages) - 1 and in_stage == stage.epochs),
                           "optimizer": optimizer, "scheduler": scheduler, "result": result,
                           "best": best_state, "mid_epoch": None})
                 saver.saved()
             if stop_asked:
                 break
-        if result.stopped_early or result.stopped_by:
+        if result.stopped_early or result.stopped_by or result.stopped_by_budget:
             break
     for p in model.parameters():
         p.requires_grad_(True)

@@ -21,11 +21,12 @@ import torch
 
 from imclass import checkpoint, config as config_mod, distributed, plots
 from imclass import resume as resume_mod
-from imclass.config import RunConfig
+from imclass.config import RunConfig, format_duration
 from imclass.console import Log, StageClock, make_log
 from imclass.cores import CoreShare
 from imclass.data.audit import write_analysis
 from imclass.balance import sample_weights
+from imclass.budget import SLACK, describe_end, reserve_seconds
 from imclass.data.augment import build_augment
 from imclass.data.batches import Batches
 from imclass.devices import (hardware, keep_freed_memory, precision_name, release_freed_memory,
@@ -43,6 +44,7 @@ from imclass.runfolder import (HISTORY_COLUMNS, MIN_FREE_BYTES, Checkpointer, Hi
                                check_run_dir, check_space, checkpoint_meta, prepare_run_dir,
                                write_json)
 from imclass.tracking import TrackOptions, check_available, trackers
+from imclass.timekeeping import Budget, Deadline
 from imclass.training import (EarlyStopping, OverfitWatch, Progress, StopSignal, fit,
                                mark_best, weight_average)
 from imclass.version import __version__, versions
@@ -53,7 +55,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
           command: str | None = None,
           callbacks: list | None = None, evaluate_test: bool = True,
           track: TrackOptions | None = None, stop_on_signal: bool = True,
-          resume_state: dict | None = None, prune: PruneSpec | None = None) -> Path:
+          resume_state: dict | None = None, prune: PruneSpec | None = None,
+          started: float | None = None) -> Path:
     """Train, evaluate on the test set and write the report; returns the run folder.
 
     `callbacks` are called with the training loop's events after the built-in ones (a
@@ -66,6 +69,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
     continues a run in its own folder from the state saved after its last finished epoch.
     With `prune` (imclass prune), the model built from the trained run's weights
     (`config.model.weights`) is pruned before training, which fine-tunes it.
+    A --budget counts from `started` (a time.monotonic() reading: the CLI passes its
+    process's start), else from this call.
 
     Launched by torchrun (or `imclass train --nproc N`), every process runs this function:
     the ranks train one model together (imclass.distributed) and rank 0 alone writes `out`;
@@ -78,7 +83,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
                       quiet=quiet or scratch is not None, verbose=verbose, command=command,
                       callbacks=callbacks, evaluate_test=evaluate_test,
                       track=track if dist.is_main else None, stop_on_signal=stop_on_signal,
-                      resume_state=resume_state, prune=prune, dist=dist)
+                      resume_state=resume_state, prune=prune, dist=dist,
+                      started=time.monotonic() if started is None else started)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -88,14 +94,16 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *,
 def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool, quiet: bool,
            verbose: bool, command: str | None, callbacks: list | None, evaluate_test: bool,
            track: TrackOptions | None, stop_on_signal: bool, resume_state: dict | None,
-           prune: PruneSpec | None, dist: Dist) -> Path:
+           prune: PruneSpec | None, dist: Dist, started: float) -> Path:
+    budget = (Budget(config.train.budget, started)
+              if config is not None and config.train.budget else None)
     started = time.perf_counter()
     log = make_log(quiet)
     clock = StageClock(log, verbose and not quiet)
     check_run_dir(out, overwrite or resume_state is not None)
     check_available(track)
     with memory_stage("loading the dataset", "give a smaller --image-size, or --subset"):
-        setup = prepare_training(config, log, dist)
+        setup = prepare_training(config, log, dist, budget)
     clock.done("data")
     cfg, splits, task, device = setup.cfg, setup.splits, setup.task, setup.device
     distributed.check_same(dist, same_run_facts(cfg, splits))
@@ -141,6 +149,7 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
                                            [*prune_callbacks, *tracked, *(callbacks or [])],
                                            meta, stop_on_signal, resume_state)
     release_freed_memory()  # what training kept: evaluation allocates other sizes
+    budget_info = budget_summary(setup, result)
     stopped = stop_summary(result, cfg.train.epochs, log)
     fits = tune_thresholds(run_dir, model, setup, log)
     thresholds = None if fits is None else [f.value for f in fits]
@@ -164,7 +173,7 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
                "select_metric": cfg.train.select_metric,
                "validation": {k: best[k] for k in ("epoch", "val_loss", "val_acc",
                                                    "val_balanced_acc")},
-               "stopped": stopped, **pruned}
+               "stopped": stopped, "budget": budget_info, **pruned}
     if evaluate_test:
         write_json(run_dir / "run.json", summary)  # kept should evaluation run out of memory
         with memory_stage(f"evaluating {len(splits.test)} test images at {shape} in batches "
@@ -184,9 +193,13 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
         save_traced(run_dir)  # predict and serve then load it without building the network
     summary["total_seconds"] = time.perf_counter() - started  # all but writing the report
     summary["stage_seconds"] = clock.seconds
+    if budget_info is not None:
+        budget_info["total_seconds"] = round(setup.budget.elapsed(), 1)
     write_json(run_dir / "run.json", summary)
     report = write_report(run_dir)
     clock.done("report")
+    if budget_info is not None:
+        log(describe_end({**budget_info, "total_seconds": setup.budget.elapsed()}))
     test = json.loads((run_dir / "metrics.json").read_text()).get("test", {})
     for tracker in tracked:
         tracker.finish(run_dir, config_mod.to_dict(cfg), test)
@@ -253,6 +266,43 @@ def plot_augmented(path: Path, train, augment, seed: int, count: int = 24) -> No
             x = augment(x)
     title = "training images after augmentation" if augment else "training images (no augmentation)"
     plots.image_grid((x * 255).round().to(torch.uint8).numpy(), title, path)
+
+
+def budget_deadline(setup: Setup, log: Log, resumed: bool) -> Deadline | None:
+    """When a budget run's training must end: its budget less the time the test pass, the
+    figures and the report will take (imclass.budget.reserve_seconds). A resumed run's
+    schedule holds the training time it had left, so its deadline is that schedule's."""
+    if setup.budget is None:
+        return None
+    b, splits = setup.budget, setup.splits
+    if resumed:
+        return Deadline(time.monotonic() + b.seconds)
+    speeds = setup.budget_plan["measured"][setup.budget_plan["chosen"]]
+    after = SLACK * b.seconds + reserve_seconds(
+        len(splits.test), len(splits.val) if splits.validated else 0,
+        speeds["eval_images_per_s"])
+    deadline = b.deadline(after)
+    if deadline.left() < 1:
+        raise ConfigError(
+            f"--budget {format_duration(b.seconds)} leaves no time to train: "
+            f"{b.elapsed():.0f}s went to start-up, loading and measuring, and the test "
+            f"evaluation and report need about {after:.0f}s; give at least "
+            f"{format_duration(b.elapsed() + after + 30)}")
+    log(f"budget: training ends {b.seconds - after:.0f}s into the run ({deadline.left():.0f}s "
+        f"from now), leaving {after:.0f}s for the test evaluation and the report")
+    setup.budget_plan["training_deadline_s"] = round(b.seconds - after, 1)
+    return deadline
+
+
+def budget_summary(setup: Setup, result) -> dict | None:
+    """run.json's "budget": what was measured and planned, and how training ended."""
+    if setup.budget is None:
+        return None
+    ended_by = ("the clock" if result.stopped_by_budget else
+                "early stopping" if result.stopped_early else
+                "the user" if result.stopped_by else "its planned epochs")
+    return {**setup.budget_plan, "training_ended_at_s": round(setup.budget.elapsed(), 1),
+            "ended_by": ended_by, "epochs_run": len(result.history)}
 
 
 def stop_summary(result, epochs: int, log: Log) -> dict | None:
@@ -356,13 +406,15 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
                         optimizer=info["optimizer"], scheduler=info["scheduler"], ema=ema,
                         order_state=train_batches.pass_start_state if info["mid_epoch"]
                         else train_batches.generator.get_state(), loop=loop)
+    deadline = budget_deadline(setup, log, resume_state is not None)
     try:
         with StopSignal() if stop_on_signal else contextlib.nullcontext() as stop:
             result = fit(model, train_batches, val_batches,
                          setup.task.loss(t.loss, t.label_smoothing, setup.balance), t, device,
                          callbacks, hits=setup.task.hits, scorer=setup.task, stop=stop,
                          on_state=save_state if dist.is_main else None,
-                         resume=resume_state, dist=dist, ema=ema, features=features)
+                         resume=resume_state, dist=dist, ema=ema, features=features,
+                         deadline=deadline)
     except OSError as exc:  # a full disk, a vanished folder: every write is atomic
         raise DataError(f"could not write {exc.filename or 'into the run folder'} "
                         f"({exc.strerror or exc}); the files written before are intact: "
