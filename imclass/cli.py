@@ -14,7 +14,7 @@ import shlex
 import sys
 
 from imclass.version import __version__
-from imclass.config import KEYS, describe_range
+from imclass.config import KEYS, describe_range, format_duration
 from imclass.errors import ImclassError
 
 
@@ -547,12 +547,19 @@ def _tune(args: argparse.Namespace, argv: list[str]) -> int:
     base = _base_config(args)
     params = tune.load_space(args.space, base)
     out = Path(args.out)
+    base, stop_on_budget = tune.share_budget(base, args.trials, not args.no_final_run,
+                                             process_started())
+    if stop_on_budget and not args.quiet:
+        print(f"budget: {args.trials} trials{' and the final run' if not args.no_final_run else ''}"
+              f" of {format_duration(base.train.budget)} each; no trial starts that would not "
+              "end in time", file=sys.stderr)
     from imclass.tracking import study_run
     track = study_run(_track_options(args), out.name, {p.key: str(p.choices or (p.low, p.high))
                                                        for p in params})
     study = tune.run_study(base, params, out, method=args.method, trials=args.trials,
                            timeout=args.timeout, pruner=args.pruner, storage=args.storage,
-                           seed=base.train.seed, heartbeat_s=args.heartbeat, track=track)
+                           seed=base.train.seed, heartbeat_s=args.heartbeat, track=track,
+                           callbacks=stop_on_budget)
     header, rows = tune.trial_rows(study)
     from imclass.commands.compare import text_table
     print(text_table(header, rows))

@@ -202,7 +202,7 @@ def _balance(balance: dict | None) -> str:
 def _start(run: dict) -> str:
     """The recipe, where the weights started and how the learning rate was chosen."""
     weights = run.get("model", {}).get("weights")
-    html = _recipe(run.get("recipe")) + _pruned(run.get("pruned"))
+    html = _recipe(run.get("recipe")) + _budget(run.get("budget")) + _pruned(run.get("pruned"))
     if weights:
         new = weights["mismatched"] + weights["missing"]
         html += (f"<p>Weights: {weights['loaded']} tensors from "
@@ -214,6 +214,24 @@ def _start(run: dict) -> str:
         html += (f"<p>Learning rate {run['lr_found']:.3g}, from the range test below "
                  "(<code>--lr auto</code>).</p>")
     return html
+
+
+def _budget(budget: dict | None) -> str:
+    """What --budget measured, planned and got: one paragraph and the probe's speeds."""
+    if not budget:
+        return ""
+    rows = [[escape(name), f"{m['train_images_per_s']:,}", f"{m['eval_images_per_s']:,}",
+             m["precision"]] for name, m in budget["measured"].items()]
+    return (f"<p>Time budget {budget['seconds']:.0f} s (<code>--budget</code>): measured "
+            f"{budget['planned_at_s']:.0f} s into the run, training planned for "
+            f"{budget['training_seconds_planned']:.0f} s (about {budget['passes_planned']:g} "
+            f"passes of {escape(budget['chosen'])}), ended at "
+            f"{budget['training_ended_at_s']:.0f} s by {escape(budget['ended_by'])} after "
+            f"{budget['epochs_run']} epochs; the whole run up to this report took "
+            f"{budget['total_seconds']:.0f} s. The learning-rate schedule followed the clock, "
+            "so a slower spell of the machine cost steps, not the annealing. Speeds measured "
+            "on this machine (images/s):</p>"
+            + html_table(["model", "training", "evaluation", "precision"], rows))
 
 
 def _pruned(pruned: dict | None) -> str:

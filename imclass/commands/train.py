@@ -104,6 +104,7 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
     check_available(track)
     with memory_stage("loading the dataset", "give a smaller --image-size, or --subset"):
         setup = prepare_training(config, log, dist, budget)
+    deadline = budget_deadline(setup, log, resume_state is not None)
     clock.done("data")
     cfg, splits, task, device = setup.cfg, setup.splits, setup.task, setup.device
     distributed.check_same(dist, same_run_facts(cfg, splits))
@@ -147,7 +148,7 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
                       f"{run_dir / 'checkpoints'}"):
         result, overfit_warnings = fit_run(run_dir, setup, model, quiet, log,
                                            [*prune_callbacks, *tracked, *(callbacks or [])],
-                                           meta, stop_on_signal, resume_state)
+                                           meta, stop_on_signal, resume_state, deadline)
     release_freed_memory()  # what training kept: evaluation allocates other sizes
     budget_info = budget_summary(setup, result)
     stopped = stop_summary(result, cfg.train.epochs, log)
@@ -352,8 +353,10 @@ def resume_run(run_dir: str | Path, *, quiet: bool = False, verbose: bool = Fals
 
 
 def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_callbacks: list,
-            meta: dict, stop_on_signal: bool = True, resume_state: dict | None = None):
-    """The training loop with its callbacks; returns the FitResult and overfitting warnings."""
+            meta: dict, stop_on_signal: bool = True, resume_state: dict | None = None,
+            deadline: Deadline | None = None):
+    """The training loop with its callbacks; returns the FitResult and overfitting warnings.
+    With `deadline` (--budget) training ends by it."""
     cfg, splits, device, dist = setup.cfg, setup.splits, setup.device, setup.dist
     t = cfg.train
     distributed.check_batch(dist, t.batch_size, len(splits.train))
@@ -406,7 +409,6 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
                         optimizer=info["optimizer"], scheduler=info["scheduler"], ema=ema,
                         order_state=train_batches.pass_start_state if info["mid_epoch"]
                         else train_batches.generator.get_state(), loop=loop)
-    deadline = budget_deadline(setup, log, resume_state is not None)
     try:
         with StopSignal() if stop_on_signal else contextlib.nullcontext() as stop:
             result = fit(model, train_batches, val_batches,

@@ -15,6 +15,7 @@ file in the study folder, so a stopped search resumes where it left off.
 from __future__ import annotations
 
 import math
+import time
 import typing
 import warnings
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ from typing import Any
 
 from imclass import config as config_mod
 from imclass.commands.train import train
-from imclass.config import KEYS, RunConfig, read_yaml
+from imclass.config import KEYS, RunConfig, format_duration, read_yaml
 from imclass.data import SOURCES
 from imclass.errors import ConfigError
 from imclass.extras import need
 from imclass.run_setup import check_names
+from imclass.timekeeping import Budget
 
 METHODS = ("grid", "random", "tpe")
 PRUNERS = ("median", "halving", "none")
@@ -334,6 +336,37 @@ def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = 
                        timeout=timeout, gc_after_trial=True, catch=(DuplicatePoint,),
                        callbacks=callbacks)
     return study
+
+
+def share_budget(base: RunConfig, trials: int, final_run: bool,
+                 started: float | None = None) -> tuple[RunConfig, list]:
+    """--budget on a search is the whole search's time: each trial, and the final run of the
+    best config, gets an equal share as its own --budget (so each trains what fits its share
+    on this machine). Returns the base config with a trial's budget, and the Optuna callback
+    that stops starting trials once the next one (and the final run) would not fit."""
+    if not base.train.budget:
+        return base, []
+    runs = trials + int(final_run)
+    share = base.train.budget / runs
+    if share < 10:
+        raise ConfigError(f"--budget {format_duration(base.train.budget)} over {trials} "
+                          f"trials{' and the final run' if final_run else ''} leaves "
+                          f"{share:.0f}s each; give fewer --trials or a longer --budget")
+    study = Budget(base.train.budget, time.monotonic() if started is None else started)
+    return config_mod.override(base, {"budget": share}), [BudgetStop(study, share, final_run)]
+
+
+class BudgetStop:
+    """Stops a study from starting a trial that would not end within its budget (with the
+    final run's share kept back)."""
+
+    def __init__(self, budget: Budget, share: float, final_run: bool):
+        self.budget, self.share, self.final_run = budget, share, final_run
+
+    def __call__(self, study, trial) -> None:
+        needed = self.share * (1 + int(self.final_run))
+        if self.budget.left() < needed:
+            study.stop()
 
 
 def score_name(select_metric: str) -> str:
