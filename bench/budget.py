@@ -6,10 +6,10 @@ for budgets under 3 minutes), and the fixed default (`imclass train --seed S`, n
 beside them in the same sitting. Prints the CPU and its matmul speed first, then a Markdown
 table: per budget, each seed's test accuracy, wall time, whether it ended on time, what the
 budget chose (model, epochs run, how training ended), and the medians. Raw rows go to
-runs/bench-budget/results.json.
+runs/bench-budget/<data>/results.json.
 
     .venv/bin/python bench/budget.py --budgets 1m,2m,5m --seeds 0,1,2 [--data FOLDER]
-        [--no-fixed] [-- extra flags for every run, e.g. --model rescnn]
+        [--no-fixed] [--load-after S] [-- extra flags for every run, e.g. --model rescnn]
 """
 
 from __future__ import annotations
@@ -36,12 +36,28 @@ def on_time(wall: float, budget: float) -> bool:
     return wall <= budget * 1.05 or (budget < 180 and wall <= budget + 10)
 
 
-def one_run(out: Path, seed: int, flags: list[str]) -> dict:
+def one_run(out: Path, seed: int, flags: list[str], load_after: float | None = None) -> dict:
+    """One timed run; with `load_after`, a second training (the plain default on
+    Fashion-MNIST) starts that many seconds in and is killed when this run ends: the machine
+    slows down mid-run, as a shared one does."""
     command = [sys.executable, "-m", "imclass", "train", "--out", str(out), "--overwrite",
                "--quiet", "--seed", str(seed), "--data", DATA, *flags]
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    other = None
+    if load_after is not None:
+        try:
+            run.wait(timeout=load_after)
+        except subprocess.TimeoutExpired:
+            other = subprocess.Popen([sys.executable, "-m", "imclass", "train", "--quiet",
+                                      "--overwrite", "--out", str(out) + "-load"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if run.wait() != 0:
+        raise SystemExit(f"{' '.join(command)} failed")
     wall = time.perf_counter() - start
+    if other is not None:
+        other.kill()
+        other.wait()
     test = json.loads((out / "metrics.json").read_text())["test"]
     run = json.loads((out / "run.json").read_text())
     budget = run.get("budget") or {}
@@ -66,9 +82,12 @@ def main() -> None:
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--no-fixed", action="store_true",
                         help="leave out the fixed default recipe")
+    parser.add_argument("--load-after", type=float, metavar="S",
+                        help="start a second training S seconds into each budget run")
     parser.add_argument("extra", nargs="*", help="flags for every run (after --)")
     args = parser.parse_args()
     DATA = args.data
+    out = OUT / Path(DATA).name
     budgets = [parse_duration(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"{date.today()} {platform.processor() or platform.machine()}, "
@@ -77,11 +96,12 @@ def main() -> None:
     for seed in seeds:  # contenders alternate within a seed: a slow spell falls on all
         for b in budgets:
             key = format_duration(b)
-            r = one_run(OUT / f"{key}-s{seed}", seed, ["--budget", key, *args.extra])
+            r = one_run(out / f"{key}-s{seed}", seed, ["--budget", key, *args.extra],
+                        args.load_after)
             results.setdefault(key, []).append(r)
             print(row(key, r, b), flush=True)
         if not args.no_fixed:
-            r = one_run(OUT / f"fixed-s{seed}", seed, list(args.extra))
+            r = one_run(out / f"fixed-s{seed}", seed, list(args.extra))
             results.setdefault("fixed", []).append(r)
             print(row("fixed default", r, None), flush=True)
     print("\n| budget | seed | test accuracy | wall s | on time | model | epochs | training "
@@ -93,8 +113,8 @@ def main() -> None:
         acc = statistics.median(r["accuracy"] for r in rows)
         wall = statistics.median(r["wall_s"] for r in rows)
         print(f"| **{key} median** | | **{acc:.2%}** | **{wall:.0f}** | | | | |")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps(results, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
 
 
 def cpu_name() -> str:

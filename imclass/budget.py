@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
-from imclass.config import RunConfig, format_duration, override, resolve, user_set
+from imclass.config import RunConfig, format_duration, resolve, user_set
 from imclass.devices import mixed_precision, native_bf16
 from imclass.models import build_model, count_parameters
 from imclass.models.weights import resolve_architecture
 from imclass.precision import faster, measure, probe_batch, step_seconds
-from imclass.recipe import (LONG_MAX_EPOCHS, DataFacts, Recipe, long_values, small_builtin,
-                            transfer_values)
+from imclass.recipe import (LONG_MAX_EPOCHS, DataFacts, Recipe, apply, long_values,
+                            small_builtin, transfer_values)
 from imclass.timekeeping import Budget
 
 # Fashion-MNIST's own sizes: 60,000 training images of which the budget holds out 10% for
@@ -113,7 +113,7 @@ def probe(candidate: Candidate, cfg: RunConfig, channels: int, outputs: int,
           device: torch.device, timer=budget_steps) -> Candidate:
     """Times the candidate's training step on this machine (imclass.precision's probe: the
     run's own shape and batch, random pixels) and fills in its speeds."""
-    c = resolve(override(cfg, candidate.values))
+    c = resolve(apply(cfg, Recipe("probe", candidate.values, ""))[0])  # the user's keys win
     architecture, _ = resolve_architecture(dataclasses.replace(c.model, weights=None))
     model = build_model(dataclasses.replace(c.model, pretrained=False), channels, outputs,
                         architecture).to(device, memory_format=torch.channels_last)

@@ -372,6 +372,9 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         scheduler = (timed_schedule(optimizer, cfg, stage.epochs * len(stage_train), deadline,
                                     dist)
                      if timed else make_schedule(optimizer, cfg, stage.epochs * len(stage_train)))
+        # a budget's earlier stages (the frozen head) keep their steps, within the deadline
+        time_up = ((lambda: scheduler.done) if timed else None if deadline is None
+                   else (lambda: any_rank(dist, deadline.passed())))
         already = 0
         if resume is not None and index == start_stage and (done_in_stage or partial):
             optimizer.load_state_dict(resume["optimizer"])
@@ -395,7 +398,7 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                 stage_train.epoch = epoch
             train = train_one_epoch(net, stage_train, optimizer, scheduler, loss_fn, cfg,
                                     device, emit, hits, stop, partial, saver, dist,
-                                    after_step, (lambda: scheduler.done) if timed else None)
+                                    after_step, time_up)
             partial = None
             if stop is not None and any_rank(dist, stop.requested):
                 result.stopped_by = signal.Signals(stop.signum or signal.SIGTERM).name
@@ -432,7 +435,8 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             stop_asked = "stop" in emit("epoch_end", record)
             if stop_asked:
                 result.stopped_early = stage is stages[-1] and epoch < cfg.epochs
-            elif timed and scheduler.done and in_stage < stage.epochs:
+            elif time_up is not None and time_up() and not (
+                    stage is stages[-1] and in_stage == stage.epochs):
                 stop_asked = result.stopped_by_budget = True
             if on_state is not None:
                 on_state({"epoch": epoch, "stage_index": index, "epochs_in_stage": in_stage,

@@ -273,3 +273,23 @@ def test_a_search_with_a_budget_gives_each_trial_its_share(tmp_path):
     assert trial["budget"]["seconds"] == 20 and final["budget"]["seconds"] == 20
     assert final["budget"]["total_seconds"] <= 20 + 10
     assert summary["test"]["accuracy"] > 0.3
+
+
+@pytest.mark.slow
+def test_a_folder_of_multilabel_images_trains_within_its_budget(tmp_path):
+    import time
+
+    from imagedata import csv_dataset
+    from imclass.commands.train import train
+    data = csv_dataset(tmp_path / "tags", "multilabel")
+    cfg = override(RunConfig(), {"data": str(data), "budget": "25s",
+                                 "cache_dir": str(tmp_path / "cache")})
+    started = time.monotonic()
+    run = train(cfg, tmp_path / "run", quiet=True, started=started)
+    wall = time.monotonic() - started
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["task"] == "multilabel" and summary["recipe"]["name"] == "transfer"
+    assert summary["budget"]["chosen"] == "efficientnet_lite0"
+    assert summary["budget"]["training_ended_at_s"] <= summary["budget"]["training_deadline_s"] + 2
+    assert wall <= 25 + 15, f"a 25 s budget took {wall:.0f} s"
+    assert "test" in json.loads((run / "metrics.json").read_text())

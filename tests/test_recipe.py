@@ -254,3 +254,17 @@ def test_the_long_recipe_trains_the_residual_cnn_longer_and_flags_still_win(tmp_
     assert folder.train.epochs > 2 * scratch.train.epochs
     assert "for an hour (--recipe long): rescnn from scratch at 40 px" in (
         choose(folder, small, "cpu").line(folder))
+
+
+def test_a_small_fashion_mnist_subset_gets_the_folder_recipes_care():
+    """--subset 3000 --epochs 2 (2,400 training images): batches of 64, not 256, so four
+    times the steps, with the learning rate scaled and the weights' average; the user's
+    epochs still win. A large subset keeps the built-in defaults."""
+    small = override(RunConfig(), {"subset": 3000, "epochs": 2})
+    recipe = choose(small, None, "cpu")
+    assert recipe.name == "scratch" and "(--subset 3000)" in recipe.reason
+    cfg, values = chosen(small, None)
+    assert (cfg.train.batch_size, cfg.train.lr, cfg.train.ema) == (64, 0.05, 0.999)
+    assert cfg.train.epochs == 2 and "epochs" not in values and cfg.model.name == "cnn"
+    assert choose(override(RunConfig(), {"subset": 20_000}), None, "cpu").name == "none"
+    assert choose(RunConfig(), None, "cpu").name == "none"
