@@ -223,7 +223,7 @@ def _plan_transfer(cfg, facts, recipe, device, budget, outputs, channels, timer)
         per_image = scale * (1 / c.images_per_s + sizes.val / sizes.train / c.eval_images_per_s)
         return train_s / (per_image * epoch_share)
 
-    values = transfer_values(facts, device.type, afford)
+    values = transfer_values(facts, device.type, afford, EPOCHS_HEADROOM)
     side = values.get("image_size", side0)
     passes = afford(side) / max(1, sizes.train)
     why = (f"about {passes:.1f} passes of {sizes.train:,} images at {side} px fit in "

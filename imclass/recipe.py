@@ -232,10 +232,11 @@ def _frozen_epochs(epochs: int) -> int:
     return min(epochs - 1, max(1, epochs // 4))
 
 
-def transfer_values(facts: DataFacts, device_type: str,
-                    afford: Afford | None = None) -> dict[str, Any]:
+def transfer_values(facts: DataFacts, device_type: str, afford: Afford | None = None,
+                    headroom: float = 1.0) -> dict[str, Any]:
     """Pretrained EfficientNet-Lite0: the largest photo side whose affordable images give
-    MIN_EPOCHS passes, the epochs from TRANSFER_STEPS within what it affords."""
+    MIN_EPOCHS passes, the epochs from TRANSFER_STEPS within `headroom` times what it
+    affords (above 1 for a budget run, whose clock ends training)."""
     if afford is None and device_type == "cpu":
         afford = _cpu_transfer_budget
     budget = None
@@ -245,13 +246,13 @@ def transfer_values(facts: DataFacts, device_type: str,
         if afford is not None:
             side = next((s for s in PHOTO_SIDES if afford(s) >= MIN_EPOCHS *
                          facts.train_images), PHOTO_SIDES[-1])
-            budget = round(afford(side))
+            budget = round(afford(side) * headroom)
         # timm's evaluation transform: shorter edge to size / crop_pct, centre crop; the
         # margin gives training its random crops
         data = {"image_size": side, "crop_pct": spec.crop_pct, "fit": "crop",
                 "preset": "photo"}
     else:
-        budget = None if afford is None else round(afford(LINE_ART_SIZE))
+        budget = None if afford is None else round(afford(LINE_ART_SIZE) * headroom)
         data = {"image_size": LINE_ART_SIZE, "fit": "squash", "preset": "fashion"}
     batch = 32
     epochs = _epochs(facts.train_images, batch, TRANSFER_STEPS, budget)

@@ -188,3 +188,18 @@ def test_a_copy_of_a_synchronised_model_shares_its_process_group():
     assert torch.equal(copied.weight, model[1].weight)
     copied.weight.data.add_(1)  # the copy's tensors are its own
     assert not torch.equal(copied.weight, model[1].weight)
+
+
+def test_two_processes_train_to_one_budget(tmp_path):
+    """--budget with --nproc 2: rank 0's plan for both, one share of time for both (a rank
+    whose schedule ran ahead would stop alone and leave the other waiting), on time."""
+    out = tmp_path / "run"
+    started = time.monotonic()
+    done = imclass("train", "--subset", "600", "--budget", "40s", "--nproc", "2", "--quiet",
+                   "--out", str(out))
+    wall = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["processes"] == 2 and run["budget"]["seconds"] == 40
+    assert run["budget"]["ended_by"] in ("the clock", "its planned epochs", "early stopping")
+    assert wall <= 40 + 20, f"a 40 s budget over two processes took {wall:.0f} s"
