@@ -344,7 +344,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         raise ImclassError(f"--nproc {args.nproc}: give 1 or more processes")
     if (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:
         from imclass.distributed import launch
-        process_started()  # the processes it starts count a --budget from this one's start
+        process_started(launching=True)  # its processes count a --budget from its start
         return launch(args.nproc, without_flag(argv, "--nproc"))
     if args.resume:
         run_dir = _resume(args, argv)
@@ -360,15 +360,18 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     return 128 + stopped["signal_number"] if stopped else 0  # 130 Ctrl-C, 143 SIGTERM
 
 
-def process_started() -> float:
+def process_started(launching: bool = False) -> float:
     """The time.monotonic() reading at which this command started: its process's start, or
-    that of the `imclass train --nproc N` that launched it (IMCLASS_STARTED, wall-clock)."""
+    in a process torchrun started (WORLD_SIZE set) that of the `imclass train --nproc N`
+    that launched it (IMCLASS_STARTED, wall-clock, which `launching` sets for them)."""
     import os
     import time
 
     from imclass.timekeeping import process_age
-    wall = float(os.environ.get("IMCLASS_STARTED") or time.time() - process_age())
-    os.environ["IMCLASS_STARTED"] = repr(wall)
+    given = os.environ.get("IMCLASS_STARTED") if "WORLD_SIZE" in os.environ else None
+    wall = float(given) if given else time.time() - process_age()
+    if launching:
+        os.environ["IMCLASS_STARTED"] = repr(wall)
     return time.monotonic() - (time.time() - wall)
 
 

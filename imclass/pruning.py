@@ -73,8 +73,10 @@ def fine_tune_config(source: str | Path, epochs: int | None, lr: float | None) -
     t = cfg.train
     runs = json.loads((Path(source) / "run.json").read_text()).get("epochs_run", t.epochs) \
         if (Path(source) / "run.json").is_file() else t.epochs
+    # no weight average (a folder recipe's run keeps one): the mask re-zeroes the pruned
+    # weights after each step, but an average updated before it would hold them non-zero
     values = {"weights": str(Path(source)), "pretrained": False, "recipe": "none",
-              "freeze_epochs": 0, "fine_tune_lr": None,
+              "freeze_epochs": 0, "fine_tune_lr": None, "ema": None,
               "epochs": epochs or min(runs, max(3, round(0.3 * runs))),
               "lr": lr or t.fine_tune_lr or t.lr / 10}
     tuned = override(cfg, values)
