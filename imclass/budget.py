@@ -8,7 +8,7 @@ mislead the plan), and turns the time left into training images each can afford.
   passes the cnn's recipe gives a folder): below that the small net, trained to the end of its
   schedule, beats the large one cut short.
 - Photos and small sets: the pretrained transfer recipe, at the largest photo side whose
-  affordable images give it its minimum passes (recipe.transfer_values).
+  affordable images give it PHOTO_MIN_PASSES passes (recipe.transfer_values).
 The epochs are then an upper bound: the last stage's learning-rate schedule follows the clock
 (imclass.timekeeping), so training anneals and ends by its deadline, leaving the time the test
 evaluation and the report need (`reserve_seconds`). Keys the user set still win: `--budget 5m
@@ -58,6 +58,11 @@ SLACK = 0.03
 # The planned epochs are this many times those the probe says fit: an upper bound, as the
 # clock ends training (a probe off by a third either way still uses the whole budget).
 EPOCHS_HEADROOM = 1.5
+# Passes (as the probe estimates them) a budget's photo side must afford: a smaller side for
+# more passes. Two minutes on the photo-like set (2026-12-06, seeds 0-2): 224 px, 10-13
+# epochs, 90.67% median; 160 px, 21-22 epochs, 94.33% (every seed better). At 15 estimated
+# passes (about 22 run) two minutes there take 160 px, five take 224.
+PHOTO_MIN_PASSES = 15
 # Seconds a folder's images take to decode per image (JPEGs at 224 px on 2 cores; cached
 # after the first run), counted before the probe knows the data.
 DECODE_S_PER_IMAGE = 0.004
@@ -223,7 +228,7 @@ def _plan_transfer(cfg, facts, recipe, device, budget, outputs, channels, timer)
         per_image = scale * (1 / c.images_per_s + sizes.val / sizes.train / c.eval_images_per_s)
         return train_s / (per_image * epoch_share)
 
-    values = transfer_values(facts, device.type, afford, EPOCHS_HEADROOM)
+    values = transfer_values(facts, device.type, afford, EPOCHS_HEADROOM, PHOTO_MIN_PASSES)
     side = values.get("image_size", side0)
     passes = afford(side) / max(1, sizes.train)
     why = (f"about {passes:.1f} passes of {sizes.train:,} images at {side} px fit in "

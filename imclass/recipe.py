@@ -233,9 +233,9 @@ def _frozen_epochs(epochs: int) -> int:
 
 
 def transfer_values(facts: DataFacts, device_type: str, afford: Afford | None = None,
-                    headroom: float = 1.0) -> dict[str, Any]:
+                    headroom: float = 1.0, min_passes: int = MIN_EPOCHS) -> dict[str, Any]:
     """Pretrained EfficientNet-Lite0: the largest photo side whose affordable images give
-    MIN_EPOCHS passes, the epochs from TRANSFER_STEPS within `headroom` times what it
+    `min_passes` passes, the epochs from TRANSFER_STEPS within `headroom` times what it
     affords (above 1 for a budget run, whose clock ends training)."""
     if afford is None and device_type == "cpu":
         afford = _cpu_transfer_budget
@@ -244,7 +244,7 @@ def transfer_values(facts: DataFacts, device_type: str, afford: Afford | None = 
         spec = input_spec("tf_efficientnet_lite0")
         side = spec.size
         if afford is not None:
-            side = next((s for s in PHOTO_SIDES if afford(s) >= MIN_EPOCHS *
+            side = next((s for s in PHOTO_SIDES if afford(s) >= min_passes *
                          facts.train_images), PHOTO_SIDES[-1])
             budget = round(afford(side) * headroom)
         # timm's evaluation transform: shorter edge to size / crop_pct, centre crop; the
