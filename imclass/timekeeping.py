@@ -40,10 +40,6 @@ class Budget:
     origin: float
     clock: Clock = time.monotonic
 
-    @classmethod
-    def from_process_start(cls, seconds: float, clock: Clock = time.monotonic) -> "Budget":
-        return cls(seconds, clock() - process_age())
-
     def elapsed(self) -> float:
         return self.clock() - self.origin
 
