@@ -332,6 +332,27 @@ def build_parser() -> Parser:
                        "for others to join its batch, ms (default 5)")
     serve.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
     serve.set_defaults(func=_serve)
+
+    annotate = sub.add_parser("annotate", help="label a folder of images in the browser, a "
+                              "model suggesting labels and choosing what to show next")
+    annotate.add_argument("folder", metavar="FOLDER", help="a folder of images: unlabelled, "
+                          "class folders, or a CSV beside images/; labels go to "
+                          "FOLDER/labels.csv")
+    annotate.add_argument("--classes", help="the class names, comma-separated (ants,bees); "
+                          "default: the labels the folder already has")
+    annotate.add_argument("--classes-from", metavar="FILE", help="take the classes from a "
+                          "CSV's label column or a text file of one class per line")
+    annotate.add_argument("--multilabel", action="store_true", help="several labels per image")
+    annotate.add_argument("--host", default="127.0.0.1", help="interface to listen on "
+                          "(default 127.0.0.1; any other needs the printed token)")
+    annotate.add_argument("--port", type=int, default=8000, help="default 8000")
+    annotate.add_argument("--token", help="the token the page needs beyond this machine "
+                          "(default: a random one, printed in the address)")
+    annotate.add_argument("--min-labels", type=int, default=None, help="labels of each class "
+                          "before the model trains (default 5)")
+    annotate.add_argument("--cache-dir", help="where decoded images are kept (default "
+                          "~/.cache/imclass)")
+    annotate.set_defaults(func=_annotate)
     return parser
 
 
@@ -688,6 +709,28 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     serve(args.model, host=args.host, port=args.port, backend=args.backend,
           api_key=args.api_key, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
           max_wait_ms=args.max_wait_ms, top_k=args.top_k)
+    return 0
+
+
+def _annotate(args: argparse.Namespace, argv: list[str]) -> int:
+    from imclass.extras import SERVE, need_all
+
+    need_all(SERVE, "serve", "imclass annotate")
+    from imclass.commands.annotate import annotate
+    from imclass.config import DataConfig
+    from imclass.data.cache import decoded_dir
+    from imclass.data.own import cache_root
+    from imclass.labelstore import classes_from
+
+    if args.classes and args.classes_from:
+        raise ImclassError("give --classes or --classes-from, not both")
+    if args.min_labels is not None and args.min_labels < 1:
+        raise ImclassError("--min-labels must be at least 1")
+    classes = ([c.strip() for c in args.classes.split(",") if c.strip()] if args.classes
+               else classes_from(args.classes_from) if args.classes_from else None)
+    annotate(args.folder, classes=classes, multilabel=args.multilabel, host=args.host,
+             port=args.port, token=args.token, minimum=args.min_labels,
+             cache_dir=decoded_dir(cache_root(DataConfig(cache_dir=args.cache_dir))))
     return 0
 
 

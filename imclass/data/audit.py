@@ -108,31 +108,42 @@ def _duplicate_findings(data: FolderDataset) -> list[Finding]:
     return out
 
 
-def _near_duplicates(items: list) -> list[Finding]:
-    if len(items) < 2:
+def near_pairs(hashes: list[str], short_edges: list[int]) -> list[tuple[int, int, int]]:
+    """(first, later, differing bits) of images whose 64-bit perceptual hashes (hex) are
+    within NEAR_DUPLICATE_BITS (0 when either is under NEAR_DUPLICATE_MIN_EDGE px, or the
+    set is over NEAR_DUPLICATE_MAX_IMAGES); each later image is paired once."""
+    if len(hashes) < 2:
         return []
-    hashes = np.array([int(i[3]["phash"], 16) for i in items], dtype=np.uint64)
-    limit = NEAR_DUPLICATE_BITS if len(items) <= NEAR_DUPLICATE_MAX_IMAGES else 0
+    values = np.array([int(h, 16) for h in hashes], dtype=np.uint64)
+    limit = NEAR_DUPLICATE_BITS if len(hashes) <= NEAR_DUPLICATE_MAX_IMAGES else 0
     out, seen = [], set()
-    for a in range(len(items)):
-        xor = np.bitwise_xor(hashes[a + 1:], hashes[a])
+    for a in range(len(values)):
+        xor = np.bitwise_xor(values[a + 1:], values[a])
         bits = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
         for offset in np.flatnonzero(bits <= limit):
             b = a + 1 + int(offset)
-            if b in seen or (bits[offset] and min(_short_edge(items[a]),
-                                                  _short_edge(items[b])) < NEAR_DUPLICATE_MIN_EDGE):
+            if b in seen or (bits[offset] and min(short_edges[a], short_edges[b])
+                             < NEAR_DUPLICATE_MIN_EDGE):
                 continue
             seen.add(b)
-            (sa, fa, _, _), (sb, fb, rb, _) = items[a], items[b]
-            # across splits a likely leak, yet a warning: perceptual hashes of small or
-            # plain images collide (thousands of pairs among Fashion-MNIST's 28 px items);
-            # an exact copy across splits is an error (leak_duplicate)
-            leak = sa != sb
-            out.append(Finding("warning", "near_leak" if leak else "near_duplicate",
-                               f"looks like {sa}/{fa} ({int(bits[offset])} of 64 hash bits "
-                               f"differ), " + ("in another split: a likely leak; check the "
-                                               "pair" if leak else "in the same split"),
-                               sb, fb, rb))
+            out.append((a, b, int(bits[offset])))
+    return out
+
+
+def _near_duplicates(items: list) -> list[Finding]:
+    out = []
+    for a, b, bits in near_pairs([i[3]["phash"] for i in items],
+                                 [_short_edge(i) for i in items]):
+        (sa, fa, _, _), (sb, fb, rb, _) = items[a], items[b]
+        # across splits a likely leak, yet a warning: perceptual hashes of small or
+        # plain images collide (thousands of pairs among Fashion-MNIST's 28 px items);
+        # an exact copy across splits is an error (leak_duplicate)
+        leak = sa != sb
+        out.append(Finding("warning", "near_leak" if leak else "near_duplicate",
+                           f"looks like {sa}/{fa} ({bits} of 64 hash bits "
+                           f"differ), " + ("in another split: a likely leak; check the "
+                                           "pair" if leak else "in the same split"),
+                           sb, fb, rb))
     return out
 
 

@@ -61,7 +61,7 @@ def inspect(path: str) -> dict:
     return info
 
 
-def _to_8bit(img: Image.Image, channels: int) -> Image.Image:
+def to_8bit(img: Image.Image, channels: int) -> Image.Image:
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         array = np.asarray(img, dtype=np.float64)
         # 16-bit (and 32-bit holding 16-bit values) scaled to 0..255; 8-bit-range values kept
@@ -108,7 +108,7 @@ def fitted(img: Image.Image, size: tuple[int, int], channels: int,
            interpolation: str | None = None, fit: str = "squash") -> Image.Image:
     """An opened image converted and resized the way every training image is."""
     resample = RESAMPLING[interpolation or "bilinear"]
-    img = _to_8bit(ImageOps.exif_transpose(img), channels)
+    img = to_8bit(ImageOps.exif_transpose(img), channels)
     if img.size == size:  # already there (resizing would copy the same pixels)
         return img
     return ImageOps.fit(img, size, resample) if fit == "crop" else img.resize(size, resample)

@@ -228,7 +228,7 @@ def _list_csv(split: str, folder: Path, path: Path, image_column, label_column,
             raise DataError(f"{path}: no label column among {', '.join(header)}; name it label "
                             "(or use 0/1 columns, one per label), or pass --label-column")
         listing.multi_hot = True
-    images_dir = folder / "images"
+    images_dir = images_root(folder)
     for line, row in enumerate(body, start=first_line):
         if not any(cell.strip() for cell in row):
             continue
@@ -252,6 +252,12 @@ def _list_csv(split: str, folder: Path, path: Path, image_column, label_column,
                     "warning", "unlisted_file", f"no row of {path.name} mentions this image; "
                     "add a row for it or remove it", split, listing.relative(p)))
     return listing
+
+
+def images_root(folder: Path) -> Path:
+    """Where a CSV's image names lead: its `images/` folder, or (without one) the CSV's own
+    folder, as `imclass annotate` writes labels.csv beside a folder of photos."""
+    return folder / "images" if (folder / "images").is_dir() else folder
 
 
 def _split_any(text: str, separators: str) -> list[str]:
@@ -281,8 +287,8 @@ def _entry(listing: Listing, images_dir: Path, name: str, labels: tuple[str, ...
         finding("error", "unsafe_path", "the image path is absolute or leaves the dataset "
                 "folder; it was not opened. Give paths relative to images/")
         return None
-    parts = pure.parts[1:] if pure.parts[0] == "images" else pure.parts
-    path = images_dir.joinpath(*parts)
+    nested = images_dir != listing.folder and pure.parts[0] == "images"
+    path = images_dir.joinpath(*(pure.parts[1:] if nested else pure.parts))
     try:
         inside = path.resolve().is_relative_to(listing.folder.resolve())
         exists = path.is_file()
@@ -300,7 +306,8 @@ def _entry(listing: Listing, images_dir: Path, name: str, labels: tuple[str, ...
         return None
     if not exists:
         finding("warning", "missing_file", f"row of {csv_name} names an image that does not "
-                "exist in images/; fix the name or remove the row", listing.relative(path))
+                f"exist in {'images/' if images_dir != listing.folder else 'the folder'}; fix the name "
+                "or remove the row", listing.relative(path))
         return None
     return Entry(path, labels, line)
 
