@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imclass.atomic import atomic_write_text
-from imclass.data.folders import (_list_csv, _read_rows, _pick_column, LABEL_COLUMNS,
+from imclass.data.folders import (list_csv, read_rows, pick_column, LABEL_COLUMNS,
                                   images_root, walk_images)
 from imclass.errors import ConfigError, DataError
 
@@ -85,7 +85,7 @@ class LabelStore:
         csvs = sorted(self.folder.glob("*.csv"))
         if csvs:
             path = self.csv_file if self.csv_file.is_file() else csvs[0]
-            listing = _list_csv("train", self.folder, path, None, None, ";|")
+            listing = list_csv("train", self.folder, path, None, None, ";|")
             return {listing_name(self.root, e.path): e.labels for e in listing.entries
                     if listing_name(self.root, e.path) in self.by_name}
         known = set(classes or ())
@@ -190,10 +190,10 @@ def classes_from(path: str | Path) -> list[str]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"--classes-from {file}: no such file")
-    rows = _read_rows(file)
+    rows = read_rows(file)
     if file.suffix.lower() != ".csv":
         return [r[0].strip() for r in rows if r and r[0].strip()]
-    column = _pick_column(rows[0], None, LABEL_COLUMNS, "label", file) if rows else None
+    column = pick_column(rows[0], None, LABEL_COLUMNS, "label", file) if rows else None
     if column is None:
         raise DataError(f"{file}: no label column among {', '.join(rows[0] if rows else [])}; "
                         "name it label")

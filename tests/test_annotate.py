@@ -347,3 +347,49 @@ def test_keyboard_labelling_undo_two_tabs_and_a_killed_server(tmp_path, browser)
         assert rows(folder / "labels.csv") == held
     finally:
         stop(proc)
+
+
+def helper_over(folder: Path, classes, multilabel: bool = False) -> Helper:
+    from imclass.data.decode import inspect_all
+
+    store = LabelStore(folder, classes, multilabel)
+    infos = dict(zip([i.name for i in store.items], inspect_all([str(i.path)
+                                                                 for i in store.items])))
+    helper = Helper(store, infos, folder.parent / "cache", reviews=False)
+    helper.prepare()
+    return helper
+
+
+def test_small_images_get_the_cnn_averaged_with_the_features(tmp_path, monkeypatch):
+    from imclass import assistant
+
+    monkeypatch.setattr(assistant, "CNN_FROM_LABELS", 20)  # 300 in use; a small test set
+    truth = pool(tmp_path / "photos", 45)
+    helper = helper_over(tmp_path / "photos", list(COLOURS))
+    names = sorted(truth)
+    for name in names[:24]:
+        helper.store.set(name, [truth[name]], 0)
+    assert helper.step() and "our CNN from scratch and logistic regression" in helper.status
+    right = [helper.suggestion(n)["labels"] == [truth[n]] for n in names[24:]]
+    assert sum(right) >= 0.9 * len(right), helper.status
+    helper.store.close()
+
+
+def test_several_labels_per_image_get_suggested_label_sets(tmp_path):
+    from imagedata import label_sets
+
+    folder, rng = tmp_path / "photos", np.random.default_rng(1)
+    sets = label_sets("multilabel", 60, rng)
+    folder.mkdir()
+    for i, labels in enumerate(sets):
+        Image.fromarray(draw(labels, rng)).save(folder / f"img{i:03d}.png")
+    helper = helper_over(folder, list(COLOURS), multilabel=True)
+    for i, labels in enumerate(sets[:30]):
+        helper.store.set(f"img{i:03d}.png", list(labels), 0)
+    assert helper.step(), helper.status
+    right = [sorted(helper.suggestion(f"img{i:03d}.png")["labels"]) == sorted(sets[i])
+             for i in range(30, 60)]
+    assert sum(right) >= 0.8 * len(right), helper.status
+    doubt = least_sure(helper.scores.probs, multilabel=True)
+    assert doubt.shape == (60,) and ((doubt >= 0) & (doubt <= 1)).all()
+    helper.store.close()

@@ -92,7 +92,7 @@ def list_split(split: str, folder: Path, *, image_column: str | None = None,
             raise DataError(f"{folder} holds several CSV files ({', '.join(p.name for p in csvs)}); "
                             "keep one, or name the one to use labels.csv")
         path = folder / "labels.csv" if len(csvs) > 1 else csvs[0]
-        return _list_csv(split, folder, path, image_column, label_column, label_sep)
+        return list_csv(split, folder, path, image_column, label_column, label_sep)
     return _list_class_folders(split, folder, hierarchy_sep)
 
 
@@ -165,7 +165,7 @@ def _list_class_folders(split: str, folder: Path, hierarchy_sep: str) -> Listing
     return listing
 
 
-def _read_rows(path: Path) -> list[list[str]]:
+def read_rows(path: Path) -> list[list[str]]:
     try:
         text = path.read_text(encoding="utf-8-sig")  # strips a BOM when there is one
     except UnicodeDecodeError as exc:
@@ -185,7 +185,7 @@ def _read_rows(path: Path) -> list[list[str]]:
                         "row") from None
 
 
-def _pick_column(header: list[str], asked: str | None, known: tuple[str, ...], what: str,
+def pick_column(header: list[str], asked: str | None, known: tuple[str, ...], what: str,
                  path: Path) -> int | None:
     lowered = [h.strip().lower() for h in header]
     for name in (asked.strip().lower(),) if asked is not None else known:
@@ -200,20 +200,20 @@ def _pick_column(header: list[str], asked: str | None, known: tuple[str, ...], w
     return next((lowered.index(k) for k in known if k in lowered), None)
 
 
-def _list_csv(split: str, folder: Path, path: Path, image_column, label_column,
+def list_csv(split: str, folder: Path, path: Path, image_column, label_column,
               label_sep: str) -> Listing:
     listing = Listing(split, folder, "csv", csv_file=path)
-    rows = _read_rows(path)
+    rows = read_rows(path)
     if not rows:
         raise DataError(f"{path} is empty; it needs a row per image: name, label")
     header = rows[0]
     looks_like_file = [bool(r) and is_image(Path(r[0].strip())) for r in rows[:2]]
     has_header = (image_column is not None or label_column is not None
-                  or _pick_column(header, None, IMAGE_COLUMNS + LABEL_COLUMNS, "", path)
+                  or pick_column(header, None, IMAGE_COLUMNS + LABEL_COLUMNS, "", path)
                   is not None or looks_like_file == [False, True])
     if has_header:
-        image_i = _pick_column(header, image_column, IMAGE_COLUMNS, "image", path)
-        label_i = _pick_column(header, label_column, LABEL_COLUMNS, "label", path)
+        image_i = pick_column(header, image_column, IMAGE_COLUMNS, "image", path)
+        label_i = pick_column(header, label_column, LABEL_COLUMNS, "label", path)
         if image_i is None:
             raise DataError(f"{path}: no image column among {', '.join(header)}; name it "
                             "image or pass --image-column")
@@ -319,7 +319,7 @@ def read_corrections(path: str, action: str) -> dict[str, str]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"corrections file {file} does not exist")
-    rows = _read_rows(file)
+    rows = read_rows(file)
     if not rows or "image" not in [h.strip().lower() for h in rows[0]]:
         raise DataError(f"{file} needs a header with an image column (and action, new_label "
                         "for relabelling), as imclass labels writes it")
