@@ -132,6 +132,20 @@ def labels_to_reach(results: dict[int, float], target: float) -> float | None:
     return None
 
 
+def start_server(folder: Path, classes: list[str]) -> tuple[subprocess.Popen, str]:
+    """A real `imclass annotate` process on the folder (no labels.csv yet), once it answers."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from test_serve import answering, free_port
+
+    (folder / "labels.csv").unlink(missing_ok=True)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "imclass", "annotate", str(folder),
+                             "--classes", ",".join(classes), "--port", str(port)],
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    return answering(proc, f"{url}/api/state", 120), url
+
+
 def latency(folder: Path, truth: dict[str, str], classes: list[str], clicks: int = 1000
             ) -> dict:
     """Label `clicks` images through a real server, one request after another; the round trips
@@ -139,23 +153,10 @@ def latency(folder: Path, truth: dict[str, str], classes: list[str], clicks: int
     training for most of them)."""
     import httpx
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-    from test_serve import free_port
-
-    (folder / "labels.csv").unlink(missing_ok=True)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "imclass", "annotate", str(folder),
-                             "--classes", ",".join(classes), "--port", str(port)],
-                            stderr=subprocess.DEVNULL)
-    url, client = f"http://127.0.0.1:{port}", httpx.Client(timeout=30)
+    proc, url = start_server(folder, classes)
+    client = httpx.Client(timeout=30)
     try:
-        while True:
-            try:
-                client.get(f"{url}/api/state")
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        queue = [q for q in client.get(f"{url}/api/queue?mode=plain&limit=500").json()]
+        queue = client.get(f"{url}/api/queue?mode=plain&limit=500").json()
         timed, fits, busy = [], set(), 0
         for n in range(clicks):
             if n == len(queue):  # the next page of unlabelled images
@@ -192,15 +193,7 @@ def screenshot(folder: Path, truth: dict[str, str], classes: list[str], out: Pat
     import httpx
     from selenium import webdriver
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-    from test_serve import free_port
-
-    (folder / "labels.csv").unlink(missing_ok=True)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "imclass", "annotate", str(folder),
-                             "--classes", ",".join(classes), "--port", str(port)],
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(folder, classes)
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for arg in ("--headless=new", "--no-sandbox", "--window-size=1100,900"):
@@ -208,13 +201,7 @@ def screenshot(folder: Path, truth: dict[str, str], classes: list[str], out: Pat
     driver = webdriver.Chrome(options=options,
                               service=webdriver.ChromeService(shutil.which("chromedriver")))
     try:
-        while True:
-            try:
-                queue = httpx.get(f"{url}/api/queue?limit=40").json()
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        for item in queue:
+        for item in httpx.get(f"{url}/api/queue?limit=40").json():
             httpx.post(f"{url}/api/label", json={"name": item["name"], "labels":
                                                  [truth[item["name"]]], "version": 0})
         while not httpx.get(f"{url}/api/state").json()["trained"]:

@@ -21,7 +21,7 @@ from imclass.commands.annotate import Session, create_app
 from imclass.data.folders import list_split
 from imclass.errors import ConfigError
 from imclass.labelstore import LabelStore
-from test_serve import free_port
+from test_serve import answering, free_port
 
 COLOURS = ("red", "green", "blue")
 
@@ -236,16 +236,7 @@ def start(folder: Path, *extra: str, port: int | None = None):
     proc = subprocess.Popen([sys.executable, "-m", "imclass", "annotate", str(folder),
                              "--port", str(port), *extra], stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            if httpx.get(f"{url}/api/state", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("imclass annotate did not answer within 60 s")
+    return answering(proc, f"{url}/api/state", 60), url
 
 
 def stop(proc, sig=signal.SIGTERM) -> None:
@@ -340,13 +331,17 @@ def test_keyboard_labelling_undo_two_tabs_and_a_killed_server(tmp_path, browser)
         assert severe == [], severe
         held = rows(folder / "labels.csv")
         stop(proc, signal.SIGKILL)  # killed, not stopped: nothing may be lost
+        wait_for(browser, lambda d: "does not answer" in text(d, "#msg"))
         proc, url = start(folder, "--classes", "red,green,blue", "--cache-dir",
                           str(tmp_path / "cache"), port=port)
+        wait_for(browser, lambda d: text(d, "#msg") == "")  # the page finds it again
         browser.refresh()
         wait_for(browser, lambda d: text(d, "#progress").startswith(f"{len(held)} / 45"))
         assert rows(folder / "labels.csv") == held
     finally:
         stop(proc)
+        browser.get("about:blank")
+        browser.get_log("browser")  # read, so the next page's test starts with an empty log
 
 
 def helper_over(folder: Path, classes, multilabel: bool = False) -> Helper:

@@ -27,16 +27,22 @@ def start(model, *extra) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "imclass", "serve", str(model), "--port",
                              str(port), *extra], stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    return answering(proc, f"{url}/health", 90), url
+
+
+def answering(proc: subprocess.Popen, probe: str, seconds: float) -> subprocess.Popen:
+    """`proc` once `probe` answers 200 (killed, and the test failed, if it does not within
+    `seconds` or the process ends)."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read()
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
+            if httpx.get(probe, timeout=1).status_code == 200:
+                return proc
         except httpx.TransportError:
             time.sleep(0.2)
     proc.kill()
-    raise AssertionError("imclass serve did not answer /health within 90 s")
+    raise AssertionError(f"{probe} did not answer within {seconds:g} s")
 
 
 @pytest.fixture(scope="module")
