@@ -225,11 +225,14 @@ def main() -> None:
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--seeds", type=int, default=1, help="random orders (and first "
                         "labels) per dataset; medians are printed")
+    parser.add_argument("--refit-growth", type=float, help="refit at each this share more "
+                        "labels (imclass.assistant.REFIT_GROWTH, 0.1), to try another")
     parser.add_argument("--screenshot", metavar="PNG", help="only write the README's picture "
                         "of the page (photos set) to this file")
     args = parser.parse_args()
     import torch
 
+    from imclass import assistant
     from imclass.assistant import Helper
     from imclass.data.decode import inspect_all
     from imclass.labelstore import LabelStore
@@ -237,6 +240,9 @@ def main() -> None:
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, fp32 matmul "
           f"{matmul_gflops():.0f} GFLOP/s, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d')}", flush=True)
+    if args.refit_growth:
+        assistant.REFIT_GROWTH = args.refit_growth
+        print(f"refitting at each {args.refit_growth:.0%} more labels", flush=True)
     work = Path(args.work)
     if args.screenshot:
         screenshot(*photos_pool(work), Path(args.screenshot))
