@@ -311,8 +311,9 @@ class Helper:
         kind, side = learner_for(good)
         decoded = decode_all(good, side, choose_channels(good), self.cache_dir,
                              source=str(self.store.root))
+        decodable = set(decoded.ok)
         for k, info in enumerate(decoded.infos):
-            if k not in set(decoded.ok):
+            if k not in decodable:
                 self.failed[self.names[k]] = info.get("error", "could not be decoded")
         self.row = {self.names[k]: r for r, k in enumerate(decoded.ok)}
         pool = [self.names[k] for k in decoded.ok]
@@ -341,11 +342,11 @@ class Helper:
         for _, labels in labelled:
             for label in labels:
                 counts[label] += 1
-        if not ready(counts, self.minimum) or (store.multilabel and max(counts.values())
-                                               >= len(labelled)):
-            self.status = waiting_for(counts, self.minimum) if not ready(
-                counts, self.minimum) else "every labelled image has every label: label " \
-                "some without each class"
+        if not ready(counts, self.minimum):
+            self.status = waiting_for(counts, self.minimum)
+            return False
+        if store.multilabel and max(counts.values()) >= len(labelled):
+            self.status = "a class is on every labelled image: label some images without it"
             return False
         if self.scores is not None and not force and not should_refit(len(labelled),
                                                                       self.scores.labels_seen):
