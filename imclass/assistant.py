@@ -18,7 +18,6 @@ the review queue is ranked (cleanlab's confident learning, as `imclass labels`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import threading

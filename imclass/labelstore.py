@@ -86,8 +86,8 @@ class LabelStore:
         if csvs:
             path = self.csv_file if self.csv_file.is_file() else csvs[0]
             listing = list_csv("train", self.folder, path, None, None, ";|")
-            return {listing_name(self.root, e.path): e.labels for e in listing.entries
-                    if listing_name(self.root, e.path) in self.by_name}
+            named = {listing_name(self.root, e.path): e.labels for e in listing.entries}
+            return {name: labels for name, labels in named.items() if name in self.by_name}
         known = set(classes or ())
         out = {}
         for item in self.items:  # class folders: the folder an image lies in is its class

@@ -1,12 +1,10 @@
 """`imclass annotate`: the label store, the background model, the HTTP routes, and the page in
 a real browser (Debian's chromium, driven by selenium) over a real server process."""
 import csv
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
