@@ -363,9 +363,25 @@ def test_small_images_get_the_cnn_averaged_with_the_features(tmp_path, monkeypat
     for name in names[:24]:
         helper.store.set(name, [truth[name]], 0)
     assert helper.step() and "our CNN from scratch and logistic regression" in helper.status
-    right = [helper.suggestion(n)["labels"] == [truth[n]] for n in names[24:]]
+    assert helper.scores.guesses == 0  # no earlier model to guess with
+    for name in names[24:28]:
+        helper.store.set(name, [truth[name]], 0)
+    assert helper.step() and "28 labels and" in helper.status, helper.status
+    assert 0 < helper.scores.guesses <= len(names) - 28  # its guesses: unlabelled images only
+    right = [helper.suggestion(n)["labels"] == [truth[n]] for n in names[28:]]
     assert sum(right) >= 0.9 * len(right), helper.status
     helper.store.close()
+
+
+def test_self_training_takes_the_surest_guesses_of_unlabelled_images_only():
+    from imclass.assistant import GUESS_SURE, surest_guesses
+
+    probs = np.array([[0.95, 0.05], [0.2, 0.8], [0.05, 0.95], [0.99, 0.01], [0.5, 0.5]])
+    rows, classes = surest_guesses(probs, labelled=np.array([3]), most=10, seed=0)
+    assert rows.tolist() == [0, 2] and classes.tolist() == [0, 1]  # 3 is labelled already
+    assert probs[rows].max(1).min() >= GUESS_SURE
+    few, _ = surest_guesses(probs, labelled=np.array([], dtype=int), most=2, seed=0)
+    assert len(few) == 2 and set(few.tolist()) <= {0, 2, 3}
 
 
 def test_several_labels_per_image_get_suggested_label_sets(tmp_path):
