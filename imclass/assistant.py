@@ -272,9 +272,9 @@ SMALL_FEATURE_SIDE = 64  # px: small images upsampled for Lite0's features (32 p
 # from there the two are averaged (`Averaged`).
 CNN_FROM_LABELS = 300
 # From CNN_FROM_LABELS the small-image learner also trains on the last model's surest guesses
-# (`surest_guesses`): on Fashion-MNIST, 3 orders, labels to reach 85% on the median curves
-# went from 578 to 429 in the active order and from 936 to N in random order
-# (docs/benchmarks.md, issue 31).
+# (`surest_guesses`): on Fashion-MNIST (3 orders, labels to reach 85% on the median curves)
+# the model's order went from 578 labels to 407 and random order from 936 to 883
+# (docs/benchmarks.md, issue 31): it pays most where the labels are the doubtful images.
 GUESS_SURE = 0.9  # the last model's probability from which an unlabelled image is a guess
 GUESSES_PER_LABEL = 2  # at most this many guesses join per label given
 REVIEW_MIN_LABELS = 20  # the review's out-of-fold models need a few labels per fold
