@@ -7,7 +7,7 @@ import string
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -32,13 +32,14 @@ def dataset_folder(root: Path) -> Path:
 csv_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)),
                    max_size=400) | st.lists(
     st.lists(st.sampled_from(["image", "label", "labels", "file", "", "img0.png", "a;b",
-                              '"', ",", "\t", "\x00", "1", "0", "../x.png", "/etc/passwd",
+                              '"', ",", "\t", "\x00", "1", "0", "../x.png", "/etc/passwd", ".",
                               "ü", "x" * 300]), max_size=5), max_size=8).map(
     lambda rows: "\n".join(",".join(r) for r in rows))
 
 
 @SETTINGS
 @given(text=csv_text, raw_bytes=st.binary(max_size=60))
+@example(text="image,label\n./,a", raw_bytes=b".")  # a name that is the folder itself
 def test_any_csv_is_listed_or_refused_with_our_error(text, raw_bytes):
     with tempfile.TemporaryDirectory() as tmp:
         folder = dataset_folder(Path(tmp))

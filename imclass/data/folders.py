@@ -283,6 +283,10 @@ def _entry(listing: Listing, images_dir: Path, name: str, labels: tuple[str, ...
         finding("error", "bad_name", f"row of {csv_name} names an image with a NUL byte in "
                 "it; fix the row (the CSV may be damaged or not text)")
         return None
+    if not pure.parts:  # "." or "./": the folder itself
+        finding("error", "bad_name", f"row of {csv_name} names '{name}', the folder itself, "
+                "not an image; give the image's file name")
+        return None
     if pure.is_absolute() or ".." in pure.parts or ":" in pure.parts[0]:
         finding("error", "unsafe_path", "the image path is absolute or leaves the dataset "
                 "folder; it was not opened. Give paths relative to images/")
