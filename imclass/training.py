@@ -245,32 +245,56 @@ def improves(val: dict, best: dict, metric: str, min_delta: float) -> bool:
                                         val["val_loss"] < best.get("val_loss", math.inf))
 
 
-def weight_average(model: nn.Module, decay: float | None):
+def weight_average(model: nn.Module, decay: float | None) -> "WeightAverage | None":
     """An exponential moving average of `model`'s weights and buffers (BatchNorm statistics)
-    for `fit` to update after every step (torch.optim.swa_utils), or None when `decay` is
-    unset. Its `.module` is a copy of `model` holding the average."""
-    if decay is None:
-        return None
-    from torch.optim.swa_utils import AveragedModel
-
-    return AveragedModel(model, multi_avg_fn=warming_ema(decay), use_buffers=True)
+    for `fit` to update after every step, or None when `decay` is unset."""
+    return None if decay is None else WeightAverage(model, decay)
 
 
-def warming_ema(decay: float):
-    """The average's update after its n-th step: decay min(decay, (1 + n) / (10 + n)), as in
-    TensorFlow's ExponentialMovingAverage with num_updates, so that early on, and in a short
-    run of a few hundred steps (a small folder), the average follows the weights instead of
-    holding on to the first ones. torch's get_ema_multi_avg_fn keeps one fixed decay, hence
-    this; n stays a tensor (no device sync per step)."""
+class WeightAverage(nn.Module):
+    """A moving average of a model's weights and buffers; its `.module` is a copy of the model
+    holding the average. After its n-th update the average keeps min(decay, (1 + n) / (10 + n))
+    of itself, as TensorFlow's ExponentialMovingAverage with num_updates, so that early on, and
+    in a short run of a few hundred steps (a small folder), it follows the weights instead of
+    holding on to the first ones.
+
+    The state_dict is torch.optim.swa_utils.AveragedModel's (`module.*`, `n_averaged`), which
+    this replaces: AveragedModel reads its count back from the device twice a step (a wait
+    for the GPU every step) and updates tensor by tensor; here the count lives on the host
+    and one update is two foreach operations, whatever the model's size."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        self.module = copy.deepcopy(model)
+        self.decay = decay
+        device = next(model.parameters()).device
+        self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long, device=device))
+        self.updates = 0  # n_averaged, as the host knows it
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
     @torch.no_grad()
-    def update(averaged: list, current: list, n: torch.Tensor) -> None:
-        kept = torch.clamp((1 + n) / (10 + n), max=decay)
-        for avg, now in zip(averaged, current):
-            if avg.is_floating_point():
-                avg.lerp_(now, (1 - kept).to(avg.dtype))
-            else:  # BatchNorm's count of batches: nothing to average
-                avg.copy_(now)
-    return update
+    def update_parameters(self, model: nn.Module) -> None:
+        pairs = list(zip([*self.module.parameters(), *self.module.buffers()],
+                         [*model.parameters(), *model.buffers()]))
+        floats = [pair for pair in pairs if pair[0].is_floating_point()]
+        counts = [pair for pair in pairs if not pair[0].is_floating_point()]  # BatchNorm's
+        if self.updates == 0 or not floats:
+            torch._foreach_copy_(*map(list, zip(*pairs)))
+        else:
+            n = self.updates
+            kept = min(self.decay, (1 + n) / (10 + n))
+            torch._foreach_lerp_(*map(list, zip(*floats)), 1 - kept)
+            if counts:
+                torch._foreach_copy_(*map(list, zip(*counts)))
+        self.updates += 1
+        self.n_averaged.add_(1)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        loaded = super().load_state_dict(state_dict, strict, assign)
+        self.updates = int(self.n_averaged)
+        return loaded
 
 
 @dataclass
@@ -538,12 +562,16 @@ class Progress:
     The bar only on a terminal: in a log file (CI, `> log.txt`) its redraws would be noise,
     so there each epoch is its one line."""
 
-    def __init__(self, enabled: bool = True, stream=None):
+    # Seconds between readings of the running loss and accuracy: each reading copies them
+    # from the device, which waits for every step queued (a GPU runs ahead of the host).
+    READ_EVERY_S = 0.5
+
+    def __init__(self, enabled: bool = True, stream=None, clock=time.perf_counter):
         stream = stream or sys.stderr
-        self.enabled, self.stream = enabled, stream
+        self.enabled, self.stream, self.clock = enabled, stream, clock
         self.live = enabled and hasattr(stream, "isatty") and stream.isatty()
         self.bar = None
-        self.started = time.perf_counter()
+        self.started = self.last_read = clock()
 
     def __call__(self, event: str, info: dict):
         if not self.enabled:
@@ -555,7 +583,8 @@ class Progress:
                             initial=info.get("first_step", 0))
         elif event == "batch_end" and self.bar is not None:
             self.bar.update(1)
-            if info["step"] % 10 == 0 or info["step"] == info["steps"]:
+            if self.clock() - self.last_read >= self.READ_EVERY_S:
+                self.last_read = self.clock()
                 seen = info["seen"]
                 self.bar.set_postfix(loss=f"{info['loss_sum'].item() / seen:.4f}",
                                      acc=f"{info['correct'].item() / seen:.4f}",
@@ -567,7 +596,7 @@ class Progress:
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
-            elapsed = time.perf_counter() - self.started
+            elapsed = self.clock() - self.started
             eta = elapsed / info["epoch"] * (info["epochs"] - info["epoch"])
             mark = " *" if info["improved"] else ""
             val = ("no validation" if math.isnan(info["val_loss"]) else

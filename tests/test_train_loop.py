@@ -183,3 +183,77 @@ def test_freed_memory_is_kept_only_where_the_machine_has_room(monkeypatch):
     assert devices.keep_freed_memory() is False  # 4 GiB: glibc's default stays
     monkeypatch.setattr(devices, "physical_memory", lambda: None)
     assert devices.keep_freed_memory() is False
+
+
+class HostReads:
+    """Counts the loop's reads of tensor values on the host (each a wait for the device on
+    a GPU): .item(), bool(), float() and int() (aten._local_scalar_dense), .tolist(),
+    .numpy() and .cpu()."""
+
+    def __init__(self, monkeypatch):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class Scalars(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func is torch.ops.aten._local_scalar_dense.default:
+                    counter.count += 1
+                return func(*args, **(kwargs or {}))
+
+        self.count, self.mode = 0, Scalars()
+        for name in ("tolist", "numpy", "cpu"):
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original, **kwargs):
+                self.count += 1
+                return _original(tensor, *args, **kwargs)
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def test_an_epoch_reads_nothing_back_from_the_device_batch_by_batch(monkeypatch):
+    """The GPU must never wait for the host inside an epoch: with the progress bar shown, the
+    weight average, the augmentation and the accuracy counted, an epoch of 16 batches reads
+    tensor values back no more often than one of 4 (the epoch's totals, at its end)."""
+    import io
+
+    from imclass.config import AUGMENT_PRESETS
+    from imclass.data.augment import build_augment
+    from imclass.training import Progress, train_one_epoch
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    def reads_in_an_epoch(images: int) -> int:
+        torch.manual_seed(0)
+        data, norm = tiny_problem()
+        data = ImageSet(data.images.repeat(images // 64, 1, 1, 1),
+                        data.labels.repeat(images // 64), ("dark", "bright"))
+        augment = build_augment(AUGMENT_PRESETS["light"], (1, 8, 8))
+        batches = Batches(data, 32, norm, shuffle=True, augment=augment)
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                                    torch.nn.Flatten(), torch.nn.Linear(144, 2))
+        cfg = TrainConfig(epochs=1, lr=0.1)
+        ema = weight_average(model, 0.9)
+        optimizer = make_optimizer(model, cfg)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.1, total_steps=64)
+        progress = Progress(stream=Terminal(), clock=lambda: 0.0)  # never due for a reading
+        progress("epoch_start", {"epoch": 1, "epochs": 1, "steps": len(batches)})
+        loss = get_task("multiclass").loss("cross-entropy", 0.0)
+        with HostReads(monkeypatch) as reads:
+            out = train_one_epoch(model, batches, optimizer, scheduler, loss, cfg,
+                                  torch.device("cpu"), progress,
+                                  after_step=lambda: ema.update_parameters(model))
+        assert out["images_per_s"] > 0 and ema.updates == len(batches)
+        return reads.count
+
+    few, many = reads_in_an_epoch(128), reads_in_an_epoch(512)  # 4 and 16 batches
+    assert few == many and few <= 4

@@ -1,10 +1,12 @@
-"""Random augmentation of whole batches, each image drawn independently (kornia), with presets.
+"""Random augmentation of whole batches, each image drawn independently, with presets.
 
 Every operation has a probability (the share of images in a batch it touches) and a
 magnitude; they come from `AugmentConfig`, whose unset fields are filled from a preset below.
-kornia draws the parameters per image and applies them to the batch as one tensor operation,
-so there is no Python loop over images. It draws from torch's global generator, which the run
-seeds once at its start.
+Each operation (imclass.data.batch_ops) draws its parameters per image as tensors on the
+batch's device and applies them to the whole batch at once: no loop over images, in Python
+or inside a library, and a fixed number of tensor operations per batch whatever its size.
+Only the Gaussian blur (the `strong` preset) is kornia's. They draw from torch's generator
+for the batch's device, which the run seeds once at its start.
 """
 
 from __future__ import annotations
@@ -15,36 +17,33 @@ import torch
 from torch import nn
 
 from imclass.config import AUGMENT_PRESETS, AugmentConfig
+from imclass.data import batch_ops as ops
 
 PRESETS = AUGMENT_PRESETS  # the preset table lives with the other defaults
 
 
 def _shift_and_scale(cfg: AugmentConfig, height: int, width: int, p: float) -> nn.Module:
-    """A random shift (and zoom, when `scale` is set). A pure shift is an integer-pixel crop of
-    the zero-padded image, so it does not blur; a zoom needs the interpolating affine warp."""
+    """A random shift (and zoom, when `scale` is set). A pure shift moves whole pixels, so it
+    does not blur; a zoom needs the interpolating affine warp."""
+    if cfg.scale:
+        return ops.Affine(p, translate=cfg.shift, scale=cfg.scale)
+    return ops.Shift(p, (round(cfg.shift * height), round(cfg.shift * width)))
+
+
+def _blur(p: float, k: int, sigma: float) -> nn.Module:
     import kornia.augmentation as K
 
-    if cfg.scale:
-        return K.RandomAffine(degrees=0.0, translate=(cfg.shift, cfg.shift),
-                              scale=(1 - cfg.scale, 1 + cfg.scale), p=p)
-    pad = (round(cfg.shift * height), round(cfg.shift * width))
-    return K.RandomCrop((height, width), padding=(pad[1], pad[0]), p=p)
+    return K.RandomGaussianBlur((k, k), (0.1, sigma), p=p)
 
 
 def _operations(cfg: AugmentConfig, channels: int, height: int, width: int,
                 out_side: int | None = None) -> list[tuple[float, nn.Module]]:
-    """(probability, kornia module) for every operation, in the order they are applied. A
+    """(probability, operation) for every operation, in the order they are applied. A
     random resized crop comes first and gives out_side x out_side images (the model's input,
     smaller than the decoded images when they were decoded with a margin)."""
-    import kornia.augmentation as K
-
-    def span(m: float) -> tuple[float, float]:
-        return (1 - m, 1 + m)
-
     out = out_side or min(height, width)
     resized_crop = (1.0 if cfg.crop_scale else 0.0,
-                    lambda p: K.RandomResizedCrop((out, out), scale=(cfg.crop_scale, 1.0),
-                                                  ratio=(3 / 4, 4 / 3), p=p))
+                    lambda p: ops.ResizedCrop(out, cfg.crop_scale))
     if cfg.crop_scale:
         height = width = out
     side = min(height, width)
@@ -53,20 +52,18 @@ def _operations(cfg: AugmentConfig, channels: int, height: int, width: int,
     blur_k = min(2 * math.ceil(3 * cfg.blur_sigma) + 1, side - (1 - side % 2))
     return [
         resized_crop,
-        (cfg.hflip_p, lambda p: K.RandomHorizontalFlip(p=p)),
-        (cfg.vflip_p, lambda p: K.RandomVerticalFlip(p=p)),
-        (cfg.rotate_p, lambda p: K.RandomRotation(degrees=cfg.rotate_degrees, p=p)),
+        (cfg.hflip_p, lambda p: ops.Flip(p, -1)),
+        (cfg.vflip_p, lambda p: ops.Flip(p, -2)),
+        (cfg.rotate_p, lambda p: ops.Affine(p, degrees=cfg.rotate_degrees)),
         (cfg.shift_p if cfg.shift or cfg.scale else 0.0,
          lambda p: _shift_and_scale(cfg, height, width, p)),
-        (cfg.brightness_p, lambda p: K.RandomBrightness(span(cfg.brightness), p=p)),
-        (cfg.contrast_p, lambda p: K.RandomContrast(span(cfg.contrast), p=p)),
+        (cfg.brightness_p, lambda p: ops.Brightness(p, cfg.brightness)),
+        (cfg.contrast_p, lambda p: ops.Contrast(p, cfg.contrast)),
         (cfg.saturation_p if channels == 3 else 0.0,
-         lambda p: K.RandomSaturation(span(cfg.saturation), p=p)),
-        (cfg.noise_p, lambda p: K.RandomGaussianNoise(std=cfg.noise_std, p=p)),
-        (cfg.blur_p if blur_k >= 3 else 0.0,
-         lambda p: K.RandomGaussianBlur((blur_k, blur_k), (0.1, cfg.blur_sigma), p=p)),
-        (cfg.erase_p, lambda p: K.RandomErasing(scale=(0.02, cfg.erase_area),
-                                                ratio=(0.3, 3.3), value=0.0, p=p)),
+         lambda p: ops.Saturation(p, cfg.saturation)),
+        (cfg.noise_p, lambda p: ops.Noise(p, cfg.noise_std)),
+        (cfg.blur_p if blur_k >= 3 else 0.0, lambda p: _blur(p, blur_k, cfg.blur_sigma)),
+        (cfg.erase_p, lambda p: ops.Erase(p, cfg.erase_area)),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -56,9 +57,16 @@ class Normalization:
         return cls(tuple(mean.tolist()), tuple(std.tolist()))
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        mean, std = _as_tensors(self, x.dtype, x.device)
         return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=16)
+def _as_tensors(norm: Normalization, dtype: torch.dtype, device: torch.device):
+    """mean and std [1, C, 1, 1], made once per dtype and device: a tensor made from a Python
+    list is a copy from the host, which on a GPU waits for the work queued before it."""
+    return tuple(torch.tensor(v, dtype=dtype, device=device).view(1, -1, 1, 1)
+                 for v in (norm.mean, norm.std))
 
 
 class Batches:
@@ -112,6 +120,8 @@ class Batches:
             order = torch.randperm(n, generator=self.generator)
         else:
             order = torch.arange(n)
+        if self.preloaded:  # one copy to the device a pass, not one per batch (each a sync)
+            order = order.to(self.device)
         first, self.skip = self.skip * self.batch_size, 0
         for start in range(first, len(self) * self.batch_size, self.batch_size):
             index = order[start:start + self.batch_size]
