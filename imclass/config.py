@@ -249,6 +249,11 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model for training (inductor): pays on a "
                            "GPU; the first steps spend a minute compiling, and a model it "
                            "cannot compile trains eagerly (PyTorch warns)")
+    cuda_graphs: str = option("auto", "record the training forward and backward as CUDA graphs "
+                              "and replay them every step (one launch instead of hundreds: "
+                              "small models on a GPU wait on launches); auto: on CUDA for "
+                              "cnn and rescnn, not with --compile or several processes",
+                              choices=("auto", "on", "off"))
     sync_bn: bool = option(True, "with several processes (torchrun, --nproc), BatchNorm "
                            "statistics over the whole global batch, as in one process")
     checkpoint_minutes: float = option(10.0, "also save the resume state every this many "

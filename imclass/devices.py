@@ -58,7 +58,9 @@ def autocast(device: torch.device, precision: str | None = None):
     dtype = mixed_precision(device, precision)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    # no cast weights kept between calls: a forward casts each weight once anyway, and CUDA
+    # graphs (imclass.cuda_graphs) record only with the cache off
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
 def precision_name(device: torch.device, precision: str) -> str:

@@ -19,6 +19,7 @@ from imclass.errors import ConfigError
 from imclass.console import Log
 from imclass.data import Splits, check_source, prepare, scan
 from imclass.data.batches import Normalization, eval_batch_within, training_batch_within
+from imclass import cuda_graphs
 from imclass.devices import hardware, precision_name, resolve_device
 from imclass.budget import plan as budget_plan
 from imclass.distributed import SINGLE, Dist, broadcast
@@ -210,8 +211,24 @@ def build_run_model(setup: Setup, log: Log) -> tuple[torch.nn.Module, dict[str, 
             shape, cfg.train.batch_size, len(splits.train.class_names))
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=chosen))
         setup.cfg, info["precision_reason"] = cfg, why
+    graphs = settle_cuda_graphs(setup, info, log)
+    cfg = setup.cfg
     log(f"model: {setup.architecture}, {info['parameters']:,} parameters, "
         f"{info['flops_per_image'] / 1e6:.1f} MFLOPs per image; training on "
         f"{hardware(setup.device)}, {precision_name(setup.device, cfg.train.precision)}"
-        f"{f' ({why})' if why else ''}")
+        f"{f' ({why})' if why else ''}"
+        f"{', CUDA graphs (' + info['cuda_graphs'] + ')' if graphs else ''}")
     return model, info
+
+
+def settle_cuda_graphs(setup: Setup, info: dict, log: Log) -> bool:
+    """--cuda-graphs auto or on settled to on or off in `setup.cfg` (imclass.cuda_graphs), the
+    reason in `info`; an `on` that cannot be is said and skipped."""
+    t = setup.cfg.train
+    graphs, info["cuda_graphs"] = cuda_graphs.decide(
+        t.cuda_graphs, setup.device, setup.cfg.model.name, setup.dist.active, t.compile)
+    if t.cuda_graphs == "on" and not graphs:
+        log(f"--cuda-graphs on skipped: {info['cuda_graphs']}")
+    setup.cfg = dataclasses.replace(setup.cfg, train=dataclasses.replace(
+        t, cuda_graphs="on" if graphs else "off"))
+    return graphs

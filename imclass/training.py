@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from imclass.config import TrainConfig
+from imclass.cuda_graphs import GraphedForward
 from imclass.devices import autocast, compiled
 from imclass.distributed import SINGLE, Dist, all_sum, any_rank, wrapper
 from imclass.features import CachedHead
@@ -45,11 +46,13 @@ def make_optimizer(model_or_groups, cfg: TrainConfig) -> torch.optim.Optimizer:
         rest = [p for p in params if p.requires_grad and p.ndim <= 1]
         groups += [{"params": ps, "weight_decay": wd, "lr": lr}
                    for ps, wd in ((decay, cfg.weight_decay), (rest, 0.0)) if ps]
+    # on a GPU one fused kernel updates every parameter (else a few launches per tensor group)
+    fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) else {}
     optimizers = {
         "sgd": lambda: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                                       nesterov=cfg.momentum > 0),
-        "adam": lambda: torch.optim.Adam(groups, lr=cfg.lr),
-        "adamw": lambda: torch.optim.AdamW(groups, lr=cfg.lr),
+                                       nesterov=cfg.momentum > 0, **fused),
+        "adam": lambda: torch.optim.Adam(groups, lr=cfg.lr, **fused),
+        "adamw": lambda: torch.optim.AdamW(groups, lr=cfg.lr, **fused),
         "rmsprop": lambda: torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum),
     }
     return optimizers[cfg.optimizer]()
@@ -388,6 +391,8 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             stage_evaluated = CachedHead(evaluated, 0.0)
         else:  # after apply_stage: DDP reduces the gradients that train now
             net = compiled(wrap(model), cfg.compile)
+            if cfg.cuda_graphs == "on":  # recorded anew each stage: what trains changes
+                net = GraphedForward(net)
         if deadline is not None and any_rank(dist, deadline.passed()):
             result.stopped_by_budget = True
             break
