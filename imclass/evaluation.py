@@ -14,8 +14,9 @@ from imclass.data.batches import Batches, Normalization
 from imclass.data.images import ImageSet
 from imclass.distributed import SINGLE, Dist, gather_in_order
 from imclass.errors import ConfigError
-from imclass.metrics import (auc_per_class, average_precision_per_class, averaged_roc, headline,
-                             pr_curves, predict_probabilities, recall_line, roc_curves)
+from imclass.metrics import (EmbeddingTap, auc_per_class, average_precision_per_class,
+                             averaged_roc, headline, pr_curves, predict_probabilities,
+                             recall_line, roc_curves)
 from imclass.runfolder import read_history, write_json
 from imclass.training import mark_best
 
@@ -25,13 +26,14 @@ EMBED_PER_CLASS = 60  # points per class in the t-SNE view (t-SNE grows fast wit
 
 
 def predict_split(model, data: ImageSet, norm: Normalization, batch_size: int, task,
-                  device: torch.device, dist: Dist = SINGLE, flips=()
+                  device: torch.device, dist: Dist = SINGLE, flips=(), tap=None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, labels) of every image of `data`, in order. In a distributed run each
-    rank scores its own share (no image twice, none padded in) and all get the whole."""
+    rank scores its own share (no image twice, none padded in) and all get the whole.
+    `tap` (metrics.EmbeddingTap, one process) keeps some images' features on the way."""
     share = data.take(torch.as_tensor(dist.shard(len(data)))) if dist.active else data
     probs, labels = predict_probabilities(model, Batches(share, batch_size, norm, device=device),
-                                          task, device, flips=flips)
+                                          task, device, flips=flips, tap=tap)
     return gather_in_order(dist, probs, len(data)), gather_in_order(dist, labels, len(data))
 
 
@@ -44,7 +46,8 @@ def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: tor
     Images decoded with a crop margin are centre-cropped to `input_size` first. In a
     distributed run every rank scores its share and rank 0 alone computes and draws."""
     data = data.center_cropped(input_size)
-    probs, labels = predict_split(model, data, norm, batch_size, task, device, dist)
+    tap = embedding_tap(model, task, data, seed, dist)
+    probs, labels = predict_split(model, data, norm, batch_size, task, device, dist, tap=tap)
     tta_probs = predict_split(model, data, norm, batch_size, task, device, dist,
                               flips=tta_flips)[0] if tta_flips else None
     if not dist.is_main:
@@ -60,8 +63,17 @@ def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: tor
     else:
         predicted = task.predictions(probs, thresholds)  # the decisions the metrics count
         write_figures(folder, model, data, norm, device, labels, probs, predicted,
-                      result["plain"], history, seed, batch_size)
+                      result["plain"], history, seed, batch_size, tap)
     return result
+
+
+def embedding_tap(model, task, data: ImageSet, seed: int, dist: Dist) -> EmbeddingTap | None:
+    """What the embedding figure shows (EMBED_PER_CLASS test images of each class), to keep
+    from the test pass; None where that figure is not drawn or the model cannot say."""
+    if task.name == "multilabel" or dist.active or not hasattr(model, "forward_with_embedding"):
+        return None
+    return EmbeddingTap(interpret.sample_per_class(data.labels.cpu().numpy(), EMBED_PER_CLASS,
+                                                     seed))
 
 
 def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunConfig,
@@ -141,9 +153,10 @@ def write_multilabel_figures(folder: Path, model, data: ImageSet, norm, device,
 
 def write_figures(folder: Path, model, data: ImageSet, norm, device, labels: np.ndarray,
                   probs: np.ndarray, predicted: np.ndarray, metrics: dict, history,
-                  seed: int, batch_size: int = 256) -> None:
+                  seed: int, batch_size: int = 256, tap: EmbeddingTap | None = None) -> None:
     """Every single-label figure; each view shows the decisions `predicted` that the
-    metrics count (a binary run's at its tuned threshold)."""
+    metrics count (a binary run's at its tuned threshold). `tap`: the embedding figure's
+    features, kept from the test pass (else scored again)."""
     names = list(data.class_names)
     images = Pixels(data)
     matrix = np.array(metrics["confusion_matrix"])
@@ -165,7 +178,7 @@ def write_figures(folder: Path, model, data: ImageSet, norm, device, labels: np.
                   "least confident right answers", folder / "unsure.png")
     _heatmaps(folder / "gradcam.png", model, data, norm, device, labels, probs, predicted)
     _embedding(folder / "embedding.png", model, data, norm, device, labels, predicted, seed,
-               batch_size)
+               batch_size, tap)
 
 
 def _heatmaps(path: Path, model, data: ImageSet, norm, device, labels, probs,
@@ -204,10 +217,13 @@ def normalized(data: ImageSet, rows, norm: Normalization, device) -> torch.Tenso
 
 
 def _embedding(path: Path, model, data: ImageSet, norm, device, labels, predicted,
-               seed, batch_size: int) -> None:
+               seed, batch_size: int, tap: EmbeddingTap | None = None) -> None:
     chosen = interpret.sample_per_class(labels, EMBED_PER_CLASS, seed)
-    subset = data.take(torch.as_tensor(chosen))
-    features = interpret.embeddings(model, Batches(subset, batch_size, norm, device=device))
+    if tap is not None and np.array_equal(tap.rows, chosen):
+        features = tap.features
+    else:
+        subset = data.take(torch.as_tensor(chosen))
+        features = interpret.embeddings(model, Batches(subset, batch_size, norm, device=device))
     points, method = interpret.project_2d(features, seed)
     wrong = predicted[chosen] != labels[chosen]
     plots.embedding(points, labels[chosen], wrong, list(data.class_names), method, path)

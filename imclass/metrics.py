@@ -47,12 +47,35 @@ def recall_line(m: dict, shown: int = 8) -> str:
             + ", ".join(f"{name} {r:.2f} of {n}" for r, name, n in rows[:shown]) + more)
 
 
+class EmbeddingTap:
+    """The penultimate features of the images at `rows` (positions in the scored order),
+    kept from the pass that scores them: the report's embedding figure then needs no second
+    pass over the test images (on a photo run that pass was a fifth of `imclass evaluate`)."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.parts: list[np.ndarray] = []
+
+    def take(self, start: int, features: torch.Tensor) -> None:
+        """Keep the rows among positions start .. start + len(features)."""
+        inside = self.rows[(self.rows >= start) & (self.rows < start + len(features))]
+        if len(inside):
+            index = torch.as_tensor(inside - start, device=features.device)
+            self.parts.append(features[index].float().cpu().numpy())
+
+    @property
+    def features(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros((0, 0), np.float32)
+
+
 @torch.no_grad()
-def predict_probabilities(model, batches, task, device, flips=()) -> tuple[np.ndarray, np.ndarray]:
+def predict_probabilities(model, batches, task, device, flips=(),
+                          tap: EmbeddingTap | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, K], true labels [N] or multi-hot [N, K]) over every batch, in order.
 
     With `flips` (tensor dims, -1 horizontal, -2 vertical), test-time augmentation: the
-    probabilities are averaged over the image and each flipped copy.
+    probabilities are averaged over the image and each flipped copy. With `tap` (a model
+    with `forward_with_embedding`), the features of its rows are kept on the way.
     """
     model.eval()
     # Written into arrays made once, not gathered from a list of small per-batch tensors: the
@@ -62,8 +85,13 @@ def predict_probabilities(model, batches, task, device, flips=()) -> tuple[np.nd
     done = 0
     for x, y in batches:
         with autocast(device):
-            views = [x] + [x.flip(dim) for dim in flips]
-            p = sum(task.probabilities(model(v)) for v in views) / len(views)
+            if tap is None:
+                logits = model(x)
+            else:
+                logits, features = model.forward_with_embedding(x)
+                tap.take(done, features)
+            p = sum((task.probabilities(model(x.flip(dim))) for dim in flips),
+                    task.probabilities(logits)) / (1 + len(flips))
         if probs is None:
             total = len(batches.labels)
             probs = np.empty((total, *p.shape[1:]), dtype=np.float64)

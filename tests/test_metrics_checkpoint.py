@@ -104,3 +104,28 @@ def test_a_threshold_is_tuned_only_on_enough_images_and_comes_with_its_spread():
     assert not few.tuned and few.value == 0.5 and few.spread is None
     assert f"fewer than {MIN_THRESHOLD_IMAGES} of each" in few.describe("dog")
     assert "bootstrap 10-90%" in fit.describe("dog")
+
+
+def test_the_test_pass_keeps_the_embedding_figures_features_without_a_second_pass():
+    from imclass.config import ModelConfig
+    from imclass.data.batches import Batches, Normalization
+    from imclass.data.images import ImageSet
+    from imclass.interpret import embeddings
+    from imclass.metrics import EmbeddingTap, predict_probabilities
+    from imclass.models import build_model
+    from imclass.tasks import get_task
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (50, 1, 12, 12), dtype=torch.uint8)
+    data = ImageSet(images, torch.arange(50) % 3, ("a", "b", "c"))
+    norm = Normalization.of(images)
+    model = build_model(ModelConfig(widths=(4, 8), depths=(1, 1), dropout=0.5), 1, 3).eval()
+    task, cpu = get_task("multiclass"), torch.device("cpu")
+    rows = np.array([0, 7, 15, 16, 17, 31, 32, 49])  # across the batches of 16
+    tap = EmbeddingTap(rows)
+    probs, labels = predict_probabilities(model, Batches(data, 16, norm), task, cpu, tap=tap)
+    plain, _ = predict_probabilities(model, Batches(data, 16, norm), task, cpu)
+    assert np.array_equal(probs, plain) and np.array_equal(labels, data.labels.numpy())
+    again = embeddings(model, Batches(data.take(torch.as_tensor(rows)), 16, norm))
+    assert tap.features.shape == (len(rows), 8)
+    assert np.allclose(tap.features, again, atol=1e-5)

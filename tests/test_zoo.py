@@ -35,6 +35,9 @@ def test_each_architecture_builds_with_a_new_head_for_grey_and_colour(name):
             x = torch.randn(2, channels, side, side)
             assert model(x).shape == (2, 7)
             assert model.embed(x).shape[0] == 2
+            logits, features = model.forward_with_embedding(x)  # evaluation's one pass
+            assert torch.allclose(logits, model(x), atol=1e-5)
+            assert torch.allclose(features, model.embed(x), atol=1e-5)
         assert model.head.out_features == 7
 
 

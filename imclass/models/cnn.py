@@ -60,6 +60,11 @@ class CNN(nn.Module):
     def forward(self, x):
         return self.head(self.dropout(self.embed(x)))
 
+    def forward_with_embedding(self, x):
+        """(logits, penultimate features) from one pass: evaluation's figures want both."""
+        features = self.embed(x)
+        return self.head(self.dropout(features)), features
+
 
 class ResCNN(CNN):
     @staticmethod

@@ -46,6 +46,13 @@ class TimmClassifier(nn.Module):
     def forward(self, x):
         return self.backbone(x)
 
+    def forward_with_embedding(self, x):
+        """(logits, penultimate features) from one pass of the backbone's features (timm's
+        forward is forward_head(forward_features(x))); the pooling runs twice, cheaply."""
+        b = self.backbone
+        features = b.forward_features(x)
+        return b.forward_head(features), b.forward_head(features, pre_logits=True).flatten(1)
+
 
 def is_timm_model(name: str) -> bool:
     import timm
