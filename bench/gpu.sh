@@ -15,6 +15,7 @@
 #   DATA_DIR=... folder holding the four Fashion-MNIST IDX files, for a machine without the
 #               Debian package or a network
 #   ONLY=step|runs   one half only
+#   DEVICE=cpu EXTRA="--subset 600 --epochs 1"   a dry run of the script's own code on a CPU
 #
 # Targets (issue 28, one H200, median of 3 seeds): the default >= 92.5% in <= 12 s, training
 # >= 150,000 images/s (cnn) and >= 100,000 (rescnn), SM busy >= 60% while training; a GPU
@@ -26,12 +27,17 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 OUT=${1:-runs/gpu}
 RUN_LIMIT=${RUN_LIMIT:-150}
+DEVICE=${DEVICE:-cuda}
+read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 DATA=()
 if [ -n "${DATA_DIR:-}" ]; then DATA=(--data-dir "$DATA_DIR"); fi
 
-"$PYTHON" - <<'PY'
+if [ "$DEVICE" = cpu ]; then
+    "$PYTHON" bench/gpu_step.py --cpu-dry-run --out "$OUT" | tail -3
+    ONLY=runs
+else "$PYTHON" - <<'PY'
 import time, torch
 assert torch.cuda.is_available(), "bench/gpu.sh: no CUDA GPU is visible"
 a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
@@ -45,6 +51,7 @@ torch.cuda.synchronize()
 tflops = 20 * 2 * 8192 ** 3 / (time.perf_counter() - start) / 1e12
 print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, bf16 matmul {tflops:.0f} TFLOP/s")
 PY
+fi
 
 if [ "${ONLY:-}" != "runs" ]; then
     "$PYTHON" bench/gpu_step.py --out "$OUT" | tee "$OUT/step.md"
@@ -59,8 +66,9 @@ train() {
         dmon=$!
     fi
     local status=0
-    timeout "$RUN_LIMIT" "$PYTHON" -m imclass train --device cuda --out "$OUT/$name" \
-        --overwrite --quiet ${DATA[@]+"${DATA[@]}"} "$@" >"$OUT/$name.log" 2>&1 || status=$?
+    timeout "$RUN_LIMIT" "$PYTHON" -m imclass train --device "$DEVICE" --out "$OUT/$name" \
+        --overwrite --quiet ${DATA[@]+"${DATA[@]}"} "$@" ${EXTRA_FLAGS[@]+"${EXTRA_FLAGS[@]}"} \
+        >"$OUT/$name.log" 2>&1 || status=$?
     if [ -n "$dmon" ]; then kill "$dmon" 2>/dev/null || true; fi
     "$PYTHON" - "$OUT/$name" "$*" "$status" "$OUT/dmon-$name.txt" <<'PY'
 import csv, json, statistics, sys
