@@ -48,24 +48,24 @@ def recall_line(m: dict, shown: int = 8) -> str:
 
 
 class EmbeddingTap:
-    """The penultimate features of the images at `rows` (positions in the scored order),
-    kept from the pass that scores them: the report's embedding figure then needs no second
-    pass over the test images (on a photo run that pass was a fifth of `imclass evaluate`)."""
+    """The penultimate features of the images at `rows` (sorted positions in the scored
+    order), kept from the pass that scores them: the report's embedding figure then needs no
+    second pass over the test images (on a photo run that pass was a fifth of `imclass
+    evaluate`). Written into one array made at the first batch, as predict_probabilities
+    does its own (small arrays kept between batches pin glibc's heap)."""
 
     def __init__(self, rows: np.ndarray):
         self.rows = np.asarray(rows, dtype=np.int64)
-        self.parts: list[np.ndarray] = []
+        self.features = np.zeros((0, 0), np.float32)
 
     def take(self, start: int, features: torch.Tensor) -> None:
         """Keep the rows among positions start .. start + len(features)."""
-        inside = self.rows[(self.rows >= start) & (self.rows < start + len(features))]
-        if len(inside):
-            index = torch.as_tensor(inside - start, device=features.device)
-            self.parts.append(features[index].float().cpu().numpy())
-
-    @property
-    def features(self) -> np.ndarray:
-        return np.concatenate(self.parts) if self.parts else np.zeros((0, 0), np.float32)
+        if not self.features.size:
+            self.features = np.empty((len(self.rows), features.shape[1]), np.float32)
+        first, end = np.searchsorted(self.rows, [start, start + len(features)])
+        if end > first:
+            index = torch.as_tensor(self.rows[first:end] - start, device=features.device)
+            self.features[first:end] = features[index].float().cpu().numpy()
 
 
 @torch.no_grad()
