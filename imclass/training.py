@@ -192,16 +192,18 @@ def validate(model, batches, loss_fn: Loss, device: torch.device, hits: Hits = a
     task of imclass.tasks) also the balanced accuracy and macro F1 ("balanced_acc",
     "macro_f1"), from per-class counts summed over the batches."""
     model.eval()
-    loss_sum, correct, seen, tally = 0.0, 0, 0, 0
+    # sums kept on the device, read once at the end (not a wait for the GPU per batch)
+    loss_sum = correct = torch.zeros((), dtype=torch.float64)
+    seen, tally = 0, 0
     for x, y in batches:
         with autocast(device, precision):
             logits = model(x).float()
-        loss_sum += loss_fn(logits, y).item() * len(y)
-        correct += hits(logits, y).item()
+        loss_sum = loss_fn(logits, y).double() * len(y) + loss_sum.to(logits.device)
+        correct = hits(logits, y).double() + correct.to(logits.device)
         seen += len(y)
         if scorer is not None:
             tally = tally + scorer.tally(logits, y)
-    loss_sum, correct, seen = all_sum(dist, [loss_sum, correct, seen])
+    loss_sum, correct, seen = all_sum(dist, [loss_sum.item(), correct.item(), seen])
     out = {"loss": loss_sum / seen, "acc": correct / seen}
     if scorer is not None and seen:
         out |= scorer.scores(all_sum(dist, tally.cpu().tolist()))

@@ -257,3 +257,18 @@ def test_an_epoch_reads_nothing_back_from_the_device_batch_by_batch(monkeypatch)
 
     few, many = reads_in_an_epoch(128), reads_in_an_epoch(512)  # 4 and 16 batches
     assert few == many and few <= 4
+
+
+def test_validation_reads_its_sums_back_once_not_per_batch(monkeypatch):
+    def reads_in_validation(images: int) -> int:
+        data, norm = tiny_problem()
+        data = ImageSet(data.images.repeat(images // 64, 1, 1, 1),
+                        data.labels.repeat(images // 64), ("dark", "bright"))
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+        loss = get_task("multiclass").loss("cross-entropy", 0.0)
+        with HostReads(monkeypatch) as reads:
+            out = validate(model, Batches(data, 32, norm), loss, torch.device("cpu"))
+        assert 0 <= out["acc"] <= 1 and out["loss"] > 0
+        return reads.count
+
+    assert reads_in_validation(128) == reads_in_validation(512) <= 2  # 4 and 16 batches
