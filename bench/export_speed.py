@@ -41,7 +41,8 @@ def median_seconds(call, repeats: int, warmup: int = 5) -> float:
 def lite0():
     """A PixelModel of EfficientNet-Lite0 (fresh weights: speed does not depend on them)."""
     from imclass.config import ModelConfig
-    from imclass.contract import Contract, PixelModel
+    from imclass.contract import Contract
+    from imclass.pixel_model import PixelModel
     from imclass.models import build_model
 
     contract = Contract(class_names=tuple(f"c{k}" for k in range(10)), task="multiclass",

@@ -1,4 +1,4 @@
-"""What a trained model promises a caller outside imclass, and the network that keeps it.
+"""What a trained model promises a caller outside imclass.
 
 The contract: the class names, the task and its decision thresholds, the hierarchy separator,
 the input (channels, the side images are resized to, the side the network sees after a centre
@@ -7,19 +7,15 @@ and the run's test figures. It travels with every exported file (ONNX metadata, 
 and torch.export extra files), so the file alone is enough to predict; docs/deploy.md lists
 the keys for callers in other languages.
 
-`PixelModel` wraps the trained network so that it takes what a caller has: uint8 pixels
-[N, C, decoded, decoded]. Scaling, the centre crop, normalization and softmax (or sigmoid)
-are inside it, so the eager model, the exported graphs and every caller compute the same
-probabilities from the same pixels.
+The network that keeps it is imclass.pixel_model.PixelModel. This module imports no torch:
+`imclass predict` over a run's ONNX network reads the contract without it.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-
-import torch
-from torch import nn
+from pathlib import Path
 
 from imclass.errors import DataError
 from imclass.version import __version__
@@ -94,31 +90,12 @@ class Contract:
                 "test_metrics": self.test_metrics, "imclass_version": self.imclass_version}
 
 
-class PixelModel(nn.Module):
-    """uint8 pixels [N, C, decoded, decoded] -> probabilities float32 [N, K]."""
+def check_written_by_us(meta: dict, sidecar: Path) -> None:
+    """Refuse a run folder written by a newer imclass: it may hold what this one misreads."""
+    written = str((meta.get("versions") or {}).get("imclass", "0"))
 
-    def __init__(self, network: nn.Module, contract: Contract):
-        super().__init__()
-        self.network = network
-        c = contract.input_channels
-        self.register_buffer("mean", torch.tensor(contract.mean, dtype=torch.float32)
-                             .view(1, c, 1, 1))
-        self.register_buffer("std", torch.tensor(contract.std, dtype=torch.float32)
-                             .view(1, c, 1, 1))
-        margin = contract.decoded_size - contract.input_size
-        self.top = margin // 2  # the same centre as imclass.data.images.center_crop
-        self.side = contract.input_size
-        self.sigmoid = contract.task == "multilabel"
-
-    def normalized(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.float() / 255.0
-        x = x[:, :, self.top:self.top + self.side, self.top:self.top + self.side]
-        return (x - self.mean) / self.std
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        logits = self.network(self.normalized(pixels)).float()
-        return logits.sigmoid() if self.sigmoid else logits.softmax(dim=1)
-
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The penultimate features [N, D] the head reads (imclass.similarity)."""
-        return self.network.embed(self.normalized(pixels))
+    def parts(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split(".")[:3] if x.isdigit())
+    if parts(written) > parts(__version__):
+        raise DataError(f"{sidecar} was written by imclass {written}, newer than this "
+                        f"imclass {__version__}; upgrade imclass to use this run")

@@ -17,20 +17,20 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
-import torch
 
 from imclass.atomic import atomic_write
-from imclass.contract import Contract, PixelModel
+from imclass.contract import Contract, check_written_by_us
 from imclass.data.decode import channels_first, fitted, read_pixels
 from imclass.data.labels import ancestors, node_probabilities
-from imclass.devices import resolve_device
+from imclass.decisions import decide
 from imclass.errors import DataError, ImclassError
 from imclass.extras import need
-from imclass.runfolder import check_written_by_us, load_run
-from imclass.tasks import get_task
+
+if TYPE_CHECKING:
+    import torch
 
 Forward = Callable[[np.ndarray], np.ndarray]  # uint8 [N, C, D, D] -> float32 [N, K]
 
@@ -65,8 +65,7 @@ class Predictor:
         class at the tuned threshold; multilabel: every label over its threshold; hierarchical:
         the leaf and the path down the tree with each node's probability)."""
         c, names = self.contract, self.contract.class_names
-        task = get_task(c.task, c.hierarchy_sep)
-        decided = task.predictions(probs, list(c.thresholds) if c.thresholds else None)
+        decided = decide(c.task, probs, list(c.thresholds) if c.thresholds else None)
         nodes = node_probabilities(probs, names, c.hierarchy_sep) \
             if c.task == "hierarchical" else {}
         out = []
@@ -170,7 +169,8 @@ def unreadable(path: Path, reason: str) -> DataError:
 def load(model: str | Path, backend: str | None = None, device: str = "auto") -> Predictor:
     """A predictor for a run folder or an exported file. backend: torch (a run folder's eager
     model) or onnx (ONNX Runtime: the .onnx file given, or the run folder's model.onnx,
-    exported on first use); default: what `model` is."""
+    exported on first use); default: what `model` is, for a run folder the fastest to start
+    (its ONNX network, then its trace, see NETWORK and TRACED, then the eager model)."""
     path = Path(model)
     if not path.exists():
         raise DataError(f"model {path} does not exist; give a run folder or an exported "
@@ -180,7 +180,8 @@ def load(model: str | Path, backend: str | None = None, device: str = "auto") ->
     if path.is_dir():
         if backend == "onnx":
             return load_onnx(onnx_of_run(path))
-        return load_torch_run(path, device)
+        fast = load_run_network(path) if backend is None and device == "auto" else None
+        return fast or load_torch_run(path, device)
     if path.suffix == ".onnx":
         if backend == "torch":
             raise ImclassError(f"{path} is an ONNX file; --backend torch needs its run folder")
@@ -201,17 +202,23 @@ def run_contract(run_dir: Path, meta: dict) -> Contract:
     return Contract.of_run(meta, test)
 
 
-def pixel_model_of_run(run_dir: Path, device: str = "auto") -> tuple[PixelModel, Contract]:
+def pixel_model_of_run(run_dir: Path, device: str = "auto"):
+    """(PixelModel of the run's best weights on `device`, its Contract)."""
+    from imclass.pixel_model import PixelModel
+    from imclass.runfolder import load_run
+
     run = load_run(run_dir, device=device)
     contract = run_contract(Path(run_dir), run.meta)
     return PixelModel(run.model, contract).to(run.device).eval(), contract
 
 
-def torch_forward(module: torch.nn.Module, device: torch.device) -> Forward:
+def torch_forward(module: "torch.nn.Module", device: "torch.device") -> Forward:
     """A TorchScript module runs without the JIT's profiling executor: on lite0 at 224 px it
     made the first call of a process 0.13 s instead of 0.045 (the call `imclass predict RUN
     one.jpg` makes), the second 0.06 s instead of 0.017, and later ones no faster than
     without it (0.015 s; batch 32: 0.53 s either way; 2 cores, 2026-12-06)."""
+    import torch
+
     plain = (lambda: torch.jit.optimized_execution(False)) if isinstance(
         module, torch.jit.ScriptModule) else contextlib.nullcontext
 
@@ -241,6 +248,8 @@ def save_traced(run_dir: Path) -> None:
     """Trace the run's best model for `load_traced`, tagged with its sidecar's checksum (which
     holds the weights' own): a checkpoint rewritten or edited later is never paired with an
     old trace. A model the tracer cannot follow is left to the eager path."""
+    import torch
+
     from imclass.exporters import example_pixels
 
     module, contract = pixel_model_of_run(run_dir, device="cpu")
@@ -255,6 +264,79 @@ def save_traced(run_dir: Path) -> None:
                      lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
 
 
+# The best checkpoint's PixelModel as an ONNX network, beside it, where ONNX Runtime is
+# installed: `imclass predict RUN one.jpg` then scores without importing torch, which took 1.09
+# of its 1.84 s on lite0 (2 cores, 2026-12-06). Written with torch.onnx's TorchScript-based
+# exporter (dynamo=False): 1.03 s for lite0 at the end of training, against several for the
+# torch.export-based one that `imclass export` uses; ONNX Runtime agrees with eager PyTorch on
+# it within 6e-8. The sidecar's checksum is in its metadata, as in the trace's extra file.
+NETWORK = "best.onnx"
+NETWORK_TAG = "imclass_sidecar_sha256"
+
+
+def save_fast_model(run_dir: Path) -> None:
+    """What predict and serve load without building the network: the ONNX network where ONNX
+    Runtime and onnx are installed and the exporter can follow the model, else the trace."""
+    import importlib.util
+
+    if all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx")) and save_network(
+            run_dir):
+        return
+    save_traced(run_dir)
+
+
+def save_network(run_dir: Path) -> bool:
+    """Export the run's best model for `load_run_network`; False where the exporter fails."""
+    import io
+
+    import onnx
+    import torch
+
+    from imclass.exporters import example_pixels
+
+    module, contract = pixel_model_of_run(run_dir, device="cpu")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
+        try:
+            torch.onnx.export(module, (example_pixels(contract),), buffer, dynamo=False,
+                              input_names=["pixels"], output_names=["probabilities"],
+                              dynamic_axes={"pixels": {0: "batch"},
+                                            "probabilities": {0: "batch"}},
+                              opset_version=17)
+        except Exception:  # noqa: BLE001 - any exporter failure means: use the trace
+            return False
+    proto = onnx.load_from_string(buffer.getvalue())
+    onnx.helper.set_model_props(proto, {NETWORK_TAG: _sha256(
+        Path(run_dir) / "checkpoints" / "best.json")})
+    atomic_write(Path(run_dir) / "checkpoints" / NETWORK,
+                 lambda tmp: onnx.save(proto, str(tmp)))
+    return True
+
+
+def load_run_network(run_dir: Path) -> Predictor | None:
+    """The run's ONNX network (see NETWORK) under ONNX Runtime when it was exported from the
+    current checkpoint (as `load_traced` checks its trace); None otherwise, or without ONNX
+    Runtime. Imports no torch."""
+    import importlib.util
+
+    folder = run_dir / "checkpoints"
+    path, sidecar, weights = folder / NETWORK, folder / "best.json", folder / "best.safetensors"
+    if not (path.is_file() and sidecar.is_file() and weights.is_file()
+            and importlib.util.find_spec("onnxruntime")):
+        return None
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        session = onnx_session(path)
+    except (DataError, ValueError, OSError):  # unreadable or cut short: the other paths decide
+        return None
+    check_written_by_us(meta, sidecar)  # a newer imclass's run: refused as the eager path does
+    tag = session.get_modelmeta().custom_metadata_map.get(NETWORK_TAG)
+    if tag != _sha256(sidecar) or meta.get("weights_sha256") != _sha256(weights):
+        return None
+    return Predictor(run_contract(run_dir, meta), onnx_forward(session), "onnx", str(run_dir))
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -267,6 +349,9 @@ def load_traced(run_dir: Path, device: str = "auto") -> Predictor | None:
     path, sidecar, weights = folder / TRACED, folder / "best.json", folder / "best.safetensors"
     if not (path.is_file() and sidecar.is_file() and weights.is_file()):
         return None
+    import torch
+
+    from imclass.devices import resolve_device
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
         extra = {"sidecar_sha256": ""}
@@ -317,15 +402,22 @@ def onnx_session(path: Path, threads: int | None = None):
 def load_onnx(path: Path, threads: int | None = None) -> Predictor:
     session = onnx_session(path, threads)
     contract = Contract.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+    return Predictor(contract, onnx_forward(session), "onnx", str(path))
+
+
+def onnx_forward(session) -> Forward:
     input_name = session.get_inputs()[0].name
 
     def forward(pixels: np.ndarray) -> np.ndarray:
         return session.run(None, {input_name: pixels})[0]
-    return Predictor(contract, forward, "onnx", str(path))
+    return forward
 
 
 def load_torch_file(path: Path, device: str = "auto") -> Predictor:
     """A TorchScript (.ts) or torch.export (.pt2) file written by imclass export."""
+    import torch
+
+    from imclass.devices import resolve_device
     dev = resolve_device(device)
     extra = {"imclass.json": ""}
     with warnings.catch_warnings():

@@ -23,6 +23,7 @@ from imclass import checkpoint, config as config_mod
 from imclass.atomic import atomic_write_text, json_text
 from imclass.config import RunConfig
 from imclass.devices import resolve_device
+from imclass.contract import check_written_by_us
 from imclass.errors import ConfigError, DataError
 from imclass.version import versions
 
@@ -204,16 +205,3 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
                         "runs or were edited") from None
     run.model = model.to(dev, memory_format=torch.channels_last).eval()
     return run
-
-
-def check_written_by_us(meta: dict, sidecar: Path) -> None:
-    """Refuse a run folder written by a newer imclass: it may hold what this one misreads."""
-    from imclass.version import __version__
-
-    written = str((meta.get("versions") or {}).get("imclass", "0"))
-
-    def parts(v: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in v.split(".")[:3] if x.isdigit())
-    if parts(written) > parts(__version__):
-        raise DataError(f"{sidecar} was written by imclass {written}, newer than this "
-                        f"imclass {__version__}; upgrade imclass to use this run")

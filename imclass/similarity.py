@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from imclass.atomic import atomic_write, atomic_write_text
-from imclass.contract import PixelModel
+from imclass.pixel_model import PixelModel
 from imclass.data import prepare
 from imclass.data.batches import eval_batch_within
 from imclass.data.images import ImageSet

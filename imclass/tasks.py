@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imclass import decisions
 from imclass.balance import WEIGHTED, class_weights, positive_weights
 from imclass.errors import ConfigError
 
@@ -92,7 +93,7 @@ class Multiclass:
 
     def predictions(self, probabilities: np.ndarray, thresholds=None) -> np.ndarray:
         """Class index per image."""
-        return probabilities.argmax(1)
+        return decisions.argmax_class(probabilities)
 
     def hits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return argmax_hits(logits, target)
@@ -119,7 +120,7 @@ class Binary(Multiclass):
 
     def predictions(self, probabilities: np.ndarray, thresholds=None) -> np.ndarray:
         """1 (the positive class) where its probability reaches the threshold, else 0."""
-        return (probabilities[:, 1] >= (thresholds[0] if thresholds else 0.5)).astype(int)
+        return decisions.positive_at_threshold(probabilities, thresholds)
 
     def tune_thresholds(self, y_true, probs):
         """The positive class's threshold (imclass.metrics.ThresholdFit), in a list."""
@@ -164,7 +165,7 @@ class Multilabel:
 
     def predictions(self, probabilities: np.ndarray, thresholds=None) -> np.ndarray:
         """Multi-hot: each label whose probability reaches its threshold."""
-        return probabilities >= (np.asarray(thresholds) if thresholds else 0.5)
+        return decisions.labels_at_thresholds(probabilities, thresholds)
 
     def hits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per image, the share of labels decided right at 0.5 (1 - Hamming loss), summed."""

@@ -34,7 +34,7 @@ def test_onnx_file_alone_matches_eager_pytorch_on_300_test_images(trained_run, t
     path, figures = api.export(trained_run, tmp_path / "model.onnx")
     assert path.is_file() and figures is None
     pixels, labels = fmnist_pixels(300)
-    eager = load(trained_run)
+    eager = load(trained_run, backend="torch")
     exported = load(path)
     assert (eager.backend, exported.backend) == ("torch", "onnx")
     assert_same_probabilities(eager.probabilities(pixels), exported.probabilities(pixels))
@@ -65,8 +65,9 @@ def test_torchscript_and_torch_export_files_match_eager_pytorch(trained_run, tmp
     assert path.suffix == {"torchscript": ".ts", "pt2": ".pt2"}[fmt]
     pixels, _ = fmnist_pixels(300)
     exported = load(path)
-    assert exported.backend == backend and exported.contract == load(trained_run).contract
-    assert_same_probabilities(load(trained_run).probabilities(pixels),
+    eager = load(trained_run, backend="torch")
+    assert exported.backend == backend and exported.contract == eager.contract
+    assert_same_probabilities(eager.probabilities(pixels),
                               exported.probabilities(pixels))
     assert exported.probabilities(pixels[:3]).shape == (3, 10)
 
@@ -307,22 +308,23 @@ def test_export_refuses_bad_arguments_in_one_line(trained_run, tmp_path, capsys)
 
 def test_a_run_is_loaded_from_its_trace_which_matches_the_eager_model(trained_run, tmp_path,
                                                                      monkeypatch):
-    """Training leaves the best model traced beside its checkpoint: predict and serve load
-    it without rebuilding the network, with the same probabilities; a trace that does not
-    hold the checkpoint's weights is never used."""
+    """Without ONNX Runtime, training leaves the best model traced beside its checkpoint:
+    predict and serve load it without rebuilding the network, with the same probabilities; a
+    trace that does not hold the checkpoint's weights is never used."""
     import shutil
 
     from imclass import predictor
-    assert (trained_run / "checkpoints" / predictor.TRACED).is_file()
-    pixels, _ = fmnist_pixels(64)
-    eager = predictor.load_torch_run(trained_run, traced=False)
-    with monkeypatch.context() as m:
-        m.setattr(predictor, "load_run", lambda *a, **k: pytest.fail("network rebuilt"))
-        fast = load(trained_run)
-    assert fast.backend == "torch" and fast.contract == eager.contract
-    assert_same_probabilities(fast.probabilities(pixels), eager.probabilities(pixels))
     other = tmp_path / "run"
     shutil.copytree(trained_run, other)
+    (other / "checkpoints" / predictor.NETWORK).unlink()  # as trained without ONNX Runtime
+    predictor.save_traced(other)
+    pixels, _ = fmnist_pixels(64)
+    eager = predictor.load_torch_run(other, traced=False)
+    with monkeypatch.context() as m:
+        m.setattr("imclass.runfolder.load_run", lambda *a, **k: pytest.fail("network rebuilt"))
+        fast = load(other)
+    assert fast.backend == "torch" and fast.contract == eager.contract
+    assert_same_probabilities(fast.probabilities(pixels), eager.probabilities(pixels))
     assert predictor.load_traced(other) is not None
     sidecar = other / "checkpoints" / "best.json"
     kept = sidecar.read_text()
@@ -335,3 +337,45 @@ def test_a_run_is_loaded_from_its_trace_which_matches_the_eager_model(trained_ru
     shutil.copy(trained_run / "checkpoints" / "best.safetensors", weights)
     (other / "checkpoints" / predictor.TRACED).write_bytes(b"cut short")
     assert predictor.load_traced(other) is None
+
+
+def test_a_run_is_scored_from_its_onnx_network_without_importing_torch(trained_run, tmp_path):
+    """Where ONNX Runtime is installed, training leaves the best model as an ONNX network
+    beside its checkpoint: `imclass predict RUN image` then never imports torch (its import
+    was two thirds of the command), with the eager model's probabilities; a network that
+    does not hold the checkpoint's weights is never used."""
+    import shutil
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from imclass import predictor
+    assert (trained_run / "checkpoints" / predictor.NETWORK).is_file()
+    pixels, _ = fmnist_pixels(64)
+    fast = load(trained_run)
+    assert fast.backend == "onnx" and fast.source == str(trained_run)
+    eager = predictor.load_torch_run(trained_run, traced=False)
+    assert fast.contract == eager.contract
+    assert_same_probabilities(fast.probabilities(pixels), eager.probabilities(pixels))
+    image = tmp_path / "shoe.png"
+    Image.fromarray(pixels[0, 0]).save(image)
+    code = ("import sys; from imclass import cli; code = cli.main(['predict', sys.argv[1], "
+            "sys.argv[2], '--json']); assert 'torch' not in sys.modules, 'torch imported'; "
+            "sys.exit(code)")
+    out = subprocess.run([sys.executable, "-c", code, str(trained_run), str(image)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)[0]["top"][0]["class"] == eager.predict([image])[0]["top"][0][
+        "class"]
+    other = tmp_path / "run"
+    shutil.copytree(trained_run, other)
+    assert predictor.load_run_network(other) is not None
+    sidecar = other / "checkpoints" / "best.json"
+    kept = sidecar.read_text()
+    sidecar.write_text(json.dumps({**json.loads(kept), "thresholds": [0.9]}))  # edited later
+    assert predictor.load_run_network(other) is None
+    sidecar.write_text(kept)
+    (other / "checkpoints" / predictor.NETWORK).write_bytes(b"cut short")
+    assert predictor.load_run_network(other) is None
+    assert load(other).backend == "torch"  # the eager model instead

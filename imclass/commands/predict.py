@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-import torch
 
 from imclass.atomic import atomic_write
 from imclass.contract import Contract
@@ -82,10 +81,11 @@ def paths_in_csv(path: Path) -> list[str]:
     return out
 
 
-class Decoding(torch.utils.data.Dataset):
+class Decoding:
     """Batch b of the paths, decoded in a worker process: (positions, uint8 [n, C, D, D] of
     those that decoded, {position: error message} of those that did not). One array per
-    batch crosses the process boundary, not one per image."""
+    batch crosses the process boundary, not one per image. (A map-style dataset for torch's
+    DataLoader, which needs only __len__ and __getitem__: this module imports no torch.)"""
 
     def __init__(self, paths: list[str], contract: Contract, batch_size: int):
         self.paths, self.contract, self.batch_size = paths, contract, batch_size
@@ -116,11 +116,14 @@ def decoded_batches(paths: list[str], contract: Contract, batch_size: int,
                     workers: int | None) -> Iterator[tuple[list[int], np.ndarray, dict]]:
     if workers is None:  # a process start costs more than decoding a batch or two
         workers = 0 if len(paths) <= 2 * batch_size else min(8, os.cpu_count() or 1)
-    loader = torch.utils.data.DataLoader(Decoding(paths, contract, batch_size),
-                                         batch_size=None, collate_fn=unchanged,
-                                         num_workers=workers,
-                                         prefetch_factor=4 if workers else None)
-    yield from loader
+    batches = Decoding(paths, contract, batch_size)
+    if not workers:  # here, in order (without importing torch for its DataLoader)
+        yield from (batches[b] for b in range(len(batches)))
+        return
+    import torch
+
+    yield from torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=unchanged,
+                                           num_workers=workers, prefetch_factor=4)
 
 
 def predict_files(predictor: Predictor, paths: list[str], top_k: int = 3,

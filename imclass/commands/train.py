@@ -36,7 +36,7 @@ from imclass.errors import ConfigError, DataError, Stopped, memory_stage
 from imclass.evaluation import evaluate_split, predict_split
 from imclass.features import FeatureCache, can_cache
 from imclass.lr_find import find_lr
-from imclass.predictor import save_traced
+from imclass.predictor import save_fast_model
 from imclass.pruning import Pruning, PruneSpec
 from imclass.report import write_report
 from imclass.run_setup import Setup, build_run_model, prepare_training
@@ -191,7 +191,7 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
     if not dist.is_main:
         return run_dir
     if evaluate_test:  # a search's trial is never served: no trace to write
-        save_traced(run_dir)  # predict and serve then load it without building the network
+        save_fast_model(run_dir)  # predict and serve then load it without building the network
     summary["total_seconds"] = time.perf_counter() - started  # all but writing the report
     summary["stage_seconds"] = clock.seconds
     if budget_info is not None:

@@ -7,11 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from typing import TYPE_CHECKING
+
 from imclass.config import DataConfig
-from imclass.data.batches import Normalization
 from imclass.data.decode import sides
-from imclass.data.images import ImageSet
 from imclass.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # torch comes with them: `imclass predict` decodes without it
+    from imclass.data.batches import Normalization
+    from imclass.data.images import ImageSet
 
 
 def _fashion_mnist(cfg: DataConfig) -> "Loaded":
@@ -119,6 +123,7 @@ def prepare(cfg: DataConfig, seed: int, scanned=None) -> Splits:
     seeded; none at val_fraction 0 without a val/ folder) and compute normalisation."""
     import torch
 
+    from imclass.data.batches import Normalization
     from imclass.data.splits import stratified_split, stratified_subset
 
     loaded = load_source(cfg, scanned)

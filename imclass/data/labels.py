@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from imclass.errors import DataError
 
@@ -40,6 +39,8 @@ def class_names_of(label_sets: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
 def encode(label_sets: Sequence[tuple[str, ...]], task: str, class_names: Sequence[str]
            ) -> torch.Tensor:
     """int64 [N] class indices, or for multilabel float32 [N, K] multi-hot rows."""
+    import torch  # here: `imclass predict` reads the hierarchy helpers below without torch
+
     index = {name: i for i, name in enumerate(class_names)}
     unknown = sorted({label for s in label_sets for label in s if label not in index})
     if unknown:

@@ -1,0 +1,42 @@
+"""`PixelModel`: the trained network wrapped so that it takes what a caller has, uint8 pixels
+[N, C, decoded, decoded]. Scaling, the centre crop, normalization and softmax (or sigmoid)
+are inside it, so the eager model, the exported graphs and every caller compute the same
+probabilities from the same pixels (imclass.contract says what they are).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from imclass.contract import Contract
+
+
+class PixelModel(nn.Module):
+    """uint8 pixels [N, C, decoded, decoded] -> probabilities float32 [N, K]."""
+
+    def __init__(self, network: nn.Module, contract: Contract):
+        super().__init__()
+        self.network = network
+        c = contract.input_channels
+        self.register_buffer("mean", torch.tensor(contract.mean, dtype=torch.float32)
+                             .view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(contract.std, dtype=torch.float32)
+                             .view(1, c, 1, 1))
+        margin = contract.decoded_size - contract.input_size
+        self.top = margin // 2  # the same centre as imclass.data.images.center_crop
+        self.side = contract.input_size
+        self.sigmoid = contract.task == "multilabel"
+
+    def normalized(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.float() / 255.0
+        x = x[:, :, self.top:self.top + self.side, self.top:self.top + self.side]
+        return (x - self.mean) / self.std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        logits = self.network(self.normalized(pixels)).float()
+        return logits.sigmoid() if self.sigmoid else logits.softmax(dim=1)
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The penultimate features [N, D] the head reads (imclass.similarity)."""
+        return self.network.embed(self.normalized(pixels))
