@@ -34,10 +34,12 @@ from imclass.recipe import (LONG_MAX_EPOCHS, DataFacts, Recipe, apply, long_valu
                             small_builtin, transfer_values)
 from imclass.timekeeping import Budget
 
-# Fashion-MNIST's own sizes: 60,000 training images of which the budget holds out 10% for
-# validation (as the long recipe does: curves and the best epoch, and 6,000 more images to
-# learn from than the default's 20%), and the 10,000 test images.
-FMNIST_TRAIN, FMNIST_TEST, FMNIST_VAL_FRACTION = 60_000, 10_000, 0.1
+# Fashion-MNIST's own sizes: 60,000 training images and the 10,000 test images. A budget
+# trains on all 60,000: its schedule follows the clock and anneals to the end, and the last
+# epoch is kept, so a validation split would only draw curves. Five minutes on a Xeon with
+# AMX (2026-12-06, seeds 0-2 side by side): 93.83% median (93.70-93.88) against 93.57%
+# (93.49-93.67) holding out 10%, every seed better (docs/benchmarks.md, "A time budget").
+FMNIST_TRAIN, FMNIST_TEST, FMNIST_VAL_FRACTION = 60_000, 10_000, 0.0
 # Passes of the training set (as the probe estimates them) the residual CNN needs before it
 # beats the plain cnn trained for the same time; below them the small net wins. Five minutes
 # on a Xeon with AMX (2026-12-06, seed 0): the cnn 93.95% in 36 passes, the rescnn 93.66% in
@@ -191,7 +193,7 @@ def _candidates(cfg: RunConfig, facts: DataFacts | None, recipe: Recipe, device_
         scratch_epochs = small["epochs"]
     else:
         small = {"val_fraction": FMNIST_VAL_FRACTION, "patience": None}
-        large = {**long_values(None, device_type)}
+        large = {**long_values(None, device_type), "val_fraction": FMNIST_VAL_FRACTION}
         scratch_epochs = 10  # the default's
     candidates = [Candidate("cnn", small),
                   Candidate("rescnn", large, max(RESCNN_MIN_EPOCHS, scratch_epochs))]
