@@ -325,18 +325,28 @@ def test_a_run_is_loaded_from_its_trace_which_matches_the_eager_model(trained_ru
         fast = load(other)
     assert fast.backend == "torch" and fast.contract == eager.contract
     assert_same_probabilities(fast.probabilities(pixels), eager.probabilities(pixels))
-    assert predictor.load_traced(other) is not None
-    sidecar = other / "checkpoints" / "best.json"
+    assert_used_only_while_current(other, predictor.load_traced, predictor.TRACED, trained_run)
+
+
+def assert_used_only_while_current(run, loader, name: str, original) -> None:
+    """`loader` (load_traced, load_run_network) takes the run's saved model only while it
+    was made from the checkpoint there: not once the sidecar is edited, the weights are
+    damaged or the file is cut short."""
+    import shutil
+
+    assert loader(run) is not None
+    sidecar = run / "checkpoints" / "best.json"
     kept = sidecar.read_text()
     sidecar.write_text(json.dumps({**json.loads(kept), "thresholds": [0.9]}))  # edited later
-    assert predictor.load_traced(other) is None
+    assert loader(run) is None
     sidecar.write_text(kept)
-    weights = other / "checkpoints" / "best.safetensors"
+    weights = run / "checkpoints" / "best.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # damaged weights
-    assert predictor.load_traced(other) is None
-    shutil.copy(trained_run / "checkpoints" / "best.safetensors", weights)
-    (other / "checkpoints" / predictor.TRACED).write_bytes(b"cut short")
-    assert predictor.load_traced(other) is None
+    assert loader(run) is None
+    shutil.copy(original / "checkpoints" / "best.safetensors", weights)
+    assert loader(run) is not None
+    (run / "checkpoints" / name).write_bytes(b"cut short")
+    assert loader(run) is None
 
 
 def test_a_run_is_scored_from_its_onnx_network_without_importing_torch(trained_run, tmp_path):
@@ -370,12 +380,6 @@ def test_a_run_is_scored_from_its_onnx_network_without_importing_torch(trained_r
         "class"]
     other = tmp_path / "run"
     shutil.copytree(trained_run, other)
-    assert predictor.load_run_network(other) is not None
-    sidecar = other / "checkpoints" / "best.json"
-    kept = sidecar.read_text()
-    sidecar.write_text(json.dumps({**json.loads(kept), "thresholds": [0.9]}))  # edited later
-    assert predictor.load_run_network(other) is None
-    sidecar.write_text(kept)
-    (other / "checkpoints" / predictor.NETWORK).write_bytes(b"cut short")
-    assert predictor.load_run_network(other) is None
+    assert_used_only_while_current(other, predictor.load_run_network, predictor.NETWORK,
+                                   trained_run)
     assert load(other).backend == "torch"  # the eager model instead
