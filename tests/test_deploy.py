@@ -351,9 +351,9 @@ def assert_used_only_while_current(run, loader, name: str, original) -> None:
 
 def test_a_run_is_scored_from_its_onnx_network_without_importing_torch(trained_run, tmp_path):
     """Where ONNX Runtime is installed, training leaves the best model as an ONNX network
-    beside its checkpoint: `imclass predict RUN image` then never imports torch (its import
-    was two thirds of the command), with the eager model's probabilities; a network that
-    does not hold the checkpoint's weights is never used."""
+    beside its checkpoint: `imclass predict RUN image` and `imclass serve RUN`'s start then
+    never import torch (its import was two thirds of the command), with the eager model's
+    probabilities; a network that does not hold the checkpoint's weights is never used."""
     import shutil
     import subprocess
     import sys
@@ -372,6 +372,8 @@ def test_a_run_is_scored_from_its_onnx_network_without_importing_torch(trained_r
     Image.fromarray(pixels[0, 0]).save(image)
     code = ("import sys; from imclass import cli; code = cli.main(['predict', sys.argv[1], "
             "sys.argv[2], '--json']); assert 'torch' not in sys.modules, 'torch imported'; "
+            "from imclass.commands.serve import create_app; from imclass.predictor import load; "
+            "create_app(load(sys.argv[1])); assert 'torch' not in sys.modules, 'by serve'; "
             "sys.exit(code)")
     out = subprocess.run([sys.executable, "-c", code, str(trained_run), str(image)],
                          capture_output=True, text=True, timeout=120)

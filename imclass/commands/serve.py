@@ -39,7 +39,6 @@ from swagger_ui_bundle import swagger_ui_path
 from imclass.data.decode import TOO_LARGE
 from imclass.errors import ConfigError, DataError
 from imclass.predictor import Predictor, load
-from imclass.similarity import Searcher
 
 class Batcher:
     """Collects images from concurrent requests into batches for one model thread."""
@@ -194,6 +193,8 @@ def create_app(predictor: Predictor, *, api_key: str | None = None, max_upload_m
     def get_searcher():
         with searcher_lock:
             if "it" not in searcher:
+                from imclass.similarity import Searcher  # torch: only for /similar
+
                 searcher["it"] = Searcher(predictor.source, log=lambda m: print(
                     f"imclass serve: {m}", file=sys.stderr, flush=True))
             return searcher["it"]
