@@ -30,7 +30,7 @@ from imclass.devices import mixed_precision, native_bf16
 from imclass.models import build_model, count_parameters
 from imclass.models.weights import resolve_architecture
 from imclass.precision import faster, measure, probe_batch, step_seconds
-from imclass.recipe import (LONG_MAX_EPOCHS, DataFacts, Recipe, apply, long_values,
+from imclass.recipe import (LONG, LONG_MAX_EPOCHS, DataFacts, Recipe, apply, long_values,
                             small_builtin, transfer_values)
 from imclass.timekeeping import Budget
 
@@ -191,9 +191,10 @@ def _candidates(cfg: RunConfig, facts: DataFacts | None, recipe: Recipe, device_
         small = dict(recipe.values)
         large = long_values(facts or small_builtin(cfg), device_type)
         scratch_epochs = small["epochs"]
-    else:
-        small = {"val_fraction": FMNIST_VAL_FRACTION, "patience": None}
-        large = {**long_values(None, device_type), "val_fraction": FMNIST_VAL_FRACTION}
+    else:  # every image, unless the user's patience needs a validation split to watch
+        val = FMNIST_VAL_FRACTION if "patience" not in given else LONG["val_fraction"]
+        small = {"val_fraction": val, "patience": None}
+        large = {**long_values(None, device_type), "val_fraction": val}
         scratch_epochs = 10  # the default's
     candidates = [Candidate("cnn", small),
                   Candidate("rescnn", large, max(RESCNN_MIN_EPOCHS, scratch_epochs))]

@@ -133,8 +133,9 @@ def check_unvalidated(cfg: RunConfig, recipe: Recipe, log: Log) -> None:
         raise ConfigError(f"--patience {cfg.train.patience} stops on validation loss, and "
                           "--val-fraction 0 holds no images out; give --val-fraction above 0 "
                           "or leave --patience unset")
-    log("no validation (--val-fraction 0): the last epoch is kept, with no early stopping, "
-        "overfitting warnings or threshold tuning")
+    given = "val_fraction" in user_set(cfg) - set(recipe.values)
+    log(f"no validation ({'--val-fraction 0' if given else recipe.name + ' recipe'}): the last "
+        "epoch is kept, with no early stopping, overfitting warnings or threshold tuning")
 
 
 def batches_for(cfg: RunConfig, input_size: int, log: Log, recipe: dict | None = None,

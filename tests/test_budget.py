@@ -180,6 +180,8 @@ def test_the_plan_takes_the_larger_net_only_where_the_time_buys_its_passes():
         info["training_seconds_planned"] / (60_000 / info["measured"]["cnn"]
                                             ["train_images_per_s"]), rel=0.01)
     assert recipe.values["val_fraction"] == 0  # a budget trains on every image
+    watched, _ = plan(override(cfg, {"patience": 3}), 300, fast)  # unless patience needs one
+    assert watched.values["val_fraction"] == 0.1
 
 
 def test_a_model_the_user_names_is_kept_and_fitted_to_the_time():
