@@ -295,3 +295,20 @@ def test_a_folder_of_multilabel_images_trains_within_its_budget(tmp_path):
     assert summary["budget"]["training_ended_at_s"] <= summary["budget"]["training_deadline_s"] + 2
     assert wall <= 25 + 15, f"a 25 s budget took {wall:.0f} s"
     assert "test" in json.loads((run / "metrics.json").read_text())
+
+
+def test_photos_keep_160_px_while_it_affords_the_recipes_six_passes():
+    """128 px scored about 5 points under 160 on the photo-like set: a budget that would buy
+    its aimed passes only at 128 keeps 160 while 160 affords six; below that, 128."""
+    from imclass.recipe import transfer_values
+
+    facts = DataFacts(train_images=240, classes=2, smallest_class=120, channels=3,
+                      short_edge=400)
+
+    def machine(passes_at_160: float):
+        return lambda side: passes_at_160 * 240 * (160 / side) ** 2
+
+    assert transfer_values(facts, "cpu", machine(10), 1.5, 15)["image_size"] == 160  # not 128
+    assert transfer_values(facts, "cpu", machine(16), 1.5, 15)["image_size"] == 160
+    assert transfer_values(facts, "cpu", machine(40), 1.5, 15)["image_size"] == 224
+    assert transfer_values(facts, "cpu", machine(4), 1.5, 15)["image_size"] == 128
