@@ -239,6 +239,10 @@ class TrainConfig:
                                "average; off when unset (a folder's recipe sets 0.999; "
                                "'none' turns it off)", low=0, high=1, open_low=True,
                                open_high=True)
+    tta: bool = option(False, "test-time flips: the model averages its probabilities over each "
+                       "image and its copies flipped as in training (twice the cost of a "
+                       "prediction); the test figures, predict, serve and exported files all "
+                       "do it. Set by --budget on Fashion-MNIST")
     overfit_epochs: int = option(3, "warn of overfitting after this many epochs in a row of "
                                  "rising validation loss and falling training loss", low=2)
     seed: int = option(0, "seed for the split, the batch order, augmentation and the weights",

@@ -23,7 +23,9 @@ from imclass.version import __version__
 # ONNX metadata_props hold strings: each key below holds its value JSON-encoded.
 METADATA_KEYS = ("imclass_version", "task", "class_names", "thresholds", "hierarchy_sep",
                  "input_channels", "input_size", "decoded_size", "fit", "interpolation",
-                 "mean", "std", "test_metrics")
+                 "mean", "std", "test_metrics", "flips")
+# Keys a file exported before they existed may lack, and what such a file means by them.
+OPTIONAL_KEYS = {"flips": ()}
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class Contract:
     mean: tuple[float, ...]     # per channel, of pixels scaled to [0, 1]
     std: tuple[float, ...]
     test_metrics: dict = field(default_factory=dict)  # the run's scalar test figures
+    # tensor dims the probabilities are averaged over (-1 horizontal, -2 vertical): the
+    # test-time flips of a run trained with --tta; () for none
+    flips: tuple[int, ...] = ()
     imclass_version: str = __version__
 
     @classmethod
@@ -56,7 +61,8 @@ class Contract:
                    decoded_size=spec.get("decoded", spec["height"]),
                    fit=spec.get("fit", "squash"),
                    interpolation=meta["config"]["data"].get("interpolation") or "bilinear",
-                   mean=tuple(norm["mean"]), std=tuple(norm["std"]), test_metrics=scalars)
+                   mean=tuple(norm["mean"]), std=tuple(norm["std"]), test_metrics=scalars,
+                   flips=test_time_flips(meta["config"]))
 
     def to_metadata(self) -> dict[str, str]:
         values = asdict(self)
@@ -67,6 +73,9 @@ class Contract:
         """From a file's metadata; a missing or garbled key is refused, naming it and the file."""
         values = {}
         for f in fields(cls):
+            if f.name not in props and f.name in OPTIONAL_KEYS:
+                values[f.name] = OPTIONAL_KEYS[f.name]
+                continue
             if f.name not in props:
                 raise DataError(f"{source} has no '{f.name}' in its metadata; it was not "
                                 "written by imclass export (re-export it from its run folder)")
@@ -74,7 +83,7 @@ class Contract:
                 values[f.name] = json.loads(props[f.name])
             except json.JSONDecodeError:
                 raise DataError(f"{source}: metadata key '{f.name}' is not valid JSON") from None
-        for key in ("class_names", "thresholds", "mean", "std"):
+        for key in ("class_names", "thresholds", "mean", "std", "flips"):
             if values[key] is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -87,7 +96,23 @@ class Contract:
                 "input": {"channels": self.input_channels, "decoded_size": self.decoded_size,
                           "input_size": self.input_size, "fit": self.fit,
                           "interpolation": self.interpolation},
+                "test_time_flips": list(self.flips),
                 "test_metrics": self.test_metrics, "imclass_version": self.imclass_version}
+
+
+def flip_dims(hflip_p: float | None, vflip_p: float | None) -> tuple[int, ...]:
+    """The tensor dims of the flips an augmentation draws (-1 horizontal, -2 vertical): the
+    only flips a model was trained to be indifferent to, so the only fair ones at test time."""
+    return tuple(dim for dim, p in ((-1, hflip_p), (-2, vflip_p)) if p)
+
+
+def test_time_flips(config: dict) -> tuple[int, ...]:
+    """The flips a run's model averages over (a run's config as a dict): its training flips
+    when it was trained with --tta, else none."""
+    if not config.get("train", {}).get("tta"):
+        return ()
+    augment = config.get("augment", {})
+    return flip_dims(augment.get("hflip_p"), augment.get("vflip_p"))
 
 
 def check_written_by_us(meta: dict, sidecar: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from imclass import interpret, plots
 from imclass.config import RunConfig
+from imclass.contract import flip_dims
 from imclass.data.batches import Batches, Normalization
 from imclass.data.images import ImageSet
 from imclass.distributed import SINGLE, Dist, gather_in_order
@@ -38,16 +39,18 @@ def predict_split(model, data: ImageSet, norm: Normalization, batch_size: int, t
 
 
 def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: torch.device,
-                   folder: Path, *, history: list[dict] | None = None, tta_flips=(),
+                   folder: Path, *, history: list[dict] | None = None, flips=(), tta_flips=(),
                    batch_size: int = 1024, seed: int = 0, thresholds=None,
                    input_size: int | None = None, dist: Dist = SINGLE) -> dict:
     """Metrics of `model` on `data` ({"plain": ..., "tta": ... when tta_flips}) and the
-    figures in `folder`. `thresholds` (binary, multilabel) come from the validation split.
+    figures in `folder`. `flips`: those the model itself averages over (a run trained with
+    --tta), in every figure. `thresholds` (binary, multilabel) come from the validation split.
     Images decoded with a crop margin are centre-cropped to `input_size` first. In a
     distributed run every rank scores its share and rank 0 alone computes and draws."""
     data = data.center_cropped(input_size)
     tap = embedding_tap(model, task, data, seed, dist)
-    probs, labels = predict_split(model, data, norm, batch_size, task, device, dist, tap=tap)
+    probs, labels = predict_split(model, data, norm, batch_size, task, device, dist,
+                                  flips=flips, tap=tap)
     tta_probs = predict_split(model, data, norm, batch_size, task, device, dist,
                               flips=tta_flips)[0] if tta_flips else None
     if not dist.is_main:
@@ -80,12 +83,16 @@ def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunCon
                    device: torch.device, log, *, split: str = "test", tta: bool = False,
                    thresholds=None, input_size: int | None = None, dist: Dist = SINGLE) -> dict:
     """A run's model on one labelled split: its metrics into the run's metrics.json under
-    `split` (and `split`_tta), its figures under plots/ (plots/<split>/ for val), a console line."""
-    flips = tta_flips(cfg) if tta else ()
+    `split` (and `split`_tta), its figures under plots/ (plots/<split>/ for val), a console line.
+    A run trained with --tta is scored with its flips, as predict scores it; `tta` then adds
+    nothing."""
+    in_model = model_flips(cfg)
+    flips = tta_flips(cfg) if tta and not in_model else ()
     folder = run_dir / "plots" if split == "test" else run_dir / "plots" / split
     history = mark_best(read_history(run_dir), cfg.train) if split == "test" else None
     result = evaluate_model(model, task, data, norm, device, folder, history=history,
-                            tta_flips=flips, batch_size=cfg.train.eval_batch_size,
+                            flips=in_model, tta_flips=flips,
+                            batch_size=cfg.train.eval_batch_size,
                             seed=cfg.train.seed, thresholds=thresholds,
                             input_size=input_size, dist=dist)
     if not dist.is_main:
@@ -99,7 +106,8 @@ def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunCon
     if "tta" in result:
         metrics[f"{split}_tta"] = result["tta"]
     write_json(metrics_path, metrics)
-    for key, m in ((split, result["plain"]), (f"{split} with TTA", result.get("tta"))):
+    plain = f"{split} with its test-time flips" if in_model else split
+    for key, m in ((plain, result["plain"]), (f"{split} with TTA", result.get("tta"))):
         if m:
             log(f"{key}: {headline(m)} on {m['count']} images")
     log(f"{split} {recall_line(result['plain'])}")
@@ -108,11 +116,17 @@ def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunCon
 
 def tta_flips(cfg: RunConfig) -> tuple[int, ...]:
     """The flips the model was trained to be indifferent to: only those are fair at test time."""
-    flips = tuple(dim for dim, p in ((-1, cfg.augment.hflip_p), (-2, cfg.augment.vflip_p)) if p)
+    flips = flip_dims(cfg.augment.hflip_p, cfg.augment.vflip_p)
     if not flips:
         raise ConfigError("--tta averages over the flips the run was trained with, and this "
                           "run used none; train with --hflip-p or --vflip-p above 0")
     return flips
+
+
+def model_flips(cfg: RunConfig) -> tuple[int, ...]:
+    """The flips a run's model averages over wherever it predicts: its training flips when
+    trained with --tta (imclass.contract.test_time_flips, from the same config), else none."""
+    return tta_flips(cfg) if cfg.train.tta else ()
 
 
 def write_multilabel_figures(folder: Path, model, data: ImageSet, norm, device,

@@ -27,6 +27,7 @@ class PixelModel(nn.Module):
         self.top = margin // 2  # the same centre as imclass.data.images.center_crop
         self.side = contract.input_size
         self.sigmoid = contract.task == "multilabel"
+        self.flips = tuple(contract.flips)  # test-time flips (--tta), averaged in forward
 
     def normalized(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.float() / 255.0
@@ -34,7 +35,14 @@ class PixelModel(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        logits = self.network(self.normalized(pixels)).float()
+        x = self.normalized(pixels)
+        probs = self.probabilities(x)
+        for dim in self.flips:  # as imclass.metrics.predict_probabilities averages them
+            probs = probs + self.probabilities(x.flip(dim))
+        return probs / (1 + len(self.flips))
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.network(x).float()
         return logits.sigmoid() if self.sigmoid else logits.softmax(dim=1)
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:

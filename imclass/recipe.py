@@ -154,9 +154,10 @@ class Recipe:
         # settled from the training split's counts after this line is first printed
         # (run_setup.balance_for, which says it); run.json's line includes it
         balance = f", balance {t.balance}" if t.balance not in ("auto", "none") else ""
+        flips = ", test-time flips" if t.tta else ""
         return (f"recipe for {self.reason}: {cfg.model.name}{weights} at {size} px, batch "
                 f"{t.batch_size}, {stages}, {t.optimizer} {lr}, augment "
-                f"{cfg.augment.preset}{average}{balance}; flags override")
+                f"{cfg.augment.preset}{average}{balance}{flips}; flags override")
 
 
 def _stages(t) -> str:

@@ -23,6 +23,7 @@ from imclass import cuda_graphs
 from imclass.devices import hardware, precision_name, resolve_device
 from imclass.budget import plan as budget_plan
 from imclass.distributed import SINGLE, Dist, broadcast
+from imclass.evaluation import model_flips
 from imclass.models import MODELS, build_model, check_model_name, count_parameters, \
     flops_per_image
 from imclass.models.weights import load_pretrained, resolve_architecture
@@ -121,6 +122,7 @@ def plan(cfg: RunConfig, device_type: str, budget: Budget | None = None, dist: D
         recipe, measured = broadcast(dist, (recipe, measured))
     cfg, recipe = apply(cfg, recipe)
     cfg = config_mod.resolve(cfg)
+    model_flips(cfg)  # a --tta without training flips is refused now, not after training
     architecture, weights_source = resolve_architecture(cfg.model)
     return (data_for_model(cfg, architecture), scanned, recipe, architecture, weights_source,
             measured)

@@ -169,6 +169,7 @@ def test_the_plan_takes_the_larger_net_only_where_the_time_buys_its_passes():
     recipe, info = plan(cfg, 3600, fast)
     assert info["chosen"] == "rescnn" and recipe.values["name"] == "rescnn"
     assert recipe.values["erase_p"] == 0.5 and recipe.values["val_fraction"] == 0  # all 60,000
+    assert recipe.values["tta"] is True  # the mirror image averaged in at test time
     assert "--budget: rescnn" in recipe.reason and "1h" in recipe.reason
     recipe, info = plan(cfg, 300, fast)
     assert info["chosen"] == "cnn" and "name" not in recipe.values
@@ -179,7 +180,10 @@ def test_the_plan_takes_the_larger_net_only_where_the_time_buys_its_passes():
     assert info["passes_planned"] == pytest.approx(
         info["training_seconds_planned"] / (60_000 / info["measured"]["cnn"]
                                             ["train_images_per_s"]), rel=0.01)
-    assert recipe.values["val_fraction"] == 0  # a budget trains on every image
+    assert recipe.values["val_fraction"] == 0 and recipe.values["tta"] is True
+    # the test-time flip's second pass over the test images is reserved for
+    assert (budget_mod.reserve_seconds(10_000, 0, 5_000, test_passes=2)
+            - budget_mod.reserve_seconds(10_000, 0, 5_000)) == pytest.approx(2.0)
     watched, _ = plan(override(cfg, {"patience": 3}), 300, fast)  # unless patience needs one
     assert watched.values["val_fraction"] == 0.1
 

@@ -385,3 +385,51 @@ def test_a_run_is_scored_from_its_onnx_network_without_importing_torch(trained_r
     assert_used_only_while_current(other, predictor.load_run_network, predictor.NETWORK,
                                    trained_run)
     assert load(other).backend == "torch"  # the eager model instead
+
+
+def test_a_run_trained_with_test_time_flips_predicts_as_its_test_figures_say(tmp_path):
+    """--tta: the run's model averages each image with its mirror image everywhere it
+    predicts: the test figures training writes, the eager model, its ONNX network and an
+    exported file agree on all 10,000 test images, and differ from the plain network's."""
+    import dataclasses
+
+    import onnxruntime as ort
+    import torch
+
+    from imclass.config import RunConfig, override
+    from imclass.contract import Contract
+    from imclass.predictor import NETWORK, load_torch_run, pixel_model_of_run
+    run = tmp_path / "run"
+    api.train(override(RunConfig(), {"subset": 1200, "epochs": 3, "batch_size": 64, "lr": 0.1,
+                                     "tta": True}), run, quiet=True)
+    assert "test-time flips" in json.loads((run / "run.json").read_text())["recipe"]["line"]
+    pixels, labels = fmnist_pixels(10_000)
+    fast, eager = load(run), load_torch_run(run, traced=False)
+    assert fast.backend == "onnx" and fast.contract.flips == eager.contract.flips == (-1,)
+    probs = fast.probabilities(pixels)
+    assert_same_probabilities(probs, eager.probabilities(pixels))
+    tested = json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
+    assert (probs.argmax(1) == labels).mean() == pytest.approx(tested, abs=2e-4)
+    module, contract = pixel_model_of_run(run, device="cpu")
+    plain = module.__class__(module.network, dataclasses.replace(contract, flips=()))
+    with torch.no_grad():
+        x = torch.from_numpy(pixels[:256])
+        both = (plain(x) + plain(x.flip(-1))) / 2
+        assert np.abs(module(x).numpy() - both.numpy()).max() < 1e-5
+        assert not np.allclose(plain(x).numpy(), both.numpy(), atol=1e-3)
+    # an exported file carries the flips inside its graph and says so in its metadata
+    path, _ = api.export(run, tmp_path / "model.onnx")
+    meta = ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
+    assert json.loads(meta["flips"]) == [-1]
+    assert_same_probabilities(load(path).probabilities(pixels[:300]), probs[:300])
+    older = {k: v for k, v in meta.items() if k != "flips"}  # a file exported before --tta
+    assert Contract.from_metadata(older, "old.onnx").flips == ()
+    assert (run / "checkpoints" / NETWORK).is_file()
+
+
+def test_test_time_flips_without_training_flips_are_refused_before_training(tmp_path, capsys):
+    assert cli.main(["train", "--subset", "200", "--tta", "true", "--hflip-p", "0",
+                     "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--tta averages over the flips the run was trained with" in err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()

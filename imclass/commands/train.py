@@ -33,7 +33,7 @@ from imclass.devices import (hardware, keep_freed_memory, precision_name, releas
                              resolve_device, tune_backend)
 from imclass.distributed import Dist
 from imclass.errors import ConfigError, DataError, Stopped, memory_stage
-from imclass.evaluation import evaluate_split, predict_split
+from imclass.evaluation import evaluate_split, model_flips, predict_split
 from imclass.features import FeatureCache, can_cache
 from imclass.lr_find import find_lr
 from imclass.predictor import save_fast_model
@@ -243,7 +243,7 @@ def tune_thresholds(run_dir: Path, model, setup: Setup, log: Log) -> list | None
         return None  # the task's default, 0.5
     probs, labels = predict_split(model, splits.val.center_cropped(splits.input_size),
                                   splits.norm, setup.cfg.train.eval_batch_size, task, device,
-                                  setup.dist)
+                                  setup.dist, flips=model_flips(setup.cfg))
     fits = task.tune_thresholds(labels, probs)
     if fits is None:
         return None
@@ -281,7 +281,7 @@ def budget_deadline(setup: Setup, log: Log, resumed: bool) -> Deadline | None:
     speeds = setup.budget_plan["measured"][setup.budget_plan["chosen"]]
     after = SLACK * b.seconds + reserve_seconds(
         len(splits.test), len(splits.val) if splits.validated else 0,
-        speeds["eval_images_per_s"])
+        speeds["eval_images_per_s"], 1 + len(model_flips(setup.cfg)))
     deadline = b.deadline(after)
     if deadline.left() < 1:
         raise ConfigError(
