@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from imclass.data.batches import Batches, Normalization
 from imclass.data.images import ImageSet
 from imclass.distributed import SINGLE, Dist, gather_in_order
 from imclass.errors import ConfigError
+from imclass.inference import for_inference
 from imclass.metrics import (EmbeddingTap, auc_per_class, average_precision_per_class,
                              averaged_roc, headline, pr_curves, predict_probabilities,
                              recall_line, roc_curves)
@@ -49,9 +51,11 @@ def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: tor
     distributed run every rank scores its share and rank 0 alone computes and draws."""
     data = data.center_cropped(input_size)
     tap = embedding_tap(model, task, data, seed, dist)
-    probs, labels = predict_split(model, data, norm, batch_size, task, device, dist,
+    scorer = for_inference(model, normalized(data, range(min(3, len(data))), norm, device),
+                           len(data))
+    probs, labels = predict_split(scorer, data, norm, batch_size, task, device, dist,
                                   flips=flips, tap=tap)
-    tta_probs = predict_split(model, data, norm, batch_size, task, device, dist,
+    tta_probs = predict_split(scorer, data, norm, batch_size, task, device, dist,
                               flips=tta_flips)[0] if tta_flips else None
     if not dist.is_main:
         return {}
@@ -174,25 +178,37 @@ def write_figures(folder: Path, model, data: ImageSet, norm, device, labels: np.
     names = list(data.class_names)
     images = Pixels(data)
     matrix = np.array(metrics["confusion_matrix"])
-    if history:
-        plots.curves(history, folder / "curves.png")
-    plots.confusion(matrix, names, folder / "confusion.png", normalize=False)
-    plots.confusion(matrix, names, folder / "confusion_normalized.png", normalize=True)
-    plots.roc(roc_curves(labels, probs), auc_per_class(labels, probs),
-              averaged_roc(labels, probs), names, folder / "roc.png")
-    plots.precision_recall(pr_curves(labels, probs), average_precision_per_class(labels, probs),
-                           names, folder / "pr.png")
-    plots.reliability(metrics["calibration"], metrics["ece"], folder / "calibration.png")
-    plots.prediction_grid(images, labels, probs, predicted, names, folder / "predictions.png")
-    plots.gallery(images, labels, probs, predicted, names,
-                  interpret.worst_mistakes(labels, probs, GALLERY_SIZE, predicted),
-                  "worst mistakes: wrong with the highest confidence", folder / "mistakes.png")
-    plots.gallery(images, labels, probs, predicted, names,
-                  interpret.least_confident_right(labels, probs, GALLERY_SIZE, predicted),
-                  "least confident right answers", folder / "unsure.png")
-    _heatmaps(folder / "gradcam.png", model, data, norm, device, labels, probs, predicted)
-    _embedding(folder / "embedding.png", model, data, norm, device, labels, predicted, seed,
-               batch_size, tap)
+    figures = [partial(plots.curves, history, folder / "curves.png")] if history else []
+    figures += [
+        partial(plots.confusion, matrix, names, folder / "confusion.png", normalize=False),
+        partial(plots.confusion, matrix, names, folder / "confusion_normalized.png",
+                normalize=True),
+        partial(plots.roc, roc_curves(labels, probs), auc_per_class(labels, probs),
+                averaged_roc(labels, probs), names, folder / "roc.png"),
+        partial(plots.precision_recall, pr_curves(labels, probs),
+                average_precision_per_class(labels, probs), names, folder / "pr.png"),
+        partial(plots.reliability, metrics["calibration"], metrics["ece"],
+                folder / "calibration.png"),
+        partial(plots.prediction_grid, images, labels, probs, predicted, names,
+                folder / "predictions.png"),
+        partial(plots.gallery, images, labels, probs, predicted, names,
+                interpret.worst_mistakes(labels, probs, GALLERY_SIZE, predicted),
+                "worst mistakes: wrong with the highest confidence", folder / "mistakes.png"),
+        partial(plots.gallery, images, labels, probs, predicted, names,
+                interpret.least_confident_right(labels, probs, GALLERY_SIZE, predicted),
+                "least confident right answers", folder / "unsure.png")]
+
+    def with_the_model() -> None:  # torch's work, here, while the workers draw the rest
+        _heatmaps(folder / "gradcam.png", model, data, norm, device, labels, probs, predicted)
+        _embedding(folder / "embedding.png", model, data, norm, device, labels, predicted,
+                   seed, batch_size, tap)
+    # a worker per core torch may use (imclass.cores: those other processes leave free)
+    plots.draw_all(figures, torch.get_num_threads(), with_the_model, one_thread)
+
+
+def one_thread() -> None:
+    """A figure worker's torch: single-threaded (see plots.draw_all)."""
+    torch.set_num_threads(1)
 
 
 def _heatmaps(path: Path, model, data: ImageSet, norm, device, labels, probs,

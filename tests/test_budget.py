@@ -208,6 +208,7 @@ def test_photos_get_a_smaller_side_on_a_slower_machine():
     assert fast.values["image_size"] == 224 and fast.values["name"] == "efficientnet_lite0"
     assert slow.values["image_size"] < 224 and info["chosen"] == "efficientnet_lite0"
     assert slow.values["epochs"] >= 6 and "px fit in" in slow.reason
+    assert fast.values["tta"] is True  # the mirror image averaged in, its pass reserved
 
 
 def test_a_budget_too_small_to_train_says_what_would_do(tmp_path):
