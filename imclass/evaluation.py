@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -178,37 +177,25 @@ def write_figures(folder: Path, model, data: ImageSet, norm, device, labels: np.
     names = list(data.class_names)
     images = Pixels(data)
     matrix = np.array(metrics["confusion_matrix"])
-    figures = [partial(plots.curves, history, folder / "curves.png")] if history else []
-    figures += [
-        partial(plots.confusion, matrix, names, folder / "confusion.png", normalize=False),
-        partial(plots.confusion, matrix, names, folder / "confusion_normalized.png",
-                normalize=True),
-        partial(plots.roc, roc_curves(labels, probs), auc_per_class(labels, probs),
-                averaged_roc(labels, probs), names, folder / "roc.png"),
-        partial(plots.precision_recall, pr_curves(labels, probs),
-                average_precision_per_class(labels, probs), names, folder / "pr.png"),
-        partial(plots.reliability, metrics["calibration"], metrics["ece"],
-                folder / "calibration.png"),
-        partial(plots.prediction_grid, images, labels, probs, predicted, names,
-                folder / "predictions.png"),
-        partial(plots.gallery, images, labels, probs, predicted, names,
-                interpret.worst_mistakes(labels, probs, GALLERY_SIZE, predicted),
-                "worst mistakes: wrong with the highest confidence", folder / "mistakes.png"),
-        partial(plots.gallery, images, labels, probs, predicted, names,
-                interpret.least_confident_right(labels, probs, GALLERY_SIZE, predicted),
-                "least confident right answers", folder / "unsure.png")]
-
-    def with_the_model() -> None:  # torch's work, here, while the workers draw the rest
-        _heatmaps(folder / "gradcam.png", model, data, norm, device, labels, probs, predicted)
-        _embedding(folder / "embedding.png", model, data, norm, device, labels, predicted,
-                   seed, batch_size, tap)
-    # a worker per core torch may use (imclass.cores: those other processes leave free)
-    plots.draw_all(figures, torch.get_num_threads(), with_the_model, one_thread)
-
-
-def one_thread() -> None:
-    """A figure worker's torch: single-threaded (see plots.draw_all)."""
-    torch.set_num_threads(1)
+    if history:
+        plots.curves(history, folder / "curves.png")
+    plots.confusion(matrix, names, folder / "confusion.png", normalize=False)
+    plots.confusion(matrix, names, folder / "confusion_normalized.png", normalize=True)
+    plots.roc(roc_curves(labels, probs), auc_per_class(labels, probs),
+              averaged_roc(labels, probs), names, folder / "roc.png")
+    plots.precision_recall(pr_curves(labels, probs), average_precision_per_class(labels, probs),
+                           names, folder / "pr.png")
+    plots.reliability(metrics["calibration"], metrics["ece"], folder / "calibration.png")
+    plots.prediction_grid(images, labels, probs, predicted, names, folder / "predictions.png")
+    plots.gallery(images, labels, probs, predicted, names,
+                  interpret.worst_mistakes(labels, probs, GALLERY_SIZE, predicted),
+                  "worst mistakes: wrong with the highest confidence", folder / "mistakes.png")
+    plots.gallery(images, labels, probs, predicted, names,
+                  interpret.least_confident_right(labels, probs, GALLERY_SIZE, predicted),
+                  "least confident right answers", folder / "unsure.png")
+    _heatmaps(folder / "gradcam.png", model, data, norm, device, labels, probs, predicted)
+    _embedding(folder / "embedding.png", model, data, norm, device, labels, predicted, seed,
+               batch_size, tap)
 
 
 def _heatmaps(path: Path, model, data: ImageSet, norm, device, labels, probs,

@@ -15,56 +15,12 @@ def pyplot():
     return plt
 
 
-# zlib's level for the PNGs (Pillow's default is 6): MEASURE_PLACEHOLDER
-PNG_COMPRESS_LEVEL = 1
-
-
-# The figures given to `draw_all`'s forked workers: they inherit this list (and the images
-# the figures show) with the process, so nothing is pickled but each figure's position.
-_PENDING: list = []
-
-
-def _draw(position: int) -> None:
-    _PENDING[position]()
-
-
-def draw_all(figures: list, workers: int, meanwhile=None, initializer=None,
-             timeout_s: float = 600.0):
-    """Draw `figures` (callables, each saving one figure) in `workers` forked processes while
-    `meanwhile()` runs here (the figures that need the model); returns what it returns.
-    matplotlib draws on one core, so a report's dozen figures wait on one core while the
-    others idle: MEASURE_PLACEHOLDER. `initializer` runs first in each worker: a figure that
-    reads its images through torch needs torch.set_num_threads(1) there, as DataLoader's
-    workers do (GNU OpenMP's thread team does not survive a fork: the first parallel torch op
-    of a forked child waits for it for ever). Serially where there is one worker or no fork
-    (Linux only: macOS forks unsafely, Windows not at all); a figure's error is raised here."""
-    import multiprocessing
-    import sys
-
-    if workers < 2 or len(figures) < 2 or sys.platform != "linux":
-        result = meanwhile() if meanwhile else None
-        for figure in figures:
-            figure()
-        return result
-    global _PENDING
-    _PENDING = figures
-    try:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(figures)),
-                                                      initializer) as pool:
-            drawn = pool.map_async(_draw, range(len(figures)), chunksize=1)
-            result = meanwhile() if meanwhile else None
-            drawn.get(timeout_s)  # multiprocessing.TimeoutError rather than a hung run
-    finally:
-        _PENDING = []
-    return result
-
-
 def save_figure(fig, path: Path, tight: bool = True) -> Path:
     """`tight`: let matplotlib fit the margins to the text (a draw of its own: a quarter of a
     second on a grid of 40 images); grids lay themselves out with `grid_margins` instead."""
     if tight:
         fig.tight_layout(rect=(0, 0, 1, 0.97) if fig._suptitle else (0, 0, 1, 1))
-    fig.savefig(path, dpi=110, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+    fig.savefig(path, dpi=110)
     pyplot().close(fig)
     return path
 

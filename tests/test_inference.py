@@ -1,12 +1,9 @@
-"""The test pass's frozen model (imclass.inference) and the report's figures drawn in forked
-workers (imclass.plots.draw_all)."""
-import os
-
+"""The test pass's frozen model (imclass.inference): the eager model's answers, BatchNorm
+folded away, and the eager model kept wherever the frozen copy could answer differently."""
 import pytest
 import torch
 from torch import nn
 
-from imclass import plots
 from imclass.config import ModelConfig
 from imclass.inference import Frozen, for_inference
 from imclass.models import build_model
@@ -61,39 +58,3 @@ def test_a_model_the_frozen_copy_disagrees_with_is_scored_eagerly():
     assert model.training  # left in the mode it came in (the scorer sets eval itself)
     linear = nn.Linear(4, 3)
     assert for_inference(linear, x.flatten(1), 1000) is linear  # no embedding: as it is
-
-
-def _figure(path):
-    """A figure that reads its numbers through a parallel torch op (as the galleries read
-    their images) and notes which process drew it."""
-    def draw():
-        plt = plots.pyplot()
-        fig, ax = plt.subplots()
-        big = torch.arange(4_000_000, dtype=torch.float32)
-        ax.plot([0, 1], [0, float(big[torch.randperm(len(big))].sum()) / 8e12])
-        plots.save_figure(fig, path)
-        path.with_suffix(".pid").write_text(str(os.getpid()))
-    return draw
-
-
-def test_figures_are_drawn_by_forked_workers_while_the_model_works(tmp_path):
-    from imclass.evaluation import one_thread
-
-    torch.set_num_threads(2)
-    torch.arange(4_000_000, dtype=torch.float32).sin_()  # the parent's OpenMP team, started
-    paths = [tmp_path / f"f{i}.png" for i in range(4)]
-    parent = os.getpid()
-    result = plots.draw_all([_figure(p) for p in paths], 2, lambda: os.getpid(), one_thread,
-                            timeout_s=120)
-    assert result == parent  # `meanwhile` ran here
-    assert all(p.is_file() and p.stat().st_size > 1000 for p in paths)
-    drawn_by = {int(p.with_suffix(".pid").read_text()) for p in paths}
-    assert parent not in drawn_by and 1 <= len(drawn_by) <= 2  # by the two workers
-
-    def broken():
-        raise ValueError("no such class")
-    with pytest.raises(ValueError, match="no such class"):
-        plots.draw_all([_figure(tmp_path / "ok.png"), broken], 2, initializer=one_thread)
-    serial = tmp_path / "serial.png"
-    assert plots.draw_all([_figure(serial)], 1, lambda: 7) == 7 and serial.is_file()
-    assert int(serial.with_suffix(".pid").read_text()) == parent  # one worker: drawn here
