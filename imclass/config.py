@@ -242,7 +242,7 @@ class TrainConfig:
     tta: bool = option(False, "test-time flips: the model averages its probabilities over each "
                        "image and its copies flipped as in training (twice the cost of a "
                        "prediction); the test figures, predict, serve and exported files all "
-                       "do it. Set by --budget on Fashion-MNIST")
+                       "do it. A --budget sets it (Fashion-MNIST, photos)")
     overfit_epochs: int = option(3, "warn of overfitting after this many epochs in a row of "
                                  "rising validation loss and falling training loss", low=2)
     seed: int = option(0, "seed for the split, the batch order, augmentation and the weights",

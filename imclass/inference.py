@@ -71,7 +71,5 @@ def for_inference(model: nn.Module, example: torch.Tensor, images: int):
                             model.forward_with_embedding(example)))
     except Exception:  # noqa: BLE001 - any tracer failure means: score with the eager model
         agree = False
-    if agree:
-        return frozen
     model.train(was_training)
-    return model
+    return frozen if agree else model
