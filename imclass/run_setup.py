@@ -224,6 +224,15 @@ def build_run_model(setup: Setup, log: Log) -> tuple[torch.nn.Module, dict[str, 
     return model, info
 
 
+def example_batch(setup: Setup, device: torch.device, images: int = 2) -> torch.Tensor:
+    """Random normalised-looking images of the run's input shape, drawn without touching the
+    global generator (the run's seed draws the weights and the augmentation)."""
+    splits = setup.splits
+    shape = (images, splits.train.channels, splits.input_size, splits.input_size)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    return x.to(device, memory_format=torch.channels_last)
+
+
 def settle_cuda_graphs(setup: Setup, info: dict, log: Log) -> bool:
     """--cuda-graphs auto or on settled to on or off in `setup.cfg` (imclass.cuda_graphs), the
     reason in `info`; an `on` that cannot be is said and skipped."""

@@ -39,7 +39,8 @@ from imclass.lr_find import find_lr
 from imclass.predictor import save_fast_model
 from imclass.pruning import Pruning, PruneSpec
 from imclass.report import write_report
-from imclass.run_setup import Setup, build_run_model, prepare_training
+from imclass.models.folding import fold_norms
+from imclass.run_setup import Setup, build_run_model, example_batch, prepare_training
 from imclass.runfolder import (HISTORY_COLUMNS, MIN_FREE_BYTES, Checkpointer, HistoryWriter,
                                check_run_dir, check_space, checkpoint_meta, prepare_run_dir,
                                write_json)
@@ -127,6 +128,8 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
                                                              cfg.train.channels_last))
     if dist.active and cfg.train.sync_bn:
         model = distributed.sync_batchnorm(model, device)
+    else:  # (a synchronised BatchNorm is not folded: its ranks must run alike)
+        model_info["folded_norms"] = fold_norms(model, example_batch(setup, device))
     # checkpoints best + last, the resume state (current, best, optimizer) and a margin
     check_space(run_dir, 8 * 4 * model_info["parameters"] + MIN_FREE_BYTES)
     lr_found = None
