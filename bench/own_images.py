@@ -2,7 +2,7 @@
 today's plain defaults (`--recipe none`, Fashion-MNIST's recipe), side by side in one sitting.
 
     .venv/bin/python bench/own_images.py [--runs 1] [--only fmnist-300,photos-300]
-                                         [--versus '--ema 0.999']
+                                         [--versus '--ema 0.999' | --trees BEFORE,AFTER]
 
 Datasets (written under --work by this script, class folders with a test/ folder of their own):
 - fmnist-N: N Fashion-MNIST training images (N/10 per class, stratified, 28x28 greyscale PNG)
@@ -160,11 +160,14 @@ def stable(history: list[dict], best_epoch: int) -> bool:
     return all(row["train_loss"] <= first for row in history[1:]) and best_epoch == lowest
 
 
-def one_run(data: Path, out: Path, flags: list[str], seed: int) -> dict:
-    command = [sys.executable, "-m", "imclass", "train", "--data", str(data), "--out", str(out),
-               "--overwrite", "--quiet", "--seed", str(seed), *flags]
+def one_run(data: Path, out: Path, flags: list[str], seed: int, tree: Path | None = None
+            ) -> dict:
+    """One `imclass train` process, with `tree`'s code where given (a checkout: `python -m`
+    imports the package from its working directory first)."""
+    command = [sys.executable, "-m", "imclass", "train", "--data", str(data.resolve()),
+               "--out", str(out.resolve()), "--overwrite", "--quiet", "--seed", str(seed), *flags]
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=tree)
     wall = time.perf_counter() - start
     test = json.loads((out / "metrics.json").read_text())["test"]
     run = json.loads((out / "run.json").read_text())
@@ -173,6 +176,21 @@ def one_run(data: Path, out: Path, flags: list[str], seed: int) -> dict:
     return {"accuracy": test["accuracy"], "wall_s": wall, "epochs": run["epochs_run"],
             "stable": stable(history, run["best_epoch"]),
             "recipe": (run.get("recipe") or {}).get("line", "")}
+
+
+def compare_trees(folder: Path, out: Path, name: str, trees: list[Path], runs: int) -> None:
+    """Default flags, each seed with every tree's code in turn; rows as main's, a median each."""
+    results: dict[Path, list[dict]] = {tree: [] for tree in trees}
+    for seed in range(runs):
+        for tree in trees:
+            r = one_run(folder, out / f"{tree.name}-{seed}", [], seed, tree)
+            results[tree].append(r)
+            print(f"| {name} | {tree.name} | {seed} | {r['accuracy']:.4f} | {r['wall_s']:.0f} | "
+                  f"{r['epochs']} | {'yes' if r['stable'] else 'NO'} |", flush=True)
+    for tree, rs in results.items():
+        print(f"| **{name}** | **{tree.name}, median** | | "
+              f"**{statistics.median(r['accuracy'] for r in rs):.4f}** | "
+              f"{statistics.median(r['wall_s'] for r in rs):.0f} | | |", flush=True)
 
 
 def main() -> None:
@@ -187,6 +205,9 @@ def main() -> None:
                              " 'before-29': the transfer recipe as it was before issue 29 "
                              "(every epoch of the frozen stage through the backbone, then the "
                              "whole network fine-tuned)")
+    parser.add_argument("--trees", default="",
+                        help="two checkouts, comma-separated: each seed runs the default recipe "
+                             "with the first tree's code, then the second's (A B A B)")
     args = parser.parse_args()
     work = Path(args.work)
     datasets = {f"fmnist-{n}": (lambda n=n: write_fashion(work / "data" / f"fmnist-{n}", n))
@@ -202,6 +223,10 @@ def main() -> None:
     for name in chosen:
         folder = datasets[name]()
         if args.make_only:
+            continue
+        if args.trees:
+            compare_trees(folder, work / "runs" / name, name,
+                          [Path(t).resolve() for t in args.trees.split(",")], args.runs)
             continue
         if args.versus == "before-29":
             versus = BEFORE_29[name].split()

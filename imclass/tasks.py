@@ -105,6 +105,9 @@ class Multiclass:
     def scores(self, tally: np.ndarray) -> dict[str, float]:
         return class_scores(tally)
 
+    # whether tune_thresholds fits anything (else training skips the validation pass for it)
+    fits_thresholds = False
+
     def tune_thresholds(self, y_true: np.ndarray, probs: np.ndarray) -> list | None:
         """None: the most probable class wins; binary and multilabel fit thresholds."""
         return None
@@ -121,6 +124,8 @@ class Binary(Multiclass):
     def predictions(self, probabilities: np.ndarray, thresholds=None) -> np.ndarray:
         """1 (the positive class) where its probability reaches the threshold, else 0."""
         return decisions.positive_at_threshold(probabilities, thresholds)
+
+    fits_thresholds = True
 
     def tune_thresholds(self, y_true, probs):
         """The positive class's threshold (imclass.metrics.ThresholdFit), in a list."""
@@ -188,6 +193,8 @@ class Multilabel:
             f1 = 2 * tp / (2 * tp + fp + fn)
         return {"balanced_acc": label_balanced_accuracy(tp, fp, fn, tn),
                 "macro_f1": float(np.nanmean(f1)) if np.isfinite(f1).any() else math.nan}
+
+    fits_thresholds = True
 
     def tune_thresholds(self, y_true, probs):
         """Each label's threshold (imclass.metrics.ThresholdFit)."""

@@ -242,8 +242,8 @@ def tune_thresholds(run_dir: Path, model, setup: Setup, log: Log) -> list | None
     (imclass.metrics.ThresholdFit: 0.5 where validation is too small to tune on), saved into the
     best checkpoint's sidecar so evaluate and predict decide the same way."""
     splits, task, device = setup.splits, setup.task, setup.device
-    if not splits.validated:
-        return None  # the task's default, 0.5
+    if not (splits.validated and task.fits_thresholds):
+        return None  # the task's default: 0.5, or the most probable class
     probs, labels = predict_split(model, splits.val.center_cropped(splits.input_size),
                                   splits.norm, setup.cfg.train.eval_batch_size, task, device,
                                   setup.dist, flips=model_flips(setup.cfg))
