@@ -15,10 +15,10 @@ from imclass.data.batches import Batches, Normalization
 from imclass.data.images import ImageSet
 from imclass.distributed import SINGLE, Dist, gather_in_order
 from imclass.errors import ConfigError
-from imclass.inference import for_inference
 from imclass.metrics import (EmbeddingTap, auc_per_class, average_precision_per_class,
                              averaged_roc, headline, pr_curves, predict_probabilities,
                              recall_line, roc_curves)
+from imclass.models.folding import fold_norms
 from imclass.runfolder import read_history, write_json
 from imclass.training import mark_best
 
@@ -50,11 +50,11 @@ def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: tor
     distributed run every rank scores its share and rank 0 alone computes and draws."""
     data = data.center_cropped(input_size)
     tap = embedding_tap(model, task, data, seed, dist)
-    scorer = for_inference(model, normalized(data, range(min(3, len(data))), norm, device),
-                           len(data))
-    probs, labels = predict_split(scorer, data, norm, batch_size, task, device, dist,
+    if len(data) and not dist.active:  # (a model trained here is folded already)
+        fold_norms(model, normalized(data, range(min(2, len(data))), norm, device))
+    probs, labels = predict_split(model, data, norm, batch_size, task, device, dist,
                                   flips=flips, tap=tap)
-    tta_probs = predict_split(scorer, data, norm, batch_size, task, device, dist,
+    tta_probs = predict_split(model, data, norm, batch_size, task, device, dist,
                               flips=tta_flips)[0] if tta_flips else None
     if not dist.is_main:
         return {}
