@@ -68,21 +68,25 @@ def step_seconds(model: nn.Module, shape: tuple[int, ...], outputs: int,
                  device: torch.device = torch.device("cpu"), untimed: int = 1,
                  timed: int = TIMED_STEPS) -> float:
     """Median seconds of a forward + backward pass of `model` on `batch` random images,
-    `timed` passes after `untimed` ones."""
-    x = torch.randn(batch, *shape, device=device).contiguous(memory_format=torch.channels_last)
-    target = torch.randint(0, max(1, outputs), (batch,), device=device)
-    times = []
-    for step in range(untimed + timed):
-        start = clock()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(x)
-        loss = nn.functional.cross_entropy(logits.float()[:, :max(1, outputs)], target)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step >= untimed:
-            times.append(clock() - start)
+    `timed` passes after `untimed` ones. The random images and the model's dropout draw from
+    a forked generator: a run probed (its first on this machine) and a run whose precision
+    was cached must draw the same augmentation from the same seed."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        x = torch.randn(batch, *shape, device=device).contiguous(
+            memory_format=torch.channels_last)
+        target = torch.randint(0, max(1, outputs), (batch,), device=device)
+        times = []
+        for step in range(untimed + timed):
+            start = clock()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(x)
+            loss = nn.functional.cross_entropy(logits.float()[:, :max(1, outputs)], target)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= untimed:
+                times.append(clock() - start)
     return sorted(times)[len(times) // 2]
 
 

@@ -95,3 +95,16 @@ def test_a_probe_step_runs_the_real_model_in_both_precisions():
     for dtype in (None, torch.bfloat16):
         assert precision.step_seconds(model, (3, 8, 8), 2, dtype, 3, lambda: next(ticks)) == 1
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_probe_leaves_the_runs_random_draws_alone():
+    """A run that probes (the first of its kind here) and one whose choice was cached must
+    draw the same augmentation and dropout from the same seed."""
+    from imclass import precision
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Dropout(0.5),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)).train()
+    torch.manual_seed(7)
+    expected = torch.rand(5)
+    torch.manual_seed(7)
+    precision.step_seconds(model, (3, 8, 8), 2, None, 3)
+    torch.testing.assert_close(torch.rand(5), expected)
