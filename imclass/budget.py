@@ -27,7 +27,9 @@ import torch
 
 from imclass.config import RunConfig, format_duration, resolve, user_set
 from imclass.devices import mixed_precision, native_bf16
+from imclass.finetune import Stage, apply_stage, train_mode
 from imclass.models import build_model, count_parameters
+from imclass.models.folding import fold_norms
 from imclass.models.weights import resolve_architecture
 from imclass.precision import faster, measure, probe_batch, step_seconds
 from imclass.recipe import (LONG, LONG_MAX_EPOCHS, DataFacts, Recipe, apply, long_values,
@@ -138,6 +140,11 @@ def probe(candidate: Candidate, cfg: RunConfig, channels: int, outputs: int,
     side = c.data.image_size or 28
     shape, batch = (channels, side, side), c.train.batch_size
     label = f"{architecture} ({count_parameters(model)} parameters)"
+    if c.train.freeze_bn:  # timed as it will train: BatchNorms frozen, inside their convolutions
+        apply_stage(model, Stage("probe", 1, 1, [(list(model.parameters()), 0.0)],
+                                 all_norms_frozen=True))
+        fold_norms(model, torch.randn((2, *shape), generator=torch.Generator().manual_seed(0)
+                                      ).to(device, memory_format=torch.channels_last))
     if device.type == "cpu":
         wanted = c.train.precision
         if wanted == "auto" and native_bf16():
@@ -146,13 +153,15 @@ def probe(candidate: Candidate, cfg: RunConfig, channels: int, outputs: int,
         else:
             wanted = "bf16" if wanted == "bf16" else "fp32"
             n = probe_batch(shape, batch)
-            m = {"images": n, "fp32_s": timer(model.train(), shape, outputs, None, n)}
+            train_mode(model)
+            m = {"images": n, "fp32_s": timer(model, shape, outputs, None, n)}
             if wanted == "bf16":
                 m["bf16_s"] = timer(model, shape, outputs, torch.bfloat16, n)
         train_s, eval_s = m[f"{wanted}_s"], m["fp32_s"]
     else:  # a GPU trains and evaluates under its mixed precision
         n = probe_batch(shape, batch)
-        train_s = eval_s = timer(model.train(), shape, outputs,
+        train_mode(model)
+        train_s = eval_s = timer(model, shape, outputs,
                                  mixed_precision(device, c.train.precision), n, device=device)
         m, wanted = {"images": n}, c.train.precision
     # forward alone is about a third of forward + backward

@@ -26,6 +26,7 @@ from torch import nn
 
 from imclass.atomic import atomic_write_text
 from imclass.devices import cpu_name, native_bf16
+from imclass.finetune import train_mode
 
 TIMED_STEPS = 2  # per precision, after one untimed step each
 # Pixels of a probe step: the run's batch, up to 8 images at 224 px (a step of about 0.35 s
@@ -95,7 +96,8 @@ def measure(model: nn.Module, architecture: str, shape: tuple[int, ...], batch: 
     """Seconds of a training step in fp32 and bf16 on a probe batch (`images` of them),
     measured now and remembered for `choose_cpu_precision` (a budget run measures afresh: a
     figure cached while the machine was busy would mislead its plan)."""
-    probe = copy.deepcopy(model).train()  # BatchNorm statistics of the run stay untouched
+    probe = copy.deepcopy(model)  # BatchNorm statistics of the run stay untouched
+    train_mode(probe)  # as the run trains it: BatchNorms marked frozen stay so
     n = probe_batch(shape, batch)
     m = {"fp32_s": timer(probe, shape, outputs, None, n),
          "bf16_s": timer(probe, shape, outputs, torch.bfloat16, n)}

@@ -211,6 +211,28 @@ def test_photos_get_a_smaller_side_on_a_slower_machine():
     assert fast.values["tta"] is True  # the mirror image averaged in, its pass reserved
 
 
+def test_the_probe_times_a_photo_step_as_the_run_trains_it():
+    """The transfer recipe fine-tunes with its BatchNorms frozen, each inside its convolution
+    (imclass.models.folding): the probe must time that step, not one re-estimating them."""
+    from torch import nn
+
+    from imclass.models.folding import _FoldedConv
+    seen = []
+
+    def timer(model, shape, outputs, dtype, n, **_):
+        norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        seen.append((model.training, all(not m.training for m in norms),
+                     any(isinstance(m, _FoldedConv) for m in model.modules())))
+        return 1e-3
+    facts = DataFacts(train_images=240, classes=2, smallest_class=120, channels=3,
+                      short_edge=400)
+    plan(RunConfig(data=RunConfig().data.__class__(source="photos")), 300, timer, facts)
+    assert seen and all(state == (True, True, True) for state in seen)
+    seen.clear()
+    plan(RunConfig(), 300, timer)  # Fashion-MNIST's cnn trains its BatchNorms
+    assert seen and all(not frozen for _, frozen, _ in seen)
+
+
 def test_a_budget_too_small_to_train_says_what_would_do(tmp_path):
     import time
 
