@@ -120,7 +120,7 @@ def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunCon
 
 def curves_current(run_dir: Path) -> bool:
     """Whether plots/curves.png was drawn from the run's history as it is now (evaluating a
-    finished run again need not redraw it: 0.9 s of a 12-s `imclass evaluate`)."""
+    finished run again need not redraw it)."""
     curves, history = run_dir / "plots" / "curves.png", run_dir / "history.csv"
     return (curves.is_file() and history.is_file()
             and curves.stat().st_mtime_ns >= history.stat().st_mtime_ns)

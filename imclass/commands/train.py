@@ -36,10 +36,10 @@ from imclass.errors import ConfigError, DataError, Stopped, memory_stage
 from imclass.evaluation import evaluate_split, model_flips, predict_split
 from imclass.features import FeatureCache, can_cache
 from imclass.lr_find import find_lr
+from imclass.models.folding import fold_norms
 from imclass.predictor import save_fast_model
 from imclass.pruning import Pruning, PruneSpec
 from imclass.report import write_report
-from imclass.models.folding import fold_norms
 from imclass.run_setup import Setup, build_run_model, example_batch, prepare_training
 from imclass.runfolder import (HISTORY_COLUMNS, MIN_FREE_BYTES, Checkpointer, HistoryWriter,
                                check_run_dir, check_space, checkpoint_meta, prepare_run_dir,

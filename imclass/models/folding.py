@@ -99,13 +99,17 @@ def _pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[nn.Module, nn.
     convs = [m for m in model.modules() if type(m) in _conv_classes()]
     norms = [m for m in model.modules() if type(m) in _norm_classes()
              and m.num_features > 0 and m.track_running_stats]
-    made_by: dict[int, nn.Module] = {}
+    # each output kept alive through the pass, so that no later tensor can take its id
+    made_by: dict[int, tuple[nn.Module, torch.Tensor]] = {}
     pairs: list[tuple[nn.Module, nn.Module]] = []
-    hooks = [c.register_forward_hook(lambda mod, _, out: made_by.__setitem__(id(out), mod))
+
+    def read(norm, args):
+        conv, out = made_by.get(id(args[0]), (None, None))
+        if out is args[0]:
+            pairs.append((conv, norm))
+    hooks = [c.register_forward_hook(lambda mod, _, out: made_by.__setitem__(id(out), (mod, out)))
              for c in convs]
-    hooks += [n.register_forward_pre_hook(
-        lambda mod, args: pairs.append((made_by[id(args[0])], mod))
-        if id(args[0]) in made_by else None) for n in norms]
+    hooks += [n.register_forward_pre_hook(read) for n in norms]
     was_training = model.training
     try:
         model.eval()
