@@ -70,6 +70,13 @@ def test_a_second_ctrl_c_stops_at_once_leaving_no_half_written_file(tmp_path):
     out = tmp_path / "run"
     proc = start_training(out)
     wait_for_epochs(proc, out, 1)
+    # the epoch's row is written before its checkpoint: a second signal between the two would
+    # (rightly) leave no last.json at all, so wait for the checkpoint too
+    last = out / "checkpoints" / "last.json"
+    deadline = time.monotonic() + 60
+    while not last.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     # Two signals that arrive while the main thread is inside one torch call reach Python's
     # handler as one, so the second goes only once the first has been handled (its message).
