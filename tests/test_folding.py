@@ -119,3 +119,18 @@ def test_a_norm_before_its_convolution_is_not_paired():
     torch.manual_seed(0)
     model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 1), nn.ReLU()).eval()
     assert fold_norms(model, torch.randn(2, 3, 8, 8)) == 0
+
+
+def test_folding_our_cnn_does_not_import_timm():
+    """timm costs 1.5 s to import: a run of our own CNN must not pay it for the folding."""
+    import subprocess
+    import sys
+    code = ("import sys, torch\n"
+            "from imclass.config import ModelConfig\n"
+            "from imclass.models import build_model\n"
+            "from imclass.models.folding import fold_norms\n"
+            "model = build_model(ModelConfig(name='cnn'), 1, 10)\n"
+            "assert fold_norms(model, torch.randn(2, 1, 28, 28)) > 0\n"
+            "assert 'timm' not in sys.modules, 'timm imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

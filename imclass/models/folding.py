@@ -8,9 +8,10 @@ the head in eval mode (`--freeze-bn`), validation and evaluation run all of them
 the convolution computes `conv(x, w * s, b')` with `s = gamma / sqrt(var + eps)` and
 `b' = beta - mean * s` from the same parameters, so gradients reach w, gamma and beta as
 before, the same numbers to float rounding (tests/test_folding.py), and the state dict keeps
-its keys. EfficientNet-Lite0, batch 32, fp32, channels-last, 2-core Xeon (2026-12-06): a
-training step with frozen BatchNorms 1,066 -> 906 ms at 224 px and 550 -> 467 ms at 160 px; an
-eval forward 243 -> 179 ms at 224 px (docs/benchmarks.md, "BatchNorm folded").
+its keys. tf_EfficientNet-Lite0, batch 32, fp32, channels-last, 2-core Xeon (2026-12-06,
+bench/folding.py): a training step with frozen BatchNorms 1,086 -> 928 ms at 224 px and
+570 -> 494 ms at 160 px; an eval forward 271 -> 208 ms at 224 px (docs/benchmarks.md,
+"BatchNorm folded").
 
 A pair is folded only where a BatchNorm's input is the very tensor its convolution returned
 (seen by hooks on one forward pass), and the whole model must then give the unfolded model's
@@ -23,26 +24,27 @@ other than timm's Conv2dSame, and BatchNorm subclasses other than timm's BatchNo
 from __future__ import annotations
 
 import copy
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+def _timm_layers():
+    """timm's layers where timm is already imported (a timm model is), else None: importing
+    it here would add 1.5 s to every run of our own CNNs."""
+    return sys.modules.get("timm.layers")
+
+
 def _norm_classes() -> tuple[type, ...]:
-    try:
-        from timm.layers import BatchNormAct2d
-        return (nn.BatchNorm2d, BatchNormAct2d)
-    except ImportError:  # timm is a dependency, but our CNNs need none of it
-        return (nn.BatchNorm2d,)
+    timm_layers = _timm_layers()
+    return (nn.BatchNorm2d,) + ((timm_layers.BatchNormAct2d,) if timm_layers else ())
 
 
 def _conv_classes() -> tuple[type, ...]:
-    try:
-        from timm.layers import Conv2dSame
-        return (nn.Conv2d, Conv2dSame)
-    except ImportError:
-        return (nn.Conv2d,)
+    timm_layers = _timm_layers()
+    return (nn.Conv2d,) + ((timm_layers.Conv2dSame,) if timm_layers else ())
 
 
 def _uses_statistics(norm: nn.Module) -> bool:
@@ -57,11 +59,11 @@ class _FoldedConv:
         norm = self._imclass_norm
         if not _uses_statistics(norm):
             return super().forward(x)
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps) if norm.affine else \
-            torch.rsqrt(norm.running_var + norm.eps)
+        scale = torch.rsqrt(norm.running_var + norm.eps)
         bias = -norm.running_mean * scale
         if norm.affine:
-            bias = bias + norm.bias
+            scale = scale * norm.weight
+            bias = bias * norm.weight + norm.bias
         if self.bias is not None:
             bias = bias + self.bias * scale
         weight = self.weight * scale.reshape(-1, 1, 1, 1)
