@@ -27,7 +27,7 @@ import torch
 
 from imclass.config import RunConfig, format_duration, resolve, user_set
 from imclass.devices import mixed_precision, native_bf16
-from imclass.finetune import Stage, apply_stage, train_mode
+from imclass.finetune import apply_stage, plan_stages, train_mode
 from imclass.models import build_model, count_parameters
 from imclass.models.folding import fold_norms
 from imclass.models.weights import resolve_architecture
@@ -138,11 +138,13 @@ def probe(candidate: Candidate, cfg: RunConfig, channels: int, outputs: int,
     model = build_model(dataclasses.replace(c.model, pretrained=False), channels, outputs,
                         architecture).to(device, memory_format=torch.channels_last)
     side = c.data.image_size or 28
-    shape, batch = (channels, side, side), c.train.batch_size
+    trained = c.data.train_size or side  # training's crops (--train-size), evaluation's side
+    shape, batch = (channels, trained, trained), c.train.batch_size
     label = f"{architecture} ({count_parameters(model)} parameters)"
-    if c.train.freeze_bn:  # timed as it will train: BatchNorms frozen, inside their convolutions
-        apply_stage(model, Stage("probe", 1, 1, [(list(model.parameters()), 0.0)],
-                                 all_norms_frozen=True))
+    # timed as it trains most of its epochs: the last stage's layers (the transfer recipe
+    # leaves Lite0's lowest groups frozen), its BatchNorms frozen inside their convolutions
+    apply_stage(model, plan_stages(model, c.train)[-1])
+    if c.train.freeze_bn:
         fold_norms(model, torch.randn((2, *shape), generator=torch.Generator().manual_seed(0)
                                       ).to(device, memory_format=torch.channels_last))
     if device.type == "cpu":
@@ -164,9 +166,11 @@ def probe(candidate: Candidate, cfg: RunConfig, channels: int, outputs: int,
         train_s = eval_s = timer(model, shape, outputs,
                                  mixed_precision(device, c.train.precision), n, device=device)
         m, wanted = {"images": n}, c.train.precision
-    # forward alone is about a third of forward + backward
+    # forward alone is about a third of forward + backward, and its cost grows with the
+    # pixels of the evaluated side
+    eval_images_per_s = 3 * m["images"] / eval_s * (trained / side) ** 2
     return dataclasses.replace(candidate, images_per_s=LOOP_SHARE * m["images"] / train_s,
-                               eval_images_per_s=3 * m["images"] / eval_s, precision=wanted)
+                               eval_images_per_s=eval_images_per_s, precision=wanted)
 
 
 def plan(cfg: RunConfig, facts: DataFacts | None, recipe: Recipe, device: torch.device,
@@ -240,7 +244,8 @@ def _plan_transfer(cfg, facts, recipe, device, budget, outputs, channels, timer)
     Lite0's cost per image grows with the square of its side, so one probe at the recipe's
     side (at most 224 px) prices them all."""
     flips = {"tta": True} if TRANSFER_TTA else {}
-    c = probe(Candidate("efficientnet_lite0", {**recipe.values, **flips}), cfg, channels,
+    plain = {k: v for k, v in recipe.values.items() if k != "train_size"}  # see transfer_values
+    c = probe(Candidate("efficientnet_lite0", {**plain, **flips}), cfg, channels,
               outputs, device, timer)
     side0 = c.values.get("image_size", 224)
     sizes = sizes_of(cfg, facts, cfg.data.val_fraction)
@@ -253,8 +258,8 @@ def _plan_transfer(cfg, facts, recipe, device, budget, outputs, channels, timer)
         per_image = scale * (1 / c.images_per_s + sizes.val / sizes.train / c.eval_images_per_s)
         return train_s / (per_image * epoch_share)
 
-    values = {**transfer_values(facts, device.type, afford, EPOCHS_HEADROOM, PHOTO_MIN_PASSES),
-              **flips}
+    values = {**transfer_values(facts, device.type, afford, EPOCHS_HEADROOM, PHOTO_MIN_PASSES,
+                                smaller_crops=False), **flips}
     side = values.get("image_size", side0)
     passes = afford(side) / max(1, sizes.train)
     why = (f"about {passes:.1f} passes of {sizes.train:,} images at {side} px fit in "

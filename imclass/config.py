@@ -66,6 +66,10 @@ class DataConfig:
                              "at image_size / crop_pct, training takes random crops of them "
                              "and evaluation the centre (timm's crop_pct); 1 = no margin",
                              low=0.5, high=1.0)
+    train_size: int | None = option(None, "side of the random resized crops training sees, "
+                                    "px (default: image_size): smaller trains faster, while "
+                                    "validation and tests keep image_size (needs "
+                                    "--crop-scale, as the photo preset has)", low=8, high=1024)
     interpolation: str | None = option(None, "resampling when resizing; default the "
                                        "pretrained model's (timm), else bilinear",
                                        choices=("bilinear", "bicubic", "nearest"))

@@ -47,12 +47,11 @@ def range_test(setup, model, iterations: int = 100, start_lr: float = 1e-6,
     train_cfg = dataclasses.replace(cfg.train, lr=start_lr)  # cfg's lr may be "auto"
     first = plan_stages(model, train_cfg)[0]
     apply_stage(model, first)
-    augment = build_augment(cfg.augment, (splits.train.channels, *splits.train.size),
-                            splits.input_size)
+    side = cfg.data.train_size or splits.input_size  # as training will see them
+    augment = build_augment(cfg.augment, (splits.train.channels, *splits.train.size), side)
     batches = Batches(splits.train, cfg.train.batch_size, splits.norm, shuffle=True,
                       augment=augment, seed=cfg.train.seed, device=setup.device,
-                      drop_last=len(splits.train) > cfg.train.batch_size,
-                      size=splits.input_size)
+                      drop_last=len(splits.train) > cfg.train.batch_size, size=side)
     optimizer = make_optimizer([(g, start_lr) for g, _ in first.groups], train_cfg)
     loss = setup.task.loss(cfg.train.loss, cfg.train.label_smoothing, setup.balance)
     finder = LRFinder(model, optimizer, lambda z, y: loss(z.float(), y), device=setup.device)

@@ -124,8 +124,25 @@ def plan(cfg: RunConfig, device_type: str, budget: Budget | None = None, dist: D
     cfg = config_mod.resolve(cfg)
     model_flips(cfg)  # a --tta without training flips is refused now, not after training
     architecture, weights_source = resolve_architecture(cfg.model)
-    return (data_for_model(cfg, architecture), scanned, recipe, architecture, weights_source,
-            measured)
+    cfg = data_for_model(cfg, architecture)
+    check_train_size(cfg)
+    return cfg, scanned, recipe, architecture, weights_source, measured
+
+
+def check_train_size(cfg: RunConfig) -> None:
+    """--train-size works through the random resized crops, which it makes smaller than the
+    input: refused without them, or above the input's side."""
+    side, given = cfg.data.train_size, cfg.data.image_size
+    if side is None:
+        return
+    if not cfg.augment.crop_scale:
+        raise ConfigError(f"--train-size {side} sets the side of training's random resized "
+                          f"crops, and augment '{cfg.augment.preset}' takes none; give "
+                          "--crop-scale (e.g. 0.35) or --augment photo, or leave --train-size "
+                          "unset")
+    if given and side > given:
+        raise ConfigError(f"--train-size {side} is above the input side ({given} px, "
+                          "--image-size): give a train size at most that")
 
 
 def check_unvalidated(cfg: RunConfig, recipe: Recipe, log: Log) -> None:
@@ -209,9 +226,10 @@ def build_run_model(setup: Setup, log: Log) -> tuple[torch.nn.Module, dict[str, 
     why = ""
     # (a distributed run's ranks keep the rule of devices.mixed_precision: they must agree)
     if setup.device.type == "cpu" and cfg.train.precision == "auto" and not setup.dist.active:
+        side = cfg.data.train_size or splits.input_size  # timed on what it trains on
         chosen, why = choose_cpu_precision(
             model, f"{setup.architecture or cfg.model.name} ({info['parameters']} parameters)",
-            shape, cfg.train.batch_size, len(splits.train.class_names))
+            (shape[0], side, side), cfg.train.batch_size, len(splits.train.class_names))
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=chosen))
         setup.cfg, info["precision_reason"] = cfg, why
     graphs = settle_cuda_graphs(setup, info, log)

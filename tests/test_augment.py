@@ -192,3 +192,27 @@ def test_photo_augmentation_is_deterministic_on_cpu():
     a = aug(x)
     torch.manual_seed(3)
     assert a.shape == (16, 3, 32, 32) and torch.equal(a, aug(x))
+
+
+def test_a_run_trains_on_its_train_size_and_is_judged_at_its_input_size(tmp_path, monkeypatch):
+    """--train-size: the random crops training sees are that side, validation and the test
+    pass the full input (the recipe's 192 px crops of 224 px photos, here 24 of 32)."""
+    from imagedata import folder_dataset
+    from imclass.commands import train as train_cmd
+
+    seen = []
+
+    class Recording(Batches):
+        def __iter__(self):
+            for x, y in super().__iter__():
+                seen.append(("training" if self.shuffle else "evaluation", x.shape[-1]))
+                yield x, y
+    monkeypatch.setattr(train_cmd, "Batches", Recording)
+    data = folder_dataset(tmp_path / "data", n_train=16, n_test=4)
+    cfg = override(RunConfig(), {"data": str(data), "model": "cnn", "image_size": 32,
+                                 "train_size": 24, "augment": "photo", "epochs": 2,
+                                 "recipe": "none"})
+    run = train_cmd.train(cfg, tmp_path / "run", quiet=True)
+    assert {side for what, side in seen if what == "training"} == {24}
+    assert {side for what, side in seen if what == "evaluation"} == {32}
+    assert (run / "metrics.json").is_file()

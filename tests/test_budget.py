@@ -213,21 +213,28 @@ def test_photos_get_a_smaller_side_on_a_slower_machine():
 
 def test_the_probe_times_a_photo_step_as_the_run_trains_it():
     """The transfer recipe fine-tunes with its BatchNorms frozen, each inside its convolution
-    (imclass.models.folding): the probe must time that step, not one re-estimating them."""
+    (imclass.models.folding), and Lite0's stem and first blocks frozen: the probe must time
+    that step, not one re-estimating them or reaching the stem; at the full side (a budget
+    run trains on no smaller crops)."""
     from torch import nn
 
     from imclass.models.folding import _FoldedConv
-    seen = []
+    seen, sides, stem = [], [], []
 
     def timer(model, shape, outputs, dtype, n, **_):
         norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         seen.append((model.training, all(not m.training for m in norms),
                      any(isinstance(m, _FoldedConv) for m in model.modules())))
+        sides.append(shape[-1])
+        stem.append(next(model.parameters()).requires_grad)
         return 1e-3
     facts = DataFacts(train_images=240, classes=2, smallest_class=120, channels=3,
                       short_edge=400)
-    plan(RunConfig(data=RunConfig().data.__class__(source="photos")), 300, timer, facts)
+    recipe, _ = plan(RunConfig(data=RunConfig().data.__class__(source="photos")), 300, timer,
+                     facts)
     assert seen and all(state == (True, True, True) for state in seen)
+    assert set(sides) == {224} and "train_size" not in recipe.values
+    assert stem and not any(stem) and recipe.values["unfreeze"] == "last-5"
     seen.clear()
     plan(RunConfig(), 300, timer)  # Fashion-MNIST's cnn trains its BatchNorms
     assert seen and all(not frozen for _, frozen, _ in seen)

@@ -35,12 +35,41 @@ def test_tiny_photo_set_gets_pretrained_lite0_at_224_with_photo_augmentation(tmp
     assert (cfg.data.image_size, cfg.data.crop_pct, cfg.data.fit) == (224, 0.875, "crop")
     assert cfg.augment.preset == "photo" and cfg.train.freeze_bn
     assert 0 < cfg.train.freeze_epochs < cfg.train.epochs
-    # every frozen epoch through the backbone, then the whole network (cached features did
-    # not pay on the photo-like set: docs/benchmarks.md)
-    assert (cfg.train.feature_views, cfg.train.unfreeze) == (0, "all")
+    # every frozen epoch through the backbone (cached features did not pay on the photo-like
+    # set: docs/benchmarks.md), then all but Lite0's stem and first two blocks, on 192 px crops
+    assert (cfg.train.feature_views, cfg.train.unfreeze) == (0, "last-5")
+    assert cfg.data.train_size == 192
+    assert "224 (training on 192 px crops)" in choose(folder_cfg(tmp_path), facts(
+        90, classes=3, channels=3, edge=375), "cpu").line(cfg)
     # a CPU budget of training images: 90 images may not train for a thousand passes
     assert cfg.train.epochs * 90 <= recipe_mod.CPU_IMAGE_BUDGET["transfer-photo"]
     assert values["name"] == "efficientnet_lite0"
+
+
+def test_the_smaller_crops_and_frozen_blocks_yield_to_the_users_keys(tmp_path):
+    """The 192 px crops are the photo preset's at 224 px, the frozen groups Lite0's: another
+    side, augmentation or network drops them rather than refuse the user's flags."""
+    photos = facts(240, classes=3, channels=3, edge=400)
+    for given in ({"image_size": 160}, {"augment": "light"}, {"crop_scale": 0.5}):
+        cfg, values = chosen(folder_cfg(tmp_path, **given), photos)
+        assert cfg.data.train_size is None and "train_size" not in values, given
+    cfg, _ = chosen(folder_cfg(tmp_path, model="resnet18", pretrained=True), photos)
+    assert cfg.train.unfreeze == "all" and cfg.data.train_size == 192
+    cfg, _ = chosen(folder_cfg(tmp_path, train_size=160), photos)
+    assert cfg.data.train_size == 160  # the user's own
+
+
+def test_a_train_size_needs_random_crops_no_larger_than_the_input(tmp_path):
+    from imclass.config import resolve
+    from imclass.run_setup import check_train_size
+
+    check_train_size(resolve(folder_cfg(tmp_path, train_size=96, image_size=128,
+                                        augment="photo")))
+    with pytest.raises(ConfigError, match="augment 'light' takes none"):
+        check_train_size(resolve(folder_cfg(tmp_path, train_size=96, augment="light")))
+    with pytest.raises(ConfigError, match="above the input side"):
+        check_train_size(resolve(folder_cfg(tmp_path, train_size=160, image_size=128,
+                                            augment="photo")))
 
 
 def test_large_greyscale_images_are_photos_too(tmp_path):
@@ -166,7 +195,7 @@ def test_train_prints_the_recipe_records_it_and_its_config_repeats_the_run(tmp_p
                      "--cache-dir", str(tmp_path / "c")]) == 0
     line = next(l for l in capsys.readouterr().err.splitlines() if l.startswith("recipe"))
     assert "efficientnet_lite0 pretrained at 96 px" in line
-    assert "1 frozen + 1 epoch," in line
+    assert "1 frozen + 1 epoch of the top 5 layer groups," in line
     run = json.loads((out / "run.json").read_text())
     assert run["recipe"]["name"] == "transfer" and "epochs" not in run["recipe"]["chosen"]
     assert run["recipe"]["chosen"]["name"] == "efficientnet_lite0"

@@ -365,11 +365,11 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
     distributed.check_batch(dist, t.batch_size, len(splits.train))
     channels_last = distributed.memory_format(dist, device, t.channels_last) == \
         torch.channels_last
-    augment = build_augment(cfg.augment, (splits.train.channels, *splits.train.size),
-                            splits.input_size)
+    side = cfg.data.train_size or splits.input_size  # the random crops' side (--train-size)
+    augment = build_augment(cfg.augment, (splits.train.channels, *splits.train.size), side)
     train_batches = Batches(splits.train, t.batch_size, splits.norm, shuffle=True,
                             augment=augment, seed=t.seed, device=device,
-                            drop_last=len(splits.train) > t.batch_size, size=splits.input_size,
+                            drop_last=len(splits.train) > t.batch_size, size=side,
                             shard=(dist.rank, dist.world), channels_last=channels_last,
                             draw_weights=sample_weights(splits.train.labels)
                             if t.balance == "sampler" else None)
@@ -381,7 +381,7 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
     features = None
     if t.feature_views and t.freeze_epochs and can_cache(model) and not dist.active:
         plain_train = Batches(splits.train, t.eval_batch_size, splits.norm, augment=augment,
-                              device=device, size=splits.input_size,
+                              device=device, size=side,
                               channels_last=channels_last)
         features = FeatureCache(t.feature_views, t.seed, cfg.model.dropout, plain_train,
                                 train_batches, val_batches, log)
