@@ -166,16 +166,16 @@ class Recipe:
         if self.name == "run":
             weights = " from its weights"
         stages = _stages(t)
-        size = d.image_size if d.image_size else "native"
+        size = f"{d.image_size if d.image_size else 'native'} px"
         if d.train_size:
-            size = f"{size} (training on {d.train_size} px crops)"
+            size += f" (training on {d.train_size} px crops)"
         lr = f"{t.lr:g}" if isinstance(t.lr, float) else f"lr {t.lr}"  # "auto": found later
         average = f", weight average {t.ema:g}" if t.ema else ""
         # settled from the training split's counts after this line is first printed
         # (run_setup.balance_for, which says it); run.json's line includes it
         balance = f", balance {t.balance}" if t.balance not in ("auto", "none") else ""
         flips = ", test-time flips" if t.tta else ""
-        return (f"recipe for {self.reason}: {cfg.model.name}{weights} at {size} px, batch "
+        return (f"recipe for {self.reason}: {cfg.model.name}{weights} at {size}, batch "
                 f"{t.batch_size}, {stages}, {t.optimizer} {lr}, augment "
                 f"{cfg.augment.preset}{average}{balance}{flips}; flags override")
 
