@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
 import time
@@ -24,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.own_images import matmul_gflops  # noqa: E402
+from bench.own_images import machine_line  # noqa: E402
 from imclass.config import ModelConfig  # noqa: E402
-from imclass.devices import cpu_name, keep_freed_memory  # noqa: E402
+from imclass.devices import keep_freed_memory  # noqa: E402
 from imclass.finetune import NORM_TYPES  # noqa: E402
 from imclass.models import build_model  # noqa: E402
 from imclass.models.folding import _scramble_statistics, fold_norms  # noqa: E402
@@ -90,8 +89,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     keep_freed_memory()
-    print(f"{time.strftime('%Y-%m-%d')} {cpu_name()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}; matmul {matmul_gflops():.0f} GFLOP/s (fp32); batch {args.batch}")
+    print(machine_line(args.batch))
     print("| network | pass | unfolded (ms) | folded (ms) | speed-up |\n|---|---|---:|---:|---:|")
     for spec in args.models.split(","):
         name, side = spec.split(":")

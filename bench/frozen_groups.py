@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
 import time
@@ -25,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.own_images import matmul_gflops  # noqa: E402
+from bench.own_images import machine_line  # noqa: E402
 from imclass.config import ModelConfig  # noqa: E402
-from imclass.devices import cpu_name, keep_freed_memory  # noqa: E402
+from imclass.devices import keep_freed_memory  # noqa: E402
 from imclass.finetune import NORM_TYPES, layer_groups  # noqa: E402
 from imclass.models import build_model  # noqa: E402
 from imclass.models.folding import fold_norms  # noqa: E402
@@ -64,8 +63,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     keep_freed_memory()
-    print(f"{time.strftime('%Y-%m-%d')} {cpu_name()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}; matmul {matmul_gflops():.0f} GFLOP/s (fp32); batch {args.batch}")
+    print(machine_line(args.batch))
     torch.manual_seed(0)
     base = build_model(ModelConfig(name=NAME), 3, 10, NAME).to(memory_format=torch.channels_last)
     fold_norms(base, torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))

@@ -47,6 +47,15 @@ BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry
                "hubble_deep_field", "retina")
 
 
+def machine_line(batch: int) -> str:
+    """The header a step benchmark prints: date, CPU, cores, torch and its fp32 matmul."""
+    import torch
+
+    from imclass.devices import cpu_name
+    return (f"{time.strftime('%Y-%m-%d')} {cpu_name()}, {os.cpu_count()} cores, torch "
+            f"{torch.__version__}; matmul {matmul_gflops():.0f} GFLOP/s (fp32); batch {batch}")
+
+
 def matmul_gflops(n: int = 4096, dtype=None, repeats: int = 5) -> float:
     """GFLOP/s of an n x n matmul, fp32 unless `dtype` says (torch.bfloat16): the median of
     `repeats` timed products after one untimed (a single one moved by 1.6x within a minute
