@@ -39,6 +39,9 @@ def test_tiny_photo_set_gets_pretrained_lite0_at_224_with_photo_augmentation(tmp
     # set: docs/benchmarks.md), then all but Lite0's stem and first two blocks, on 192 px crops
     assert (cfg.train.feature_views, cfg.train.unfreeze) == (0, "last-5")
     assert cfg.data.train_size == 192
+    # a quarter of the run without a better validation loss stops it (a third never kept
+    # another epoch on the runs replayed)
+    assert cfg.train.patience == max(4, cfg.train.epochs // 4) < cfg.train.epochs // 3
     assert "at 224 px (training on 192 px crops), batch" in choose(folder_cfg(tmp_path), facts(
         90, classes=3, channels=3, edge=375), "cpu").line(cfg)
     # a CPU budget of training images: 90 images may not train for a thousand passes
