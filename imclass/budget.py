@@ -138,7 +138,7 @@ def probe(candidate: Candidate, cfg: RunConfig, channels: int, outputs: int,
     model = build_model(dataclasses.replace(c.model, pretrained=False), channels, outputs,
                         architecture).to(device, memory_format=torch.channels_last)
     side = c.data.image_size or 28
-    trained = c.data.train_size or side  # training's crops (--train-size), evaluation's side
+    trained = c.data.training_side(side)  # --train-size's crops; evaluation sees `side`
     shape, batch = (channels, trained, trained), c.train.batch_size
     label = f"{architecture} ({count_parameters(model)} parameters)"
     # timed as it trains most of its epochs: the last stage's layers (the transfer recipe

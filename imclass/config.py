@@ -83,6 +83,11 @@ class DataConfig:
                                  "exclude rows (every row, without an action column) are "
                                  "left out")
 
+    def training_side(self, input_side: int) -> int:
+        """The side of the images training sees: --train-size's random crops, else the
+        model's input side (validation and tests always see the input side)."""
+        return self.train_size or input_side
+
 
 # Each augmentation has a probability (share of the images in a batch it is applied to) and a
 # magnitude. None means "take it from the preset"; `resolve()` fills them in, so the saved

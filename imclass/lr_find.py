@@ -47,7 +47,7 @@ def range_test(setup, model, iterations: int = 100, start_lr: float = 1e-6,
     train_cfg = dataclasses.replace(cfg.train, lr=start_lr)  # cfg's lr may be "auto"
     first = plan_stages(model, train_cfg)[0]
     apply_stage(model, first)
-    side = cfg.data.train_size or splits.input_size  # as training will see them
+    side = cfg.data.training_side(splits.input_size)
     augment = build_augment(cfg.augment, (splits.train.channels, *splits.train.size), side)
     batches = Batches(splits.train, cfg.train.batch_size, splits.norm, shuffle=True,
                       augment=augment, seed=cfg.train.seed, device=setup.device,

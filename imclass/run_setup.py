@@ -226,7 +226,7 @@ def build_run_model(setup: Setup, log: Log) -> tuple[torch.nn.Module, dict[str, 
     why = ""
     # (a distributed run's ranks keep the rule of devices.mixed_precision: they must agree)
     if setup.device.type == "cpu" and cfg.train.precision == "auto" and not setup.dist.active:
-        side = cfg.data.train_size or splits.input_size  # timed on what it trains on
+        side = cfg.data.training_side(splits.input_size)  # timed on what it trains on
         chosen, why = choose_cpu_precision(
             model, f"{setup.architecture or cfg.model.name} ({info['parameters']} parameters)",
             (shape[0], side, side), cfg.train.batch_size, len(splits.train.class_names))

@@ -365,7 +365,7 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
     distributed.check_batch(dist, t.batch_size, len(splits.train))
     channels_last = distributed.memory_format(dist, device, t.channels_last) == \
         torch.channels_last
-    side = cfg.data.train_size or splits.input_size  # the random crops' side (--train-size)
+    side = cfg.data.training_side(splits.input_size)
     augment = build_augment(cfg.augment, (splits.train.channels, *splits.train.size), side)
     train_batches = Batches(splits.train, t.batch_size, splits.norm, shuffle=True,
                             augment=augment, seed=t.seed, device=device,
