@@ -261,7 +261,9 @@ def test_a_tiny_real_budget_ends_on_time(tmp_path):
     run = train(cfg, tmp_path / "run", quiet=True, started=started)
     wall = time.monotonic() - started
     info = json.loads((run / "run.json").read_text())["budget"]
-    assert info["seconds"] == 30 and info["ended_by"] in ("the clock", "its planned epochs")
+    # the subset's scratch recipe keeps its patience: validation may end it before the clock
+    assert info["seconds"] == 30 and info["ended_by"] in ("the clock", "its planned epochs",
+                                                          "early stopping")
     assert info["training_ended_at_s"] <= info["training_deadline_s"] + 2
     # the promise is 30 s + 10; a busy test machine may slow the test pass after training
     assert wall <= 45, f"a 30 s budget took {wall:.0f} s"
