@@ -2,7 +2,7 @@
 alone (issue 29: each at >= 40% of its speed alone; 50% is a fair share of the cores).
 
     .venv/bin/python bench/sharing.py [--data /tmp/own/data/fmnist-300] [--flags '...']
-                                      [--runs 1]
+                                      [--runs 1] [--shared-only]
 
 A default run of the folder alone, then two started together, then (for comparison) two
 together with `OMP_NUM_THREADS` set to the cores, which turns imclass's thread sharing off
@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument("--flags", default="", help="flags for every run")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--work", default="runs/bench-sharing")
+    parser.add_argument("--shared-only", action="store_true",
+                        help="skip the two runs without sharing (the behaviour before issue "
+                             "29: 6-10x slower than alone, so the longest part by far)")
     args = parser.parse_args()
     from imclass.devices import cpu_name
     print(f"{cpu_name()}, {os.cpu_count()} cores, matmul {matmul_gflops():.0f} GFLOP/s")
@@ -72,8 +75,9 @@ def main() -> None:
         proc.wait()
         alone = (time.perf_counter() - began, training_speed(work / "alone"))
         print(f"| alone | {r} | {alone[0]:.0f} | {alone[1]:.1f} | 100% |", flush=True)
-        for tag, env in (("two, imclass sharing the cores", plain),
-                         ("two, OMP_NUM_THREADS fixed (no sharing)", fixed)):
+        cases = [("two, imclass sharing the cores", plain),
+                 ("two, OMP_NUM_THREADS fixed (no sharing)", fixed)]
+        for tag, env in cases[:1] if args.shared_only else cases:
             runs = together(args.data, work, flags, env, tag.split(",")[1].split()[0])
             for k, (wall, speed) in enumerate(runs):
                 print(f"| {tag} | {r}.{k} | {wall:.0f} | {speed:.1f} | "
