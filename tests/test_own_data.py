@@ -23,7 +23,9 @@ def train(root, out, tmp_path, *extra) -> dict:
 def test_class_folders_multiclass_train_evaluate_predict(tmp_path, capsys):
     root = folder_dataset(tmp_path / "pets", "multiclass", n_train=20, n_test=8)
     out = tmp_path / "run"
-    test = train(root, out, tmp_path)["test"]
+    # 8 epochs (24 steps), not FAST's 5: at 15 steps seed 0 in fp32 ended with one class
+    # unlearnt (66.7%; an AVX2 EPYC, 2026-12-06) where bf16 and seeds 1-2 reached 100%
+    test = train(root, out, tmp_path, "--epochs", "8")["test"]
     assert test["task"] == "multiclass" and test["count"] == 24
     assert test["accuracy"] > 0.8  # the classes differ by colour: easy when the pipeline works
     run = json.loads((out / "run.json").read_text())
