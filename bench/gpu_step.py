@@ -125,8 +125,8 @@ def lite0_fine_tuning(photos: int) -> None:
     batch = min(128, photos // 2)
     batches = Batches(data, batch, norm, shuffle=True, augment=aug, seed=0, device=CUDA,
                       drop_last=True, size=224, channels_last=True)
-    print("\n| efficientnet_lite0 at 224 px, batch " f"{batch} | training images/s "
-          "(median of 3 epochs after one) |\n|---|---:|")
+    print(f"\n| efficientnet_lite0 at 224 px, batch {batch} | training images/s (median of 3 "
+          "epochs after one) |\n|---|---:|")
     for unfreeze in ("last-5", "all"):
         torch.manual_seed(0)
         model = build_model(ModelConfig(name="efficientnet_lite0"), 3, 3).to(
