@@ -27,6 +27,7 @@ from imclass.devices import autocast, compiled
 from imclass.distributed import SINGLE, Dist, all_sum, any_rank, wrapper
 from imclass.features import CachedHead
 from imclass.finetune import apply_stage, plan_stages, train_mode
+from imclass.prefix_cache import frozen_validation, validation_chains
 from imclass.tasks import Loss, argmax_hits
 from imclass.timekeeping import Deadline, TimedSchedule
 
@@ -375,6 +376,8 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         return [cb(event, info) for cb in callbacks]
 
     stages = plan_stages(model, cfg)
+    # the frozen layers' output for the validation images is computed once a stage
+    chains = validation_chains(model, evaluated, val_batches) if len(stages) > 1 else None
     if resume is None:
         result.stages = [{"name": st.name, "number": st.number, "first_epoch": 0,
                           "epochs": st.epochs, "peak_lr": st.groups[0][1],
@@ -393,6 +396,8 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             stage_evaluated = CachedHead(evaluated, 0.0)
         else:  # after apply_stage: DDP reduces the gradients that train now
             net = compiled(wrap(model), cfg.compile)
+            stage_evaluated, stage_val = frozen_validation(model, evaluated, chains, val_batches,
+                                                           device, cfg.precision)
             if cfg.cuda_graphs == "on":  # recorded anew each stage: what trains changes
                 net = GraphedForward(net)
         if deadline is not None and any_rank(dist, deadline.passed()):
