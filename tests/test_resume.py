@@ -124,20 +124,16 @@ KILL_WHILE_WRITING = """
 import os, sys
 import imclass.resume as r
 calls = {"n": 0}
-real = r.atomic_write
-def half_then_die(path, write):
-    if path.name != "state.safetensors":
-        return real(path, write)
+real = r.save_file
+def half_then_die(tensors, path):
     calls["n"] += 1
     if calls["n"] == 3:  # the state after epoch 3: half of it on disk, then the process dies
-        def half(tmp):
-            write(tmp)
-            data = tmp.read_bytes()
-            tmp.write_bytes(data[: len(data) // 2])
-            os._exit(137)
-        return real(path, half)
-    return real(path, write)
-r.atomic_write = half_then_die
+        real(tensors, path)
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+        os._exit(137)
+    real(tensors, path)
+r.save_file = half_then_die
 from imclass.cli import main
 sys.exit(main(sys.argv[1:]))
 """

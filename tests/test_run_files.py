@@ -85,18 +85,14 @@ def test_a_disk_full_during_training_keeps_what_was_written_and_resumes(tmp_path
 
     import imclass.resume as resume_mod
 
-    real, calls = resume_mod.atomic_write, {"n": 0}
+    real, calls = resume_mod.save_file, {"n": 0}
 
-    def full_at_epoch_two(path, write):
-        if path.name == "state.safetensors":
-            calls["n"] += 1
-            if calls["n"] == 2:
-                def no_space(tmp):
-                    tmp.write_bytes(b"the first bytes")  # then the disk is full
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
-                return real(path, no_space)
-        return real(path, write)
-    monkeypatch.setattr(resume_mod, "atomic_write", full_at_epoch_two)
+    def full_at_epoch_two(tensors, path):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        real(tensors, path)
+    monkeypatch.setattr(resume_mod, "save_file", full_at_epoch_two)
     out = tmp_path / "run"
     flags = ["--subset", "1200", "--epochs", "3", "--batch-size", "64", "--quiet"]
     assert cli.main(["train", *flags, "--out", str(out)]) == 2
@@ -105,7 +101,7 @@ def test_a_disk_full_during_training_keeps_what_was_written_and_resumes(tmp_path
     assert f"imclass train --resume {out}" in err
     assert json.loads((out / "checkpoints" / "state.json").read_text())["epoch"] == 1
     assert not list(out.rglob("*.tmp"))
-    monkeypatch.setattr(resume_mod, "atomic_write", real)  # space made
+    monkeypatch.setattr(resume_mod, "save_file", real)  # space made
     assert cli.main(["train", "--resume", str(out), "--quiet"]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["epochs_run"] == 3 and run["stopped"] is None
