@@ -4,10 +4,11 @@
     .venv/bin/python bench/validation_reuse.py --trees BEFORE,AFTER --data DIR [--seeds 0]
 
 The first form times `validate` in one process, alternating: EfficientNet-Lite0 as the
-transfer recipe validates it (ImageNet weights, random images, BatchNorms folded, channels-last, fp32, glibc keeping freed memory, the
-recipe's stages: the head alone, then the top 5 layer groups with every BatchNorm frozen), a
-full pass against one over the kept activations, medians of --repeats after one untimed
-call; it checks that both give the same loss. The second runs `imclass train --data DIR
+transfer recipe validates it (ImageNet weights, random images, BatchNorms folded,
+channels-last, fp32, glibc keeping freed memory as a run does, the recipe's stages: the head
+alone, then the top 5 layer groups with every BatchNorm frozen), a full pass against one over
+the kept activations, medians of --repeats after one untimed call; it checks that both give
+the same figures. The second runs `imclass train --data DIR
 --seed S` with each checkout's code in turn (A B A B) and prints the seconds spent in
 `validate` over the whole run, the wall time and the test accuracy. Prints the CPU and its
 fp32 matmul speed first.
