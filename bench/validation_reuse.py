@@ -78,7 +78,7 @@ def step_times(side: int, images: int, repeats: int) -> list[str]:
     for stage in plan_stages(model, cfg):
         apply_stage(model, stage)
         chains = validation_chains(model, model, val)
-        shown, kept = frozen_validation(model, model, chains, val, cpu, None)
+        shown, kept = frozen_validation(model, chains, val, cpu, None)
         validate(shown, kept, loss, cpu)  # the kept pass: computes and keeps the activations
         full, reused = [], []
         for _ in range(repeats + 1):

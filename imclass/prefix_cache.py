@@ -131,17 +131,17 @@ def validation_chains(model: nn.Module, evaluated: nn.Module, val_batches):
     return None if shown is None or len(shown) != len(trained) else (trained, shown)
 
 
-def frozen_validation(model: nn.Module, evaluated: nn.Module, chains, val_batches,
-                      device: torch.device, precision: str | None):
+def frozen_validation(evaluated: nn.Module, chains, val_batches, device: torch.device,
+                      precision: str | None):
     """(model, batches) for validating this stage: the layers above the frozen ones over their
     kept activations; (evaluated, val_batches) unchanged where nothing below is frozen.
     `chains`: (the trained model's chain, whose parameters say what is frozen; the evaluated
     model's, the same layers or their moving average) from `layer_chain`, or None."""
     if chains is None or val_batches is None:
         return evaluated, val_batches
-    k = frozen_length(chains[0])
+    trained, shown = chains
+    k = frozen_length(trained)
     if k == 0:
         return evaluated, val_batches
-    evaluated_chain = chains[1]
-    return (Above(evaluated, evaluated_chain, k),
-            FrozenActivations(evaluated_chain[:k], val_batches, device, precision))
+    return (Above(evaluated, shown, k),
+            FrozenActivations(shown[:k], val_batches, device, precision))

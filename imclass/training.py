@@ -396,8 +396,8 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             stage_evaluated = CachedHead(evaluated, 0.0)
         else:  # after apply_stage: DDP reduces the gradients that train now
             net = compiled(wrap(model), cfg.compile)
-            stage_evaluated, stage_val = frozen_validation(model, evaluated, chains, val_batches,
-                                                           device, cfg.precision)
+            stage_evaluated, stage_val = frozen_validation(evaluated, chains, val_batches, device,
+                                                           cfg.precision)
             if cfg.cuda_graphs == "on":  # recorded anew each stage: what trains changes
                 net = GraphedForward(net)
         if deadline is not None and any_rank(dist, deadline.passed()):

@@ -78,7 +78,7 @@ def test_frozen_layers_run_once_and_validation_gives_the_same_figures():
     # room for two of the five batches' activations: the rest run in full every time
     one_batch = next(iter(FrozenActivations(chains[1][:k], val, torch.device("cpu"), None)))[0]
     limit = 2 * one_batch.numel() * one_batch.element_size()
-    shown, over = frozen_validation(model, model, chains, val, torch.device("cpu"), None)
+    shown, over = frozen_validation(model, chains, val, torch.device("cpu"), None)
     over.limit = limit
     stem.images = 0
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
