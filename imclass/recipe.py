@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from imclass.config import OWN_MODELS, ModelConfig, RunConfig, override, user_set
+from imclass.config import OWN_MODELS, ModelConfig, RunConfig, override, resolve, user_set
+from imclass.contract import flip_dims
 from imclass.data.decode import choose_channels, median_short_edge
 from imclass.errors import ConfigError
 from imclass.models.weights import resolve_architecture, run_architecture
@@ -225,10 +226,17 @@ def apply(cfg: RunConfig, recipe: Recipe) -> tuple[RunConfig, Recipe]:
         chosen.pop("train_size", None)  # meant for the photo preset's crops of 224 px
     if "epochs" in given and "freeze_epochs" not in given and chosen.get("freeze_epochs"):
         chosen["freeze_epochs"] = _frozen_epochs(cfg.train.epochs)
+    if chosen.get("tta") and not _flips_in_training(override(cfg, chosen)):
+        chosen.pop("tta")  # a --budget plan's, but the user's --hflip-p 0 left nothing to flip
     applied = dataclasses.replace(recipe, values=chosen)
     if not chosen:
         return cfg, applied
     return dataclasses.replace(override(cfg, chosen), explicit=cfg.explicit), applied
+
+
+def _flips_in_training(cfg: RunConfig) -> bool:
+    augment = resolve(cfg).augment
+    return bool(flip_dims(augment.hflip_p, augment.vflip_p))
 
 
 def _wants_transfer(cfg: RunConfig, facts: DataFacts, given: frozenset) -> tuple[bool, str]:

@@ -10,10 +10,11 @@ from PIL import Image
 
 from imagedata import folder_dataset
 from imclass import cli, recipe as recipe_mod
-from imclass.config import RunConfig, load_yaml, override, user_set
+from imclass.config import RunConfig, load_yaml, override, resolve, user_set
 from imclass.data import scan
 from imclass.errors import ConfigError
-from imclass.recipe import DataFacts, apply, choose, facts_of
+from imclass.evaluation import model_flips
+from imclass.recipe import DataFacts, Recipe, apply, choose, facts_of
 
 
 def facts(n, classes=10, channels=1, edge=28) -> DataFacts:
@@ -142,6 +143,20 @@ def test_folder_recipes_keep_a_weight_average_that_the_user_can_change_or_turn_o
     # Fashion-MNIST keeps its plain defaults, its long recipe included (measured worth nothing)
     assert chosen(RunConfig(), None)[0].train.ema is None
     assert chosen(override(RunConfig(), {"recipe": "long"}), None)[0].train.ema is None
+
+
+def test_a_plans_test_time_flips_yield_to_a_user_who_turned_flips_off(tmp_path):
+    """A --budget plan averages each test image with its mirror image (--tta); where the
+    user's flags leave training no flip, the plan goes without it instead of the run refusing
+    a --tta the user never gave."""
+    plan = Recipe("transfer", {"tta": True, "preset": "photo"}, "a budget's plan")
+    for given, kept in (({}, True), ({"hflip_p": 0.0}, False), ({"augment": "none"}, False),
+                        ({"hflip_p": 0.0, "vflip_p": 0.5}, True), ({"tta": False}, False)):
+        cfg, applied = apply(folder_cfg(tmp_path, **given), plan)
+        assert cfg.train.tta is kept and ("tta" in applied.values) is kept, given
+        assert bool(model_flips(resolve(cfg))) is kept, given  # what the run then averages
+    with pytest.raises(ConfigError, match="--tta averages over the flips"):
+        model_flips(resolve(apply(folder_cfg(tmp_path, hflip_p=0.0, tta=True), plan)[0]))
 
 
 def test_a_chosen_model_keeps_its_own_recipe(tmp_path):
