@@ -75,6 +75,11 @@ TRANSFER_UNFREEZE = "last-5"
 # (docs/benchmarks.md, "Fine-tuning above the first blocks"). Not for a --budget run, whose
 # sides and passes were calibrated without it.
 PHOTO_INPUT_SIDE, PHOTO_TRAIN_SIDE = 224, 192
+# The transfer recipe does not average the mirror image in at test time (--tta; a --budget plan
+# does): on its models it was worth +0.2 points on the photo-like set (five seeds), nothing on the
+# 30-per-class folder, for a second test pass and twice the cost of every prediction; fewer
+# epochs (20 of 25 for photos, 24 of 30 for the folder) lost 1.5-2 points (docs/benchmarks.md,
+# "The mirror image at test time, fewer epochs, a smaller side", 2026-12-07).
 # The transfer recipe's frozen stage runs every epoch through the backbone. Training the head
 # on the backbone's features cached for 4 augmented views (--feature-views 4, 15 head epochs)
 # did not pay on the photo-like set: 93.3% (median of 3 seeds) against 94.7%, in 265 s against
