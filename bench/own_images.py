@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -163,10 +164,13 @@ def write_photos(root: Path, n_train: int = 300, n_test: int = 300, seed: int = 
 
 def stable(history: list[dict], best_epoch: int) -> bool:
     """Issue 9's check: the training loss after epoch 1 never above epoch 1's, and the kept
-    epoch the one with the lowest validation loss."""
+    epoch the one with the lowest validation loss (the last one without validation)."""
     first = history[0]["train_loss"]
-    lowest = min(range(len(history)), key=lambda i: history[i]["val_loss"]) + 1
-    return all(row["train_loss"] <= first for row in history[1:]) and best_epoch == lowest
+    if all(math.isnan(row["val_loss"]) for row in history):
+        kept = len(history)
+    else:
+        kept = min(range(len(history)), key=lambda i: history[i]["val_loss"]) + 1
+    return all(row["train_loss"] <= first for row in history[1:]) and best_epoch == kept
 
 
 def one_run(data: Path, out: Path, flags: list[str], seed: int, tree: Path | None = None

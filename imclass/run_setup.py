@@ -99,8 +99,9 @@ def balance_for(cfg: RunConfig, splits: Splits, log: Log) -> tuple[RunConfig, Ba
     t = dataclasses.replace(cfg.train, balance=balance.method)
     t = dataclasses.replace(t, select_metric=selection(t))
     if balance.method != "none":
-        log(f"balance: {balance.describe()}; the best epoch has the best validation "
-            f"{t.select_metric.replace('-', ' ')}")
+        picks = (f"; the best epoch has the best validation {t.select_metric.replace('-', ' ')}"
+                 if splits.validated else "")
+        log(f"balance: {balance.describe()}{picks}")
     return dataclasses.replace(cfg, train=t), balance
 
 

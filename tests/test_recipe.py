@@ -192,6 +192,53 @@ def test_without_pretrained_weights_the_recipe_trains_from_scratch_and_says_why(
     assert r.name == "scratch" and "no pretrained weights" in r.reason
 
 
+def held(n, classes=10, channels=1, edge=28, task="multiclass") -> DataFacts:
+    """A folder of n images without val/: a fifth held out for validation (the default)."""
+    kept = round(n * 0.8)
+    return DataFacts(kept, classes, kept // classes, channels, edge, task, n - kept)
+
+
+def test_a_small_single_label_set_trains_on_every_image(tmp_path):
+    """30 per class: no validation split, the images it would hold join training, and the
+    run plans its end (no early stopping) within EVERY_IMAGE_EPOCHS."""
+    r = choose(folder_cfg(tmp_path), held(300), "cpu")
+    cfg, applied = apply(folder_cfg(tmp_path), r)
+    assert (cfg.data.val_fraction, cfg.train.patience) == (0.0, None)
+    assert applied.values["val_fraction"] == 0.0
+    assert cfg.train.epochs == recipe_mod.EVERY_IMAGE_EPOCHS
+    assert cfg.train.freeze_epochs == cfg.train.epochs // 4
+    line = r.line(cfg)
+    assert line.startswith("recipe for 300 training images") and "all trained on" in line
+    # the photo-like set: its epochs come from the image budget over all 300 photos
+    photos = choose(folder_cfg(tmp_path), held(300, classes=3, channels=3, edge=400), "cpu")
+    assert photos.values["val_fraction"] == 0.0
+    # (small images stop at EVERY_IMAGE_EPOCHS; photos lost a point with fewer passes)
+    assert photos.values["epochs"] == recipe_mod.CPU_IMAGE_BUDGET["transfer-photo"] // 300
+    # the same set with validation drawn counts its epochs from 240 images
+    assert choose(folder_cfg(tmp_path), facts(240), "cpu").values["epochs"] \
+        > recipe_mod.EVERY_IMAGE_EPOCHS
+
+
+def test_validation_stays_where_it_is_the_users_or_decides_something(tmp_path):
+    plain = folder_cfg(tmp_path)
+    kept = [
+        (plain, facts(240)),  # a val/ folder: nothing is drawn from training
+        (plain, held(300, classes=2, task="binary")),  # thresholds are tuned on it
+        (plain, held(300, task="multilabel")),
+        (plain, held(recipe_mod.EVERY_IMAGE_MAX + 1)),  # larger sets choose their epoch
+        (folder_cfg(tmp_path, val_fraction=0.1), held(300)),
+        (folder_cfg(tmp_path, patience=5), held(300)),
+        (folder_cfg(tmp_path, select_metric="macro-f1"), held(300)),
+        (folder_cfg(tmp_path, budget="5m"), held(300)),  # calibrated with validation
+    ]
+    for cfg, data in kept:
+        r = choose(cfg, data, "cpu")
+        trained, applied = apply(cfg, r)
+        assert "val_fraction" not in applied.values, (cfg, data)
+        assert trained.data.val_fraction > 0 and trained.train.patience, (cfg, data)
+        assert "all trained on" not in r.reason
+
+
 def test_facts_come_from_a_scan_of_the_files(tmp_path):
     root = folder_dataset(tmp_path / "d", n_train=20, n_test=4)
     big = root / "train" / "red" / "large.png"
@@ -201,8 +248,14 @@ def test_facts_come_from_a_scan_of_the_files(tmp_path):
     assert (f.classes, f.channels, f.short_edge) == (3, 3, 20)
     assert f.train_images == round(61 * 0.8) and f.smallest_class == 16
     assert not f.photos
+    assert (f.task, f.held_out) == ("multiclass", 61 - round(61 * 0.8))
     part = facts_of(scan(cfg.data), cfg.data.val_fraction, subset=40)  # --subset 40
     assert part.train_images == 32 and part.smallest_class == round(20 * 0.8 * 40 / 61)
+    assert part.held_out == 8
+    own_val = folder_dataset(tmp_path / "v", n_train=4, n_test=2)
+    (own_val / "test").rename(own_val / "val")  # a val/ folder: none drawn from train/
+    cfg = override(RunConfig(), {"data": str(own_val), "cache_dir": str(tmp_path / "c")})
+    assert facts_of(scan(cfg.data), cfg.data.val_fraction).held_out == 0
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ file in the study folder, so a stopped search resumes where it left off.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import typing
@@ -313,6 +314,8 @@ def run_study(base: RunConfig, params: list[Param], out: Path, *, method: str = 
 
     check_names(base)  # an unknown dataset or model stops here, not in trial 1
     check_validated(base, params)
+    # trials are ranked on validation: the recipe may not train a small set on every image
+    base = dataclasses.replace(base, explicit=base.explicit | {"val_fraction"})
     # The heartbeat and the matplotlib figures are marked experimental; they work as documented.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     out.mkdir(parents=True, exist_ok=True)
