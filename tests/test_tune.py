@@ -1,5 +1,6 @@
 """imclass tune: search spaces, samplers, pruning, outputs, resuming a killed study."""
 import contextlib
+import json
 import math
 import os
 import signal
@@ -199,6 +200,10 @@ def test_best_yaml_holds_the_recipes_choices_and_trains_the_trials_config(tmp_pa
     assert (best.model.name, best.model.pretrained, best.train.optimizer) == \
         ("efficientnet_lite0", True, "adamw")
     assert best.train.freeze_epochs == 1 and best.train.lr == 0.001
+    # a set this small trains on every image by the recipe, but trials are ranked on validation
+    assert trial.data.val_fraction == 0.2
+    trial_metrics = json.loads((out / "trials" / "trial-000" / "metrics.json").read_text())
+    assert trial_metrics["validation"]["val_score"] > 0
     assert to_dict(best) == to_dict(trial)
     again = tmp_path / "again"
     assert cli.main(["train", "--config", str(out / "best.yaml"), "--out", str(again),
