@@ -103,7 +103,7 @@ def _summary(run: dict, test: dict) -> str:
     return html
 
 
-def _data_section(data: dict, analysis: dict, plots: Path) -> str:
+def _data_section(data: dict, analysis: dict, plots: Path, recipe: dict | None = None) -> str:
     counts = data.get("counts", {})
     names = data.get("classes", [])
     rows = [[name] + [counts.get(s, {}).get(name, 0) for s in ("train", "val", "test")]
@@ -117,8 +117,11 @@ def _data_section(data: dict, analysis: dict, plots: Path) -> str:
               if seen != size[0] else "")
     carved = (" The test split was held out from train/ (stratified, the same images on every "
               "run)." if analysis.get("test_carved") else "")
-    held = ("No validation split: the model trained on every training image "
-            "(--val-fraction 0)." if counts and not sum(counts.get("val", {}).values()) else
+    chosen = "val_fraction" in ((recipe or {}).get("chosen") or {})
+    why = ("the recipe's choice for a set this small; --val-fraction 0.2 holds a fifth out"
+           if chosen else "--val-fraction 0")
+    held = (f"No validation split: the model trained on every training image ({why})."
+            if counts and not sum(counts.get("val", {}).values()) else
             "The validation split is held out from the training images (stratified); it "
             "picks the best epoch.")
     return (f"<p>{len(names)} classes, images {data.get('channels')} channel(s) of "
@@ -395,7 +398,8 @@ def build_report(run_dir: Path) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items())
     sections = [
         ("summary", "Summary", _summary(run, test)),
-        ("data", "Data", _data_section(run.get("data", {}), analysis, plots)),
+        ("data", "Data", _data_section(run.get("data", {}), analysis, plots,
+                                            run.get("recipe"))),
         ("training", "Training", _training_section(run, plots)),
         ("results", "Results on the test set",
          _results(test, tta, plots, run.get("data", {}).get("counts", {}).get("train"))

@@ -267,11 +267,16 @@ def test_train_prints_the_recipe_records_it_and_its_config_repeats_the_run(tmp_p
     line = next(l for l in capsys.readouterr().err.splitlines() if l.startswith("recipe"))
     assert "efficientnet_lite0 pretrained at 96 px" in line
     assert "1 frozen + 1 epoch of the top 5 layer groups," in line
+    # 36 images of 3 classes: all of them train, none is held out for validation
+    assert "36 training images" in line and "all trained on" in line
     run = json.loads((out / "run.json").read_text())
     assert run["recipe"]["name"] == "transfer" and "epochs" not in run["recipe"]["chosen"]
     assert run["recipe"]["chosen"]["name"] == "efficientnet_lite0"
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"]["name"] == "efficientnet_lite0" and saved["train"]["epochs"] == 2
+    assert saved["data"]["val_fraction"] == 0 and run["recipe"]["chosen"]["val_fraction"] == 0
+    assert sum(run["data"]["counts"]["train"].values()) == 36 and run["best_epoch"] == 2
+    assert "the recipe's choice for a set this small" in (out / "report.html").read_text()
     again, values = chosen(load_yaml(out / "config.yaml"), facts(12, classes=3, channels=3))
     assert values == {} and again.model.name == "efficientnet_lite0"
 
