@@ -10,8 +10,8 @@ Two recipes, as the measurements in docs/benchmarks.md taught us:
   features learnt from it (up to TRANSFER_MAX_IMAGES training images).
 - scratch: our CNN, for larger sets of small images, at their own size.
 A small single-label set (up to EVERY_IMAGE_MAX images) trains on every image, with no
-validation split drawn from it. Epochs are counted from optimisation steps, not passes: a small set gets more passes, a large
-one fewer, and a CPU run stays within a few minutes. Both validate, keep and test a moving
+validation split drawn from it. Epochs are counted from optimisation steps, not passes: a
+small set gets more passes, a large one fewer, and a CPU run stays within a few minutes. Both validate, keep and test a moving
 average of the weights: with a few dozen validation images the best epoch is a noisy pick, and
 the average makes the late epochs alike (the worst of three seeds rose on each set of 300 to
 3,000 images measured; on 12,000 nothing changed).

@@ -398,8 +398,8 @@ def build_report(run_dir: Path) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items())
     sections = [
         ("summary", "Summary", _summary(run, test)),
-        ("data", "Data", _data_section(run.get("data", {}), analysis, plots,
-                                            run.get("recipe"))),
+        ("data", "Data",
+         _data_section(run.get("data", {}), analysis, plots, run.get("recipe"))),
         ("training", "Training", _training_section(run, plots)),
         ("results", "Results on the test set",
          _results(test, tta, plots, run.get("data", {}).get("counts", {}).get("train"))
