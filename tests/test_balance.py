@@ -226,3 +226,22 @@ def test_sampler_run_and_a_balanced_set_left_alone(tmp_path, capsys):
     assert run["balance"]["method"] == "sampler" and run["select_metric"] == "macro-f1"
     validation = json.loads((tmp_path / "b" / "metrics.json").read_text())["validation"]
     assert validation["val_score"] == validation["val_macro_f1"]
+
+
+def test_the_balance_line_names_the_validation_figure_only_when_there_is_validation():
+    """A run without validation (the recipe's small sets) keeps its last epoch: the console
+    may not promise a best epoch chosen by validation balanced accuracy."""
+    from types import SimpleNamespace
+
+    from imclass.config import RunConfig
+    from imclass.run_setup import balance_for
+    train = _set(torch.tensor([0] * 100 + [1] * 5), "ab")  # 20x: balanced by default
+    for validated, promised in ((True, True), (False, False)):
+        lines = []
+        cfg, balance = balance_for(RunConfig(), SimpleNamespace(train=train,
+                                                                validated=validated),
+                                   lines.append)
+        assert balance.method != "none" and cfg.train.balance == balance.method
+        assert lines[0].startswith("balance: ")
+        assert ("the best epoch has the best validation balanced accuracy" in lines[0]) \
+            == promised
