@@ -120,10 +120,14 @@ def _data_section(data: dict, analysis: dict, plots: Path, recipe: dict | None =
     chosen = "val_fraction" in ((recipe or {}).get("chosen") or {})
     why = ("the recipe's choice for a set this small; --val-fraction 0.2 holds a fifth out"
            if chosen else "--val-fraction 0")
-    held = (f"No validation split: the model trained on every training image ({why})."
-            if counts and not sum(counts.get("val", {}).values()) else
-            "The validation split is held out from the training images (stratified); it "
-            "picks the best epoch.")
+    if counts and not sum(counts.get("val", {}).values()):
+        held = f"No validation split: the model trained on every training image ({why})."
+    elif data.get("val_given"):
+        held = ("The validation images are the dataset's own (its val/ folder); they pick "
+                "the best epoch.")
+    else:
+        held = ("The validation split is held out from the training images (stratified); it "
+                "picks the best epoch.")
     return (f"<p>{len(names)} classes, images {data.get('channels')} channel(s) of "
             f"{size[0]}x{size[1]} pixels{margin}. {held} The test set is used only for the "
             f"results below.{carved}</p>"

@@ -55,3 +55,30 @@ def test_report_lists_classes_lowest_recall_first_with_their_counts(tmp_path):
     assert "10.0x the training images" in html and "--balance sqrt" in html
     assert "the highest validation balanced-accuracy" in html
     assert "balanced accuracy (mean recall of the classes)" in html
+
+
+def test_report_says_where_the_validation_images_came_from(tmp_path):
+    import shutil
+
+    from imagedata import folder_dataset
+    from imclass.config import DataConfig
+    from imclass.data import prepare
+
+    root = folder_dataset(tmp_path / "d", n_train=10, n_test=4)
+    held = prepare(DataConfig(source=str(root), val_fraction=0.2), seed=0)
+    other = folder_dataset(tmp_path / "other", n_train=1, n_test=4, seed=1)
+    shutil.copytree(other / "test", root / "val")  # other images: none in two splits
+    given = prepare(DataConfig(source=str(root), val_fraction=0.2), seed=0)
+    assert not held.val_given and given.val_given
+    assert len(given.val) == len(given.test) and len(given.train) > len(held.train)
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "config.yaml").write_text("train:\n  lr: 0.2\n")
+    pages = {}
+    for name, splits in (("held", held), ("given", given)):
+        run = {"data": splits.summary(), "model": {"name": "cnn"}, "best_epoch": 1}
+        (tmp_path / "run.json").write_text(json.dumps(run))
+        pages[name] = build_report(tmp_path)
+    assert "held out from the training images (stratified)" in pages["held"]
+    assert "dataset's own (its val/ folder)" not in pages["held"]
+    assert "dataset's own (its val/ folder)" in pages["given"]
+    assert "held out from the training images" not in pages["given"]

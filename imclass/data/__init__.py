@@ -74,6 +74,7 @@ class Splits:
     norm: Normalization  # computed on `train` only
     analysis: dict | None = None
     input_size: int = 0  # the side the model sees; the images may be larger (crop margin)
+    val_given: bool = False  # validation from the dataset (a val/ folder), not held out here
 
     @property
     def task(self) -> str:
@@ -88,7 +89,7 @@ class Splits:
         names = self.train.class_names
         out = {"source": self.train.source, "classes": list(names), "task": self.task,
                "channels": self.train.channels, "size": list(self.train.size),
-               "input_size": self.input_size,
+               "input_size": self.input_size, "val_given": self.val_given,
                "counts": {split: dict(zip(names, s.class_counts()))
                           for split, s in (("train", self.train), ("val", self.val),
                                            ("test", self.test))}}
@@ -138,4 +139,4 @@ def prepare(cfg: DataConfig, seed: int, scanned=None) -> Splits:
         kept, held = stratified_split(full.labels, cfg.val_fraction, seed)
         train, val = full.take(kept), full.take(held)
     return Splits(train, val, loaded.test, Normalization.of(train), loaded.analysis,
-                  loaded.input_size)
+                  loaded.input_size, val_given=loaded.val is not None)
