@@ -244,7 +244,8 @@ def _plan_transfer(cfg, facts, recipe, device, budget, outputs, channels, timer)
     Lite0's cost per image grows with the square of its side, so one probe at the recipe's
     side (at most 224 px) prices them all."""
     flips = {"tta": True} if TRANSFER_TTA else {}
-    plain = {k: v for k, v in recipe.values.items() if k != "train_size"}  # see transfer_values
+    plain = {k: v for k, v in recipe.values.items()  # see transfer_values
+             if k not in ("train_size", "early_size", "early_epochs")}
     c = probe(Candidate("efficientnet_lite0", {**plain, **flips}), cfg, channels,
               outputs, device, timer)
     side0 = c.values.get("image_size", 224)

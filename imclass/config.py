@@ -70,6 +70,10 @@ class DataConfig:
                                     "px (default: image_size): smaller trains faster, while "
                                     "validation and tests keep image_size (needs "
                                     "--crop-scale, as the photo preset has)", low=8, high=1024)
+    early_size: int | None = option(None, "side of the random resized crops of the first "
+                                    "--early-epochs epochs, px (progressive resizing: cheaper "
+                                    "epochs while the new head and the top layers settle, the "
+                                    "rest at --train-size)", low=8, high=1024)
     interpolation: str | None = option(None, "resampling when resizing; default the "
                                        "pretrained model's (timm), else bilinear",
                                        choices=("bilinear", "bicubic", "nearest"))
@@ -286,6 +290,7 @@ class TrainConfig:
     freeze_epochs: int = option(0, "first train only the new head for this many epochs, the "
                                 "backbone frozen (BatchNorm statistics too), then unfreeze",
                                 low=0)
+    early_epochs: int = option(0, "the first epochs, trained on --early-size crops", low=0)
     feature_views: int = option(0, "with --freeze-epochs: train the head on the frozen "
                                 "backbone's features, computed once for this many augmented "
                                 "views of each training image (0: recompute every epoch)",

@@ -131,19 +131,28 @@ def plan(cfg: RunConfig, device_type: str, budget: Budget | None = None, dist: D
 
 
 def check_train_size(cfg: RunConfig) -> None:
-    """--train-size works through the random resized crops, which it makes smaller than the
-    input: refused without them, or above the input's side."""
-    side, given = cfg.data.train_size, cfg.data.image_size
-    if side is None:
-        return
-    if not cfg.augment.crop_scale:
-        raise ConfigError(f"--train-size {side} sets the side of training's random resized "
-                          f"crops, and augment '{cfg.augment.preset}' takes none; give "
-                          "--crop-scale (e.g. 0.35) or --augment photo, or leave --train-size "
-                          "unset")
-    if given and side > given:
+    """--train-size and --early-size work through the random resized crops, which they make
+    smaller than the input: refused without them, or above the input's side (the early side
+    below the training side, with --early-epochs to use it)."""
+    side, given, early = cfg.data.train_size, cfg.data.image_size, cfg.data.early_size
+    if cfg.train.early_epochs and early is None:
+        raise ConfigError(f"--early-epochs {cfg.train.early_epochs} trains its epochs on "
+                          "--early-size crops; give --early-size (e.g. 128)")
+    for flag, value in (("--train-size", side), ("--early-size", early)):
+        if value is not None and not cfg.augment.crop_scale:
+            raise ConfigError(f"{flag} {value} sets the side of training's random resized "
+                              f"crops, and augment '{cfg.augment.preset}' takes none; give "
+                              f"--crop-scale (e.g. 0.35) or --augment photo, or leave {flag} "
+                              "unset")
+    if side is not None and given and side > given:
         raise ConfigError(f"--train-size {side} is above the input side ({given} px, "
                           "--image-size): give a train size at most that")
+    if early is not None and given and early >= (side or given):
+        raise ConfigError(f"--early-size {early} is not below the training side "
+                          f"({side or given} px): give a smaller early size")
+    if early is not None and not cfg.train.early_epochs and "early_size" in cfg.explicit:
+        raise ConfigError(f"--early-size {early} sets the crops of the first epochs; give "
+                          "--early-epochs N (how many)")
 
 
 def check_unvalidated(cfg: RunConfig, recipe: Recipe, log: Log) -> None:

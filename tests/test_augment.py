@@ -216,3 +216,30 @@ def test_a_run_trains_on_its_train_size_and_is_judged_at_its_input_size(tmp_path
     assert {side for what, side in seen if what == "training"} == {24}
     assert {side for what, side in seen if what == "evaluation"} == {32}
     assert (run / "metrics.json").is_file()
+
+
+def test_the_early_epochs_train_on_the_early_size_and_the_rest_on_the_train_size(tmp_path,
+                                                                                monkeypatch):
+    """--early-size, --early-epochs (progressive resizing): the first epochs' crops at the
+    early side, the later ones at --train-size, every evaluation at the input side."""
+    from imagedata import folder_dataset
+    from imclass.commands import train as train_cmd
+
+    seen = []
+
+    class Recording(Batches):
+        def __iter__(self):  # the sides of one pass's batches
+            sides: set[int] = set()
+            seen.append(("training" if self.shuffle else "evaluation", sides))
+            for x, y in super().__iter__():
+                sides.add(x.shape[-1])
+                yield x, y
+    monkeypatch.setattr(train_cmd, "Batches", Recording)
+    data = folder_dataset(tmp_path / "data", n_train=16, n_test=4)
+    cfg = override(RunConfig(), {"data": str(data), "model": "cnn", "image_size": 32,
+                                 "train_size": 24, "early_size": 16, "early_epochs": 2,
+                                 "augment": "photo", "epochs": 3, "recipe": "none"})
+    run = train_cmd.train(cfg, tmp_path / "run", quiet=True)
+    assert [sides for what, sides in seen if what == "training"] == [{16}, {16}, {24}]
+    assert all(sides == {32} for what, sides in seen if what == "evaluation")
+    assert (run / "metrics.json").is_file()

@@ -43,8 +43,8 @@ def test_tiny_photo_set_gets_pretrained_lite0_at_224_with_photo_augmentation(tmp
     # a quarter of the run without a better validation loss stops it (a third never kept
     # another epoch on the runs replayed)
     assert cfg.train.patience == max(4, cfg.train.epochs // 4) < cfg.train.epochs // 3
-    assert "at 224 px (training on 192 px crops), batch" in choose(folder_cfg(tmp_path), facts(
-        90, classes=3, channels=3, edge=375), "cpu").line(cfg)
+    assert "at 224 px (training on 192 px crops, the first 12 epochs on 128 px), batch" in \
+        choose(folder_cfg(tmp_path), facts(90, classes=3, channels=3, edge=375), "cpu").line(cfg)
     # a CPU budget of training images: 90 images may not train for a thousand passes
     assert cfg.train.epochs * 90 <= recipe_mod.CPU_IMAGE_BUDGET["transfer-photo"]
     assert values["name"] == "efficientnet_lite0"
@@ -373,3 +373,49 @@ def test_a_small_fashion_mnist_subset_gets_the_folder_recipes_care():
     assert cfg.train.epochs == 2 and "epochs" not in values and cfg.model.name == "cnn"
     assert choose(override(RunConfig(), {"subset": 20_000}), None, "cpu").name == "none"
     assert choose(RunConfig(), None, "cpu").name == "none"
+
+
+def test_photos_train_their_first_epochs_on_smaller_crops_unless_the_user_sets_sides(tmp_path):
+    """Progressive resizing: the frozen epochs and the first fifth of fine-tuning on 128 px
+    crops, counted again from the user's --epochs or --freeze-epochs; the user's own
+    --train-size or --image-size leaves it out."""
+    photos = facts(240, classes=3, channels=3, edge=400)
+    cfg, _ = chosen(folder_cfg(tmp_path), photos)
+    t = cfg.train
+    assert cfg.data.early_size == 128 < cfg.data.train_size
+    assert t.early_epochs == t.freeze_epochs + round(0.2 * (t.epochs - t.freeze_epochs))
+    assert t.freeze_epochs < t.early_epochs < t.epochs
+    line = choose(folder_cfg(tmp_path), photos, "cpu").line(cfg)
+    assert f"(training on 192 px crops, the first {t.early_epochs} epochs on 128 px)" in line
+    cfg, _ = chosen(folder_cfg(tmp_path, epochs=12), photos)
+    assert (cfg.train.freeze_epochs, cfg.train.early_epochs) == (3, 3 + 2)
+    cfg, _ = chosen(folder_cfg(tmp_path, epochs=12, freeze_epochs=2), photos)
+    assert cfg.train.early_epochs == 2 + 2
+    cfg, _ = chosen(folder_cfg(tmp_path, early_epochs=0), photos)
+    assert cfg.train.early_epochs == 0 and "128 px" not in choose(
+        folder_cfg(tmp_path), photos, "cpu").line(cfg)
+    for given in ({"train_size": 160}, {"image_size": 160}, {"augment": "light"}):
+        cfg, values = chosen(folder_cfg(tmp_path, **given), photos)
+        assert cfg.train.early_epochs == 0 and "early_size" not in values, given
+    small = facts(300, classes=10, channels=1, edge=28)  # small images take no random crops
+    cfg, values = chosen(folder_cfg(tmp_path), small)
+    assert cfg.train.early_epochs == 0 and cfg.data.early_size is None
+
+
+def test_an_early_size_needs_random_crops_below_the_training_side_and_its_epochs(tmp_path):
+    from imclass.run_setup import check_train_size
+
+    def check(**values):
+        check_train_size(resolve(folder_cfg(tmp_path, image_size=128, augment="photo",
+                                            **values)))
+    check(train_size=96, early_size=64, early_epochs=2)
+    check(early_size=96, early_epochs=2)  # below the input side when no --train-size
+    with pytest.raises(ConfigError, match="--early-epochs 2 trains .* give --early-size"):
+        check(early_epochs=2)
+    with pytest.raises(ConfigError, match="--early-size 96 is not below the training side"):
+        check(train_size=96, early_size=96, early_epochs=2)
+    with pytest.raises(ConfigError, match="give --early-epochs N"):
+        check(early_size=64)
+    with pytest.raises(ConfigError, match="augment 'light' takes none"):
+        check_train_size(resolve(folder_cfg(tmp_path, early_size=64, early_epochs=2,
+                                            augment="light")))

@@ -27,7 +27,7 @@ from imclass.cores import CoreShare
 from imclass.data.audit import write_analysis
 from imclass.balance import sample_weights
 from imclass.budget import SLACK, describe_end, reserve_seconds
-from imclass.data.augment import build_augment
+from imclass.data.augment import BatchAugment, build_augment
 from imclass.data.batches import Batches
 from imclass.devices import (hardware, keep_freed_memory, precision_name, release_freed_memory,
                              resolve_device, tune_backend)
@@ -355,6 +355,18 @@ def resume_run(run_dir: str | Path, *, quiet: bool = False, verbose: bool = Fals
                  resume_state=state, prune=PruneSpec.read(run_dir))
 
 
+def early_crops(batches: Batches, early: BatchAugment, side: int, epochs: int):
+    """A callback training the first `epochs` epochs on `early`'s crops of `side` px, the rest
+    on the crops `batches` was built with (--early-size, --early-epochs: progressive
+    resizing). It sets the side at every epoch's start, so a resumed run picks it up too."""
+    later = batches.augment, batches.size
+
+    def callback(event: str, info: dict) -> None:
+        if event == "epoch_start":
+            batches.augment, batches.size = (early, side) if info["epoch"] <= epochs else later
+    return callback
+
+
 def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_callbacks: list,
             meta: dict, stop_on_signal: bool = True, resume_state: dict | None = None,
             deadline: Deadline | None = None):
@@ -392,6 +404,10 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
     callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit]
     if device.type == "cpu" and not dist.active:  # torchrun's ranks have their share set
         callbacks.append(CoreShare(log))
+    if t.early_epochs and cfg.data.early_size:
+        callbacks.append(early_crops(train_batches, build_augment(
+            cfg.augment, (splits.train.channels, *splits.train.size), cfg.data.early_size),
+            cfg.data.early_size, t.early_epochs))
     if dist.is_main:  # the files of the run; the other ranks only train
         plot_augmented(run_dir / "plots" / "augmented.png", splits.train, augment, t.seed)
         callbacks += [history, Checkpointer(run_dir / "checkpoints", evaluated, meta),
