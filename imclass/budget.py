@@ -27,7 +27,7 @@ import torch
 
 from imclass.config import RunConfig, format_duration, resolve, user_set
 from imclass.devices import mixed_precision, native_bf16
-from imclass.finetune import apply_stage, plan_stages, train_mode
+from imclass.finetune import FROZEN_EPOCH_COST, apply_stage, plan_stages, train_mode
 from imclass.models import build_model, count_parameters
 from imclass.models.folding import fold_norms
 from imclass.models.weights import resolve_architecture
@@ -251,8 +251,7 @@ def _plan_transfer(cfg, facts, recipe, device, budget, outputs, channels, timer)
     side0 = c.values.get("image_size", 224)
     sizes = sizes_of(cfg, facts, cfg.data.val_fraction)
     train_s = _training_seconds(budget, sizes, c, facts)
-    # a frozen epoch costs about 0.4 of a full one; a quarter of the epochs are frozen
-    epoch_share = 0.25 * 0.4 + 0.75
+    epoch_share = 0.25 * FROZEN_EPOCH_COST + 0.75  # a quarter of the epochs are frozen
 
     def afford(side: int) -> float:
         scale = (side / side0) ** 2

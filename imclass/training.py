@@ -12,6 +12,7 @@ import copy
 import math
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -26,7 +27,7 @@ from imclass.cuda_graphs import GraphedForward
 from imclass.devices import autocast, compiled
 from imclass.distributed import SINGLE, Dist, all_sum, any_rank, wrapper
 from imclass.features import CachedHead
-from imclass.finetune import apply_stage, plan_stages, train_mode
+from imclass.finetune import FROZEN_EPOCH_COST, apply_stage, plan_stages, train_mode
 from imclass.prefix_cache import frozen_validation, validation_chains
 from imclass.tasks import Loss, argmax_hits
 from imclass.timekeeping import Deadline, TimedSchedule
@@ -569,26 +570,56 @@ class OverfitWatch:
         return None
 
 
+def epoch_costs(cfg: TrainConfig, side: int, early_side: int | None = None) -> list[float]:
+    """Each epoch's expected seconds relative to a fine-tuning epoch at `side`, for the time
+    left a run prints: a frozen-backbone epoch FROZEN_EPOCH_COST (forward only through the
+    backbone), an epoch on --early-size crops the share of the pixels. The first epochs of the
+    photo recipe cost a fifth of its later ones, so a mean over the epochs so far would
+    promise a fifth of the wait."""
+    early = (early_side / side) ** 2 if early_side and cfg.early_epochs else 1.0
+    return [(FROZEN_EPOCH_COST if epoch <= cfg.freeze_epochs else 1.0)
+            * (early if epoch <= cfg.early_epochs else 1.0) for epoch in range(1, cfg.epochs + 1)]
+
+
 class Progress:
     """A tqdm bar per epoch with live loss, accuracy and throughput, and a line per epoch.
     The bar only on a terminal: in a log file (CI, `> log.txt`) its redraws would be noise,
-    so there each epoch is its one line."""
+    so there each epoch is its one line. The time left counts each epoch still to come at
+    what the epochs of its kind took (`costs`: its expected cost relative to the others;
+    a kind not seen yet is priced from the cost ratios)."""
 
     # Seconds between readings of the running loss and accuracy: each reading copies them
     # from the device, which waits for every step queued (a GPU runs ahead of the host).
     READ_EVERY_S = 0.5
 
-    def __init__(self, enabled: bool = True, stream=None, clock=time.perf_counter):
+    def __init__(self, enabled: bool = True, stream=None, clock=time.perf_counter,
+                 costs: list[float] | None = None):
         stream = stream or sys.stderr
         self.enabled, self.stream, self.clock = enabled, stream, clock
         self.live = enabled and hasattr(stream, "isatty") and stream.isatty()
         self.bar = None
-        self.started = self.last_read = clock()
+        self.last_read = clock()
+        self.costs = costs or []
+        self.last_end: float | None = None  # when the last epoch ended (its checkpoints next)
+        self.took: dict[float, list[float]] = {}  # seconds of each epoch, by its cost
+
+    def cost(self, epoch: int) -> float:
+        return self.costs[epoch - 1] if epoch <= len(self.costs) else 1.0
+
+    def seconds_left(self, epoch: int, epochs: int) -> float:
+        """The epochs after `epoch`, each at the mean of its kind's, or priced by its cost."""
+        seen = [(cost, s) for cost, times in self.took.items() for s in times]
+        per_cost = sum(s for _, s in seen) / max(1e-9, sum(cost for cost, _ in seen))
+        left = (self.cost(e) for e in range(epoch + 1, epochs + 1))
+        return sum(statistics.fmean(self.took[c]) if c in self.took else c * per_cost
+                   for c in left)
 
     def __call__(self, event: str, info: dict):
         if not self.enabled:
             return None
         from tqdm import tqdm
+        if event == "epoch_start" and self.last_end is None:
+            self.last_end = self.clock()  # the first epoch of this process (a resumed run's too)
         if event == "epoch_start" and self.live:
             self.bar = tqdm(total=info["steps"], desc=f"epoch {info['epoch']}/{info['epochs']}",
                             unit="batch", file=self.stream, leave=False, dynamic_ncols=True,
@@ -608,8 +639,10 @@ class Progress:
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
-            elapsed = self.clock() - self.started
-            eta = elapsed / info["epoch"] * (info["epochs"] - info["epoch"])
+            now = self.clock()
+            self.took.setdefault(self.cost(info["epoch"]), []).append(now - self.last_end)
+            self.last_end = now
+            eta = self.seconds_left(info["epoch"], info["epochs"])
             mark = " *" if info["improved"] else ""
             val = ("no validation" if math.isnan(info["val_loss"]) else
                    f"val loss {info['val_loss']:.4f} acc {info['val_acc']:.4f}")

@@ -272,3 +272,31 @@ def test_validation_reads_its_sums_back_once_not_per_batch(monkeypatch):
         return reads.count
 
     assert reads_in_validation(128) == reads_in_validation(512) <= 2  # 4 and 16 batches
+
+
+def test_the_time_left_prices_each_epoch_to_come_by_its_kind():
+    """The photo recipe's first epochs (frozen, on small crops) take a fraction of the later
+    ones: the time left counts the epochs still to come of a kind already seen at its own
+    pace, and one not seen yet by its cost relative to those seen."""
+    import io
+    import re
+
+    from imclass.training import Progress, epoch_costs
+
+    cfg = TrainConfig(epochs=6, freeze_epochs=2, early_epochs=3)
+    costs = epoch_costs(cfg, side=192, early_side=96)
+    assert costs == [0.1, 0.1, 0.25, 1.0, 1.0, 1.0]  # 0.4 frozen, (96/192)^2 on early crops
+    assert epoch_costs(TrainConfig(epochs=3), side=96) == [1.0, 1.0, 1.0]
+    now = [0.0]
+    out = io.StringIO()
+    progress = Progress(stream=out, clock=lambda: now[0], costs=costs)
+    for epoch, took in enumerate([1.2, 1.2, 3.0, 10.0, 12.0, 10.0], 1):
+        progress("epoch_start", {"epoch": epoch, "epochs": 6, "steps": 1})
+        now[0] += took
+        progress("epoch_end", {"epoch": epoch, "epochs": 6, "train_loss": 1.0,
+                               "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5,
+                               "images_per_s": 1.0, "seconds": took, "improved": False})
+    etas = [int(x) for x in re.findall(r"eta (\d+)s", out.getvalue())]
+    # after epoch 1 (1.2 s at cost 0.1, 12 s a unit): 1.2 + 0.25 x 12 + 3 x 12; after epoch
+    # 4 the fine-tuning epochs at their own pace (10 s, then the mean of 10 and 12)
+    assert etas == [40, 39, 36, 20, 11, 0]

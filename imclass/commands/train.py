@@ -46,8 +46,8 @@ from imclass.runfolder import (HISTORY_COLUMNS, MIN_FREE_BYTES, Checkpointer, Hi
                                write_json)
 from imclass.tracking import TrackOptions, check_available, trackers
 from imclass.timekeeping import Budget, Deadline
-from imclass.training import (EarlyStopping, OverfitWatch, Progress, StopSignal, fit,
-                               mark_best, weight_average)
+from imclass.training import (EarlyStopping, OverfitWatch, Progress, StopSignal, epoch_costs,
+                               fit, mark_best, weight_average)
 from imclass.version import __version__, versions
 
 
@@ -401,7 +401,8 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
     evaluated = model if ema is None else ema.module  # what is validated, saved and tested
     overfit = OverfitWatch(t.overfit_epochs, log)
     history = HistoryWriter(run_dir / "history.csv")
-    callbacks = [Progress(enabled=not quiet), EarlyStopping(t.patience), overfit]
+    costs = epoch_costs(t, side, cfg.data.early_size)
+    callbacks = [Progress(enabled=not quiet, costs=costs), EarlyStopping(t.patience), overfit]
     if device.type == "cpu" and not dist.active:  # torchrun's ranks have their share set
         callbacks.append(CoreShare(log))
     if t.early_epochs and cfg.data.early_size:
