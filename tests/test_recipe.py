@@ -217,6 +217,11 @@ def test_a_small_single_label_set_trains_on_every_image(tmp_path):
     # the same set with validation drawn counts its epochs from 240 images
     assert choose(folder_cfg(tmp_path), facts(240), "cpu").values["epochs"] \
         > recipe_mod.EVERY_IMAGE_EPOCHS
+    # the cap is in steps: 90 images (3 batches an epoch) take more passes than 300, up to
+    # the recipe's 30; 500 still get EVERY_IMAGE_EPOCHS
+    epochs = {n: choose(folder_cfg(tmp_path), held(n, classes=3), "cpu").values["epochs"]
+              for n in (90, 200, 500)}
+    assert epochs == {90: 30, 200: 22, 500: recipe_mod.EVERY_IMAGE_EPOCHS}
 
 
 def test_validation_stays_where_it_is_the_users_or_decides_something(tmp_path):
