@@ -11,7 +11,10 @@ Datasets (written under --work by this script, class folders with a test/ folder
   of scikit-image's colour photographs, lit, tinted and laid on a crop of another), 300
   training and 300 test JPEGs of 300 to 500 px a side. No real photo set can be fetched on
   this machine, so this stands in for one: real photographic texture and JPEG statistics, and
-  an object at any place, scale and turn that only its outline tells apart.
+  an object at any place, scale and turn that only its outline tells apart;
+- photos-3000: the same kind, 3,000 training and 600 test JPEGs (seed 2), and photos-1500 and
+  photos-2000, its first 1,500 or 2,000 training images with the same test images (hard
+  links): sets that a CPU's budget trains at 128, 192 and 160 px.
 
 Each run is a fresh `imclass train --data DIR` process, timed end to end. Printed per run: test
 accuracy, wall time, epochs, and the stability check of issue 9 (training loss after the
@@ -37,6 +40,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 FASHION_SIZES = (300, 3000, 12000)
+# Training photos of the larger photo sets drawn from photos-3000: a CPU's budget trains 1,200
+# (after validation) at 192 px, 1,600 at 160
+LARGER_PHOTOS = (1500, 2000)
 # The transfer recipe's stages before issue 29, as flags: a quarter of the epochs with the
 # backbone frozen (each through the backbone), then the whole network fine-tuned.
 BEFORE_29 = {
@@ -162,6 +168,21 @@ def write_photos(root: Path, n_train: int = 300, n_test: int = 300, seed: int = 
     return root
 
 
+def first_photos(source: Path, root: Path, n_train: int) -> Path:
+    """`source`'s first `n_train` training photos (by number) and all its test photos, as hard
+    links: a smaller set drawn from the same photos, tested on the same images."""
+    if (root / "done").is_file():
+        return root
+    for path in source.rglob("*.jpg"):
+        relative = path.relative_to(source)
+        if relative.parts[0] == "train" and int(path.stem) >= n_train:
+            continue
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, root / relative)
+    (root / "done").write_text("")
+    return root
+
+
 def stable(history: list[dict], best_epoch: int) -> bool:
     """Issue 9's check: the training loss after epoch 1 never above epoch 1's, and the kept
     epoch the one with the lowest validation loss (the last one without validation)."""
@@ -209,7 +230,9 @@ def compare_trees(folder: Path, out: Path, name: str, trees: list[Path], runs: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1, help="seeds per dataset and recipe")
-    parser.add_argument("--only", default="", help="comma-separated dataset names")
+    parser.add_argument("--only", default="",
+                        help="comma-separated dataset names (default: the fmnist sets and "
+                             "photos-300; photos-1500, -2000 and -3000 run when named)")
     parser.add_argument("--work", default="runs/bench-own-images")
     parser.add_argument("--make-only", action="store_true", help="write the datasets, no runs")
     parser.add_argument("--versus", default="",
@@ -226,7 +249,13 @@ def main() -> None:
     datasets = {f"fmnist-{n}": (lambda n=n: write_fashion(work / "data" / f"fmnist-{n}", n))
                 for n in FASHION_SIZES}
     datasets["photos-300"] = lambda: write_photos(work / "data" / "photos-300")
-    chosen = [d for d in args.only.split(",") if d] or list(datasets)
+    datasets["photos-3000"] = lambda: write_photos(work / "data" / "photos-3000", 3000, 600, 2)
+    for n in LARGER_PHOTOS:  # the first n of photos-3000's, tested on the same images
+        datasets[f"photos-{n}"] = lambda n=n: first_photos(datasets["photos-3000"](),
+                                                           work / "data" / f"photos-{n}", n)
+    # the larger photo sets (3-5 minutes a run on 2 cores) only when named
+    chosen = [d for d in args.only.split(",") if d] or [
+        d for d in datasets if d.startswith("fmnist") or d == "photos-300"]
     from imclass.devices import cpu_name
     print(f"{date.today()}: {cpu_name()}, {os.cpu_count()} cores, matmul "
           f"{matmul_gflops():.0f} GFLOP/s (4096x4096 fp32)", flush=True)

@@ -118,6 +118,32 @@ def test_a_large_photo_set_on_a_cpu_gets_a_smaller_input_not_too_few_epochs(tmp_
     assert cpu.train.epochs >= recipe_mod.MIN_EPOCHS
 
 
+def test_photos_train_at_the_side_the_budget_buys_and_are_tested_one_side_up(tmp_path):
+    """FixRes: at 160 and 128 px the side a CPU affords is the training crops' side, and
+    validation and tests see the images one side larger; 192 px is trained and tested as is,
+    224 px is the photo recipe's own (192 px crops, the first epochs on 128)."""
+    def sides(images: int, device: str = "cpu"):
+        cfg, _ = chosen(folder_cfg(tmp_path), facts(images, classes=3, channels=3, edge=400),
+                        device)
+        return cfg.data.train_size, cfg.data.image_size, cfg.data.early_size
+
+    assert sides(2400) == (128, 160, None)
+    assert sides(1600) == (160, 192, None)
+    assert sides(1200) == (None, 192, None)
+    assert sides(300) == sides(2400, "cuda") == (192, 224, 128)
+    cfg, _ = chosen(folder_cfg(tmp_path), facts(2400, classes=3, channels=3, edge=400))
+    # the epochs are counted at the training side: 128 px images within the budget
+    assert recipe_mod.MIN_EPOCHS < cfg.train.epochs
+    assert cfg.train.epochs * 2400 <= recipe_mod.CPU_IMAGE_BUDGET["transfer-photo"] * (
+        224 / 128) ** 2
+    line = choose(folder_cfg(tmp_path), facts(2400, classes=3, channels=3, edge=400),
+                  "cpu").line(cfg)
+    assert "pretrained at 160 px (training on 128 px crops)" in line
+    cfg, _ = chosen(folder_cfg(tmp_path, image_size=128),
+                    facts(2400, classes=3, channels=3, edge=400))
+    assert (cfg.data.image_size, cfg.data.train_size) == (128, None)  # the user's side
+
+
 def test_every_flag_the_user_sets_wins(tmp_path):
     mine = folder_cfg(tmp_path, epochs=8, batch_size=16, augment="light", lr=0.01)
     cfg, values = chosen(mine, facts(240))
