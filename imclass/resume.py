@@ -7,14 +7,17 @@ moving average, with --ema), the optimizer's buffers, torch's random generator a
 order's. checkpoints/state.json holds the rest: where the loop is (epoch, fine-tuning stage,
 epochs done in it), the scheduler, the optimizer's settings, numpy's and Python's generators,
 the history, best-so-far and the overfitting watch, and the SHA-256 of the tensors file.
-Tensors first, JSON last, each atomically: the JSON names the tensors it belongs to, so a
-kill between the two leaves the previous state whole. Nothing is pickled.
+Each file is written atomically, in three steps: the new tensors beside the old ones
+(state.next.safetensors), the JSON with their checksum, then the rename of the new tensors
+over the old. A kill before the JSON leaves the previous state whole; one after it leaves the
+new tensors beside, and loading finishes the rename. Nothing is pickled.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -71,21 +74,23 @@ def save(folder: Path, *, model: torch.nn.Module, best: dict | None, optimizer, 
     tensors |= opt_tensors
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.order"] = order_state
-    weights = folder / f"{STATE}.safetensors"
-    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp)))
+    pending = folder / f"{STATE}.next.safetensors"  # the old tensors stay until the JSON is new
+    atomic_write(pending, lambda tmp: save_file(tensors, str(tmp)))
     np_state = np.random.get_state()
     py_state = random.getstate()
     plain = {**loop, "optimizer": opt_plain, "scheduler": scheduler.state_dict(),
              "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
              "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
-             "tensors_sha256": _sha256(weights)}
+             "tensors_sha256": _sha256(pending)}
     atomic_write_text(folder / f"{STATE}.json", json.dumps(plain))
+    os.replace(pending, folder / f"{STATE}.safetensors")
 
 
 def load(folder: Path) -> dict:
     """The saved state: {"loop": JSON part, "model", "best", "ema", "optimizer", "rng_*"}."""
     weights, sidecar = folder / f"{STATE}.safetensors", folder / f"{STATE}.json"
-    for p in (weights, sidecar):
+    pending = folder / f"{STATE}.next.safetensors"
+    for p in (weights if not pending.is_file() else pending, sidecar):
         if not p.is_file():
             raise DataError(f"{p} is missing: the run saved no training state to resume "
                             "from (it was written by an older imclass, or stopped before its "
@@ -94,7 +99,11 @@ def load(folder: Path) -> dict:
         plain = json.loads(sidecar.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(f"{sidecar} is not valid JSON; the state cannot be resumed") from None
-    if plain.get("tensors_sha256") != _sha256(weights):
+    matches = weights.is_file() and plain.get("tensors_sha256") == _sha256(weights)
+    if not matches and pending.is_file() and plain.get("tensors_sha256") == _sha256(pending):
+        os.replace(pending, weights)  # killed after the JSON was written, before the rename
+        matches = True
+    if not matches:
         raise DataError(f"{weights} does not match the checksum in {sidecar}; the state is "
                         "damaged")
     tensors = load_file(str(weights))

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from imclass import cli
+from imclass import resume as resume_mod
 
 pytestmark = pytest.mark.slow
 FLAGS = ["--subset", "3000", "--epochs", "5", "--quiet"]
@@ -114,8 +115,8 @@ def test_a_run_with_ema_killed_in_an_epoch_resumes_its_average_too(tmp_path):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    state = load_file(str(out / "checkpoints" / "state.safetensors"))
-    assert "ema.n_averaged" in state and state["ema.n_averaged"].item() > 18  # 9 batches/epoch
+    ema_state = resume_mod.load(out / "checkpoints")["ema"]  # (killed before a rename: done)
+    assert "n_averaged" in ema_state and ema_state["n_averaged"].item() > 18  # 9 batches/epoch
     resume(out, *every_batch, where="in epoch 3 after batch")
     assert_same_run(whole, out)
 
@@ -145,10 +146,46 @@ def test_killed_while_writing_its_state_then_resumed_is_the_same_run(uninterrupt
     done = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING, *train_cmd(out)[3:]],
                           capture_output=True, text=True)
     assert done.returncode == 137, done.stderr[-2000:]
-    leftovers = list((out / "checkpoints").glob(".state.safetensors.*.tmp"))
+    leftovers = list((out / "checkpoints").glob(".state.next.safetensors.*.tmp"))
     assert leftovers, "the half-written state is left under its temporary name"
     assert json.loads((out / "checkpoints" / "state.json").read_text())["epoch"] == 2
     resume(out)
+    assert_same_run(uninterrupted, out)
+
+
+KILL_AFTER = """
+import os, sys
+import imclass.resume as r
+calls = {"n": 0}
+real = getattr(r, "{step}")
+def step_then_die(*args):
+    result = real(*args)
+    calls["n"] += 1
+    if calls["n"] == 3:  # in the state after epoch 3
+        os._exit(137)
+    return result
+setattr(r, "{step}", step_then_die)
+from imclass.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("step, saved_epoch", [("_sha256", 2), ("atomic_write_text", 3)])
+def test_killed_between_its_states_tensors_and_json_then_resumed_is_the_same_run(
+        uninterrupted, tmp_path, step, saved_epoch):
+    """Killed once epoch 3's tensors are written beside epoch 2's (`_sha256`: before its JSON;
+    `atomic_write_text`: after it, before the rename): the resumed run goes on from the epoch
+    its JSON names, with the tensors that JSON's checksum names."""
+    out = tmp_path / step
+    script = KILL_AFTER.replace("{step}", step)
+    done = subprocess.run([sys.executable, "-c", script, *train_cmd(out)[3:]],
+                          capture_output=True, text=True)
+    assert done.returncode == 137, done.stderr[-2000:]
+    checkpoints = out / "checkpoints"
+    assert json.loads((checkpoints / "state.json").read_text())["epoch"] == saved_epoch
+    assert (checkpoints / "state.next.safetensors").is_file()
+    resume(out)
+    assert not (checkpoints / "state.next.safetensors").exists()
     assert_same_run(uninterrupted, out)
 
 
