@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,33 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save(stem: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
-    """Write stem.safetensors and stem.json; the sidecar records the weights' SHA-256."""
+def save(stem: Path, model: torch.nn.Module, meta: dict[str, Any],
+         also: Path | None = None) -> None:
+    """Write stem.safetensors and stem.json; the sidecar records the weights' SHA-256. With
+    `also`, the same checkpoint under that stem too (`best` and `last` after an epoch that
+    improved), its weights a hard link to these: Lite0's 13.5 MB written and hashed once, not
+    twice (40 ms an epoch on a Xeon, 2026-12-07)."""
     stem = Path(stem)
     weights = stem.with_suffix(".safetensors")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     sidecar = {**meta, "weights_file": weights.name, "weights_sha256": _sha256(weights)}
     atomic_write_text(stem.with_suffix(".json"), json_text(sidecar))
+    if also is not None:
+        other = Path(also).with_suffix(".safetensors")
+        atomic_write(other, lambda tmp: _link_or_copy(weights, tmp))
+        atomic_write_text(other.with_suffix(".json"),
+                          json_text({**sidecar, "weights_file": other.name}))
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` as a hard link to `source` (files are replaced whole, never written into, so
+    the two never change each other), a copy where the file system has no links."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def load(stem: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

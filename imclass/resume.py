@@ -116,6 +116,20 @@ def load(folder: Path) -> dict:
             "rng_torch": tensors["rng.torch"], "rng_order": tensors["rng.order"]}
 
 
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict(state)`, each buffer then laid out in memory as its
+    parameter is. The state is saved contiguous, so a channels-last convolution's momentum
+    came back in NCHW order, and a fused optimizer (one kernel over raw memory, imclass's on
+    CPU and GPU) then paired each weight with another weight's momentum: a resumed run went
+    its own way from its first step."""
+    optimizer.load_state_dict(state)
+    for param, buffers in optimizer.state.items():
+        for name, value in buffers.items():
+            if (isinstance(value, torch.Tensor) and value.shape == param.shape
+                    and value.stride() != param.stride()):
+                buffers[name] = torch.empty_like(param).copy_(value)
+
+
 def restore_generators(state: dict, order: torch.Generator) -> None:
     torch.set_rng_state(state["rng_torch"])
     order.set_state(state["rng_order"])

@@ -126,9 +126,10 @@ class Checkpointer:
             return None
         metrics = {k: info[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")}
         meta = {**self.meta, "metrics": metrics}
-        checkpoint.save(self.folder / "last", self.model, meta)
-        if info["improved"]:
-            checkpoint.save(self.folder / "best", self.model, meta)
+        if info["improved"]:  # the same weights: written once, linked as `last`
+            checkpoint.save(self.folder / "best", self.model, meta, also=self.folder / "last")
+        else:
+            checkpoint.save(self.folder / "last", self.model, meta)
         return None
 
 

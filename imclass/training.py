@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from imclass import resume as resume_mod
 from imclass.config import TrainConfig
 from imclass.cuda_graphs import GraphedForward
 from imclass.devices import autocast, compiled
@@ -48,8 +49,13 @@ def make_optimizer(model_or_groups, cfg: TrainConfig) -> torch.optim.Optimizer:
         rest = [p for p in params if p.requires_grad and p.ndim <= 1]
         groups += [{"params": ps, "weight_decay": wd, "lr": lr}
                    for ps, wd in ((decay, cfg.weight_decay), (rest, 0.0)) if ps]
-    # on a GPU one fused kernel updates every parameter (else a few launches per tensor group)
-    fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) else {}
+    # One fused kernel updates every parameter, on a GPU (else a few launches per tensor
+    # group) and on a CPU: torch's default there loops over the tensors in Python. A step of
+    # AdamW over Lite0's 149 tensors took 13.5 ms looped, 2.9 ms fused (Xeon, 2 cores,
+    # 2026-12-07: 1.6 s of a 46-s run of 300 images); SGD over our cnn 0.43 against 0.15 ms.
+    # (RMSprop has no fused kernel.)
+    fused = {"fused": True} if all(
+        p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]) else {}
     optimizers = {
         "sgd": lambda: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                        nesterov=cfg.momentum > 0, **fused),
@@ -414,7 +420,7 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                    else (lambda: any_rank(dist, deadline.passed())))
         already = 0
         if resume is not None and index == start_stage and (done_in_stage or partial):
-            optimizer.load_state_dict(resume["optimizer"])
+            resume_mod.load_optimizer(optimizer, resume["optimizer"])
             scheduler.load_state_dict(resume["loop"]["scheduler"])
             already = done_in_stage
         else:

@@ -56,6 +56,25 @@ def test_checkpoint_round_trip_and_tamper_check(tmp_path):
         checkpoint.load(tmp_path / "best")
 
 
+def test_a_checkpoint_saved_under_two_names_writes_its_weights_once(tmp_path):
+    """`best` and `last` after an improving epoch: one file of weights, two sidecars naming
+    their own; replacing one later leaves the other as it was."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    checkpoint.save(tmp_path / "best", model, {"epoch": 1}, also=tmp_path / "last")
+    best, last = tmp_path / "best.safetensors", tmp_path / "last.safetensors"
+    assert best.stat().st_ino == last.stat().st_ino  # a hard link, not a second write
+    for stem in ("best", "last"):
+        state, meta = checkpoint.load(tmp_path / stem)
+        assert meta["weights_file"] == f"{stem}.safetensors" and meta["epoch"] == 1
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    checkpoint.save(tmp_path / "last", model, {"epoch": 2})
+    assert not torch.equal(checkpoint.load(tmp_path / "best")[0]["0.weight"],
+                           checkpoint.load(tmp_path / "last")[0]["0.weight"])
+    assert checkpoint.load(tmp_path / "best")[1]["epoch"] == 1
+
+
 def test_a_failed_write_leaves_no_file_behind(tmp_path):
     def fail(tmp):
         tmp.write_text("half")

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -49,6 +51,38 @@ def test_weight_decay_spares_biases_and_batchnorm():
     groups = make_optimizer(model, TrainConfig(weight_decay=0.1)).param_groups
     assert [len(g["params"]) for g in groups] == [1, 3]
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_cpu_optimizer_is_fused_and_a_reloaded_one_continues_as_if_never_saved(optimizer):
+    """One kernel over raw memory: the saved (contiguous) momentum of a channels-last
+    convolution must come back in its parameter's layout, or each weight would take another
+    weight's momentum."""
+    from imclass import resume
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(128, 2)).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    cfg = TrainConfig(optimizer=optimizer, lr=0.1)
+
+    def step(m, opt):
+        opt.zero_grad()
+        m(x).square().sum().backward()
+        opt.step()
+    first = make_optimizer(model, cfg)
+    assert all(g["fused"] for g in first.param_groups)
+    step(model, first)
+    tensors, plain = resume.split_optimizer(first.state_dict())
+    saved = {k: v.clone() for k, v in tensors.items()}  # as written: contiguous copies
+    assert any(not v.is_contiguous() for buffers in first.state.values()  # the live ones
+               for v in buffers.values() if v.dim() == 4)
+    twin = copy.deepcopy(model)
+    second = make_optimizer(twin, cfg)
+    resume.load_optimizer(second, resume.join_optimizer(saved, plain))
+    for _ in range(3):
+        step(model, first)
+        step(twin, second)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
 
 
 def tiny_problem(seed=0):
