@@ -110,6 +110,26 @@ def test_a_two_by_two_grid_runs_four_trials_and_picks_the_best(tmp_path, capsys)
     assert "final run of the best config, test accuracy" in capsys.readouterr().out
 
 
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_queued_again(tmp_path):
+    """A worker killed between creating a trial and its first heartbeat left the trial
+    running for ever (Optuna judges only trials with a heartbeat), and a resumed grid never
+    ran its point. Silent past the grace period now counts as dead; a trial that beats, or
+    one younger than the grace period, is left to its worker."""
+    storage = tune.open_storage(f"sqlite:///{tmp_path / 'study.db'}", 1)  # grace: 3 s
+    study = optuna.create_study(storage=storage, study_name="s")
+    silent, beating = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 0.1)}), \
+        study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 0.1)})
+    time.sleep(3.3)
+    storage.record_heartbeat(beating._trial_id)
+    young = study.ask()
+    optuna.storages.fail_stale_trials(study)
+    states = {t._trial_id: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states[silent._trial_id] == "FAIL"
+    assert states[beating._trial_id] == "RUNNING" and states[young._trial_id] == "RUNNING"
+    queued = [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
+    assert [t.params for t in queued] == [silent.params]  # its point, to run again
+
+
 @pytest.mark.slow
 def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path):
     (tmp_path / "space.yaml").write_text("lr: [0.05, 0.1, 0.2]\ndropout: [0.0, 0.3]\n")
