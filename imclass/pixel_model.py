@@ -42,9 +42,35 @@ class PixelModel(nn.Module):
         return probs / (1 + len(self.flips))
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.network(x).float()
+        return self._activate(self.network(x))
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
         return logits.sigmoid() if self.sigmoid else logits.softmax(dim=1)
+
+    def with_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities [N, K] as forward gives them, penultimate features [N, D] of the
+        unflipped image) from one pass of the network: the run's own ONNX network outputs both,
+        so that evaluation draws its embedding figure from the test pass."""
+        x = self.normalized(pixels)
+        logits, features = self.network.forward_with_embedding(x)
+        probs = self._activate(logits)
+        for dim in self.flips:
+            probs = probs + self.probabilities(x.flip(dim))
+        return probs / (1 + len(self.flips)), features.float()
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """The penultimate features [N, D] the head reads (imclass.similarity)."""
         return self.network.embed(self.normalized(pixels))
+
+
+class WithFeatures(nn.Module):
+    """A PixelModel whose forward is `with_features`: the form of the run's own ONNX network
+    (imclass.predictor.save_network), whose second output evaluation reads."""
+
+    def __init__(self, pixel_model: PixelModel):
+        super().__init__()
+        self.pixel_model = pixel_model
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pixel_model.with_features(pixels)

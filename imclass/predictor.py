@@ -294,15 +294,19 @@ def save_network(run_dir: Path) -> bool:
 
     from imclass.exporters import example_pixels
 
+    from imclass.pixel_model import WithFeatures
+
     module, contract = pixel_model_of_run(run_dir, device="cpu")
+    outputs = ["probabilities"]
+    if hasattr(module.network, "forward_with_embedding"):  # for evaluation's embedding figure
+        module, outputs = WithFeatures(module), ["probabilities", "features"]
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
         try:
             torch.onnx.export(module, (example_pixels(contract),), buffer, dynamo=False,
-                              input_names=["pixels"], output_names=["probabilities"],
-                              dynamic_axes={"pixels": {0: "batch"},
-                                            "probabilities": {0: "batch"}},
+                              input_names=["pixels"], output_names=outputs,
+                              dynamic_axes={name: {0: "batch"} for name in ["pixels", *outputs]},
                               opset_version=17)
         except Exception:  # noqa: BLE001 - any exporter failure means: use the trace
             return False
@@ -318,6 +322,17 @@ def load_run_network(run_dir: Path) -> Predictor | None:
     """The run's ONNX network (see NETWORK) under ONNX Runtime when it was exported from the
     current checkpoint (as `load_traced` checks its trace); None otherwise, or without ONNX
     Runtime. Imports no torch."""
+    found = run_network_session(Path(run_dir))
+    if found is None:
+        return None
+    session, meta = found
+    return Predictor(run_contract(run_dir, meta), onnx_forward(session), "onnx", str(run_dir))
+
+
+def run_network_session(run_dir: Path, threads: int | None = None) -> tuple | None:
+    """(ONNX Runtime session of the run's network, the best checkpoint's sidecar) when the
+    network was exported from the current checkpoint; None otherwise, or without ONNX
+    Runtime."""
     import importlib.util
 
     folder = run_dir / "checkpoints"
@@ -327,14 +342,14 @@ def load_run_network(run_dir: Path) -> Predictor | None:
         return None
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        session = onnx_session(path)
+        session = onnx_session(path, threads)
     except (DataError, ValueError, OSError):  # unreadable or cut short: the other paths decide
         return None
     check_written_by_us(meta, sidecar)  # a newer imclass's run: refused as the eager path does
     tag = session.get_modelmeta().custom_metadata_map.get(NETWORK_TAG)
     if tag != _sha256(sidecar) or meta.get("weights_sha256") != _sha256(weights):
         return None
-    return Predictor(run_contract(run_dir, meta), onnx_forward(session), "onnx", str(run_dir))
+    return session, meta
 
 
 def _sha256(path: Path) -> str:
@@ -406,10 +421,11 @@ def load_onnx(path: Path, threads: int | None = None) -> Predictor:
 
 
 def onnx_forward(session) -> Forward:
-    input_name = session.get_inputs()[0].name
+    """The probabilities: a model's first output (a run's own network adds its features)."""
+    input_name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
 
     def forward(pixels: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: pixels})[0]
+        return session.run([output], {input_name: pixels})[0]
     return forward
 
 

@@ -387,6 +387,48 @@ def test_a_run_is_scored_from_its_onnx_network_without_importing_torch(trained_r
     assert load(other).backend == "torch"  # the eager model instead
 
 
+def test_the_test_pass_on_a_cpu_runs_the_exported_network_with_the_eager_figures(trained_run,
+                                                                                 tmp_path):
+    """On a CPU, evaluation scores the test set with the run's own ONNX network (the file
+    predict loads): the same probabilities as the eager model and, from its second output,
+    the same features for the embedding figure; `imclass evaluate` then gives the figures
+    training wrote. A network of other weights is never used."""
+    import shutil
+
+    import torch
+
+    from imclass import evaluation
+    from imclass.data import load_source
+    from imclass.metrics import EmbeddingTap
+    from imclass.runfolder import load_run
+
+    run = load_run(trained_run)
+    network = evaluation.exported_network(trained_run, torch.device("cpu"))
+    assert [o.name for o in network.get_outputs()] == ["probabilities", "features"]
+    test = load_source(run.data_config).test
+    assert evaluation.network_fits(network, test, None)
+    rows = np.arange(0, len(test), 7)
+    tap, eager_tap = EmbeddingTap(rows), EmbeddingTap(rows)
+    probs, labels = evaluation.score_with_network(network, test, 100, tap)
+    eager, eager_labels = evaluation.predict_split(run.model, test, run.norm, 100, run.task,
+                                                   run.device, tap=eager_tap)
+    assert_same_probabilities(probs, eager)
+    assert (labels == eager_labels).all() and len(labels) == len(test)
+    assert np.abs(tap.features - eager_tap.features).max() < 1e-3
+    assert tap.features.shape == (len(rows), eager_tap.features.shape[1])
+    # a run whose network is stale is scored by its eager model, to the same figures
+    other = tmp_path / "run"
+    shutil.copytree(trained_run, other)
+    before = json.loads((trained_run / "metrics.json").read_text())["test"]
+    assert api.evaluate(other, quiet=True)["plain"]["accuracy"] == before["accuracy"]
+    (other / "checkpoints" / "best.onnx").write_bytes(
+        (other / "checkpoints" / "best.onnx").read_bytes()[:-10])
+    assert evaluation.exported_network(other, torch.device("cpu")) is None
+    again = api.evaluate(other, quiet=True)["plain"]
+    assert again["accuracy"] == before["accuracy"]
+    assert again["confusion_matrix"] == before["confusion_matrix"]
+
+
 def test_a_run_trained_with_test_time_flips_predicts_as_its_test_figures_say(tmp_path):
     """--tta: the run's model averages each image with its mirror image everywhere it
     predicts: the test figures training writes, the eager model, its ONNX network and an

@@ -181,6 +181,8 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
                "stopped": stopped, "budget": budget_info, **pruned}
     if evaluate_test:
         write_json(run_dir / "run.json", summary)  # kept should evaluation run out of memory
+        if dist.is_main:  # predict and serve load it without building the network; on a CPU
+            save_fast_model(run_dir)  # the test pass runs it (imclass.evaluation)
         with memory_stage(f"evaluating {len(splits.test)} test images at {shape} in batches "
                           f"of {cfg.train.eval_batch_size}",
                           f"the trained model is kept in {run_dir / 'checkpoints'}: imclass "
@@ -194,8 +196,6 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
     summary["processes"] = dist.world
     if not dist.is_main:
         return run_dir
-    if evaluate_test:  # a search's trial is never served: no trace to write
-        save_fast_model(run_dir)  # predict and serve then load it without building the network
     summary["total_seconds"] = time.perf_counter() - started  # all but writing the report
     summary["stage_seconds"] = clock.seconds
     if budget_info is not None:
