@@ -50,11 +50,12 @@ def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: tor
     Images decoded with a crop margin are centre-cropped to `input_size` first. In a
     distributed run every rank scores its share and rank 0 alone computes and draws.
     `network`: the same model exported (an ONNX Runtime session of the run's network, see
-    `exported_network`), which then scores the images; `model` draws the Grad-CAM figure."""
+    imclass.predictor.exported_network), which then scores the images in one process;
+    `model` draws the Grad-CAM figure."""
     whole = data
     data = data.center_cropped(input_size)
     tap = embedding_tap(model, task, data, seed, dist)
-    if not network_fits(network, whole, tap):
+    if dist.active or not network_fits(network, whole, tap):
         network = None
     if len(data) and not dist.active and (network is None or tta_flips):
         # (a model trained here is folded already)
@@ -81,21 +82,6 @@ def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: tor
         write_figures(folder, model, data, norm, device, labels, probs, predicted,
                       result["plain"], history, seed, batch_size, tap)
     return result
-
-
-# The test pass on a CPU runs the run's exported network (checkpoints/best.onnx) under ONNX
-# Runtime: the figures and metrics are then those of the very file predict and serve load, and
-# the pass is faster than eager PyTorch in fp32 (lite0: 525 against 327 images/s at 96 px, 83
-# against 58 at 224 px, batch 128 and 32; 2 cores of a Xeon with AMX, 2026-12-07), as fast as
-# bf16 autocast without its rounding.
-def exported_network(run_dir: Path, device: torch.device, dist: Dist = SINGLE):
-    """An ONNX Runtime session of the run's network when it was exported from the current best
-    checkpoint, for a CPU in one process; None otherwise (the eager model scores)."""
-    if device.type != "cpu" or dist.active:
-        return None
-    from imclass.predictor import run_network_session
-    found = run_network_session(run_dir, threads=torch.get_num_threads())
-    return None if found is None else found[0]
 
 
 def network_fits(network, data: ImageSet, tap) -> bool:
@@ -137,7 +123,8 @@ def embedding_tap(model, task, data: ImageSet, seed: int, dist: Dist) -> Embeddi
 
 def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunConfig,
                    device: torch.device, log, *, split: str = "test", tta: bool = False,
-                   thresholds=None, input_size: int | None = None, dist: Dist = SINGLE) -> dict:
+                   thresholds=None, input_size: int | None = None, dist: Dist = SINGLE,
+                   network=None) -> dict:
     """A run's model on one labelled split: its metrics into the run's metrics.json under
     `split` (and `split`_tta), its figures under plots/ (plots/<split>/ for val), a console line.
     A run trained with --tta is scored with its flips, as predict scores it; `tta` then adds
@@ -152,7 +139,7 @@ def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunCon
                             batch_size=cfg.train.eval_batch_size,
                             seed=cfg.train.seed, thresholds=thresholds,
                             input_size=input_size, dist=dist,
-                            network=exported_network(run_dir, device, dist))
+                            network=network)
     if not dist.is_main:
         return result
     metrics_path = run_dir / "metrics.json"

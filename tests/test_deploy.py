@@ -397,13 +397,13 @@ def test_the_test_pass_on_a_cpu_runs_the_exported_network_with_the_eager_figures
 
     import torch
 
-    from imclass import evaluation
+    from imclass import evaluation, predictor
     from imclass.data import load_source
     from imclass.metrics import EmbeddingTap
     from imclass.runfolder import load_run
 
     run = load_run(trained_run)
-    network = evaluation.exported_network(trained_run, torch.device("cpu"))
+    network = predictor.exported_network(trained_run, torch.device("cpu"))
     assert [o.name for o in network.get_outputs()] == ["probabilities", "features"]
     test = load_source(run.data_config).test
     assert evaluation.network_fits(network, test, None)
@@ -423,7 +423,7 @@ def test_the_test_pass_on_a_cpu_runs_the_exported_network_with_the_eager_figures
     assert api.evaluate(other, quiet=True)["plain"]["accuracy"] == before["accuracy"]
     (other / "checkpoints" / "best.onnx").write_bytes(
         (other / "checkpoints" / "best.onnx").read_bytes()[:-10])
-    assert evaluation.exported_network(other, torch.device("cpu")) is None
+    assert predictor.exported_network(other, torch.device("cpu")) is None
     again = api.evaluate(other, quiet=True)["plain"]
     assert again["accuracy"] == before["accuracy"]
     assert again["confusion_matrix"] == before["confusion_matrix"]

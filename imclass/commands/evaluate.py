@@ -12,6 +12,7 @@ from imclass.data.batches import eval_batch_within
 from imclass.devices import keep_freed_memory
 from imclass.errors import ConfigError, DataError, memory_stage
 from imclass.evaluation import evaluate_split
+from imclass.predictor import exported_network
 from imclass.report import write_report
 from imclass.runfolder import load_run
 
@@ -56,7 +57,8 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
                       "give a smaller --batch-size (the run's checkpoints are unchanged)"):
         result = evaluate_split(Path(run_dir), run.model, run.task, data, run.norm, cfg,
                                 run.device, make_log(quiet), split=split, tta=tta,
-                                thresholds=run.thresholds, input_size=side)
+                                thresholds=run.thresholds, input_size=side,
+                                network=exported_network(Path(run_dir), run.device))
     report = write_report(Path(run_dir))
     where = f"plots/{split}/" if split == "val" else "plots/"
     make_log(quiet)(f"updated {Path(run_dir) / 'metrics.json'} ('{split}'), {where} and "

@@ -38,7 +38,7 @@ from imclass.evaluation import evaluate_split, model_flips, predict_split
 from imclass.features import FeatureCache, can_cache
 from imclass.lr_find import find_lr
 from imclass.models.folding import fold_norms
-from imclass.predictor import save_fast_model
+from imclass.predictor import exported_network, save_fast_model
 from imclass.pruning import Pruning, PruneSpec
 from imclass.report import write_report
 from imclass.run_setup import Setup, build_run_model, example_batch, prepare_training
@@ -189,7 +189,8 @@ def _train(config: RunConfig | None, out: str | Path | None, *, overwrite: bool,
                           f"evaluate {run_dir} --batch-size {max(1, cfg.train.eval_batch_size // 4)}"
                           " finishes the run's report"):
             evaluate_split(run_dir, model, task, splits.test, splits.norm, cfg, device, log,
-                           thresholds=thresholds, input_size=splits.input_size, dist=dist)
+                           thresholds=thresholds, input_size=splits.input_size, dist=dist,
+                           network=None if dist.active else exported_network(run_dir, device))
     else:
         plots.curves(mark_best(result.history, cfg.train), run_dir / "plots" / "curves.png")
     clock.done("evaluation")
