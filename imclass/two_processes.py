@@ -31,10 +31,11 @@ def can_fork() -> bool:
     return threads >= 2
 
 
-def run_side_by_side(elsewhere: list[Job], here: list[Job]) -> None:
+def run_side_by_side(elsewhere: list[Job], here: list[Job], timeout_s: float = 600.0) -> None:
     """Run `elsewhere` in a forked child while this process runs `here`; one after the other
-    where forking does not pay (see can_fork). Raises RuntimeError when the child fails (its
-    traceback is on stderr)."""
+    where forking does not pay (see can_fork). Should the child fail, or not end within
+    `timeout_s` after `here` did (it is then killed), its jobs run again here: a job's own
+    error is raised as itself, and a child stuck in a library's lock costs time, not figures."""
     if not elsewhere or not can_fork():
         for job in [*elsewhere, *here]:
             job()
@@ -48,10 +49,13 @@ def run_side_by_side(elsewhere: list[Job], here: list[Job]) -> None:
         for job in here:
             job()
     finally:
-        child.join()
+        child.join(timeout_s)
+        if child.is_alive():
+            child.kill()
+            child.join()
     if child.exitcode != 0:
-        raise RuntimeError(f"drawing figures in a second process failed (exit code "
-                           f"{child.exitcode}); its error is printed above")
+        for job in elsewhere:
+            job()
 
 
 def _run_alone(jobs: list[Job]) -> None:

@@ -1,7 +1,9 @@
 """Figures drawn in two processes: every job runs once, the child's files are there when the
-call returns, a child's failure is an error, and one core means one process."""
+call returns, a child that fails or hangs has its jobs run here, and one core means one
+process."""
 
 import os
+import time
 
 import pytest
 import torch
@@ -34,13 +36,33 @@ def test_each_job_runs_once_and_the_first_list_in_another_process(tmp_path, two_
     assert pids["a0"] != os.getpid()
 
 
-def test_a_failing_job_in_the_child_is_an_error(tmp_path, two_threads):
+def test_a_job_failing_in_the_child_runs_again_here_and_raises_its_own_error(tmp_path,
+                                                                           two_threads):
+    parent = os.getpid()
+
     def broken():
+        (tmp_path / f"tried-{os.getpid()}").touch()
         raise ValueError("no such figure")
 
-    with pytest.raises(RuntimeError, match="second process failed"):
+    with pytest.raises(ValueError, match="no such figure"):
         run_side_by_side([broken], [writer(tmp_path / "b", "b")])
-    assert (tmp_path / "b").is_file()  # this process's half still ran
+    assert (tmp_path / "b").is_file()  # this process's half ran
+    tries = sorted(p.name for p in tmp_path.glob("tried-*"))
+    assert len(tries) == 2 and f"tried-{parent}" in tries  # the child's, then here
+
+
+def test_a_child_that_hangs_is_killed_and_its_jobs_run_here(tmp_path, two_threads):
+    parent = os.getpid()
+
+    def hangs_elsewhere():
+        if os.getpid() != parent:
+            time.sleep(600)
+        (tmp_path / "a").write_text(str(os.getpid()))
+
+    start = time.monotonic()
+    run_side_by_side([hangs_elsewhere], [writer(tmp_path / "b", "b")], timeout_s=1.0)
+    assert time.monotonic() - start < 60
+    assert (tmp_path / "a").read_text() == str(parent)
 
 
 def test_one_core_draws_everything_here(tmp_path):
