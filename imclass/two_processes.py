@@ -20,15 +20,16 @@ Job = Callable[[], object]
 
 def can_fork() -> bool:
     """Where a forked copy is cheap and safe: Linux (macOS's system libraries are not
-    fork-safe; Windows has no fork), with a second core this process may use."""
+    fork-safe; Windows has no fork), with a second core this process may use, and no CUDA
+    context (a forked child cannot use the parent's GPU, where a run's images may live)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
         import torch
-        threads = torch.get_num_threads()  # imclass.cores gives a shared machine's run fewer
     except ImportError:
-        threads = os.cpu_count() or 1
-    return threads >= 2
+        return (os.cpu_count() or 1) >= 2
+    # imclass.cores gives a run on a shared machine fewer threads
+    return torch.get_num_threads() >= 2 and not torch.cuda.is_initialized()
 
 
 def run_side_by_side(elsewhere: list[Job], here: list[Job], timeout_s: float = 600.0) -> None:

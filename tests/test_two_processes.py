@@ -74,3 +74,10 @@ def test_one_core_draws_everything_here(tmp_path):
         torch.set_num_threads(before)
     pids = {int(p.read_text().split()[1]) for p in tmp_path.iterdir()}
     assert pids == {os.getpid()}
+
+
+def test_a_process_using_cuda_draws_everything_here(tmp_path, two_threads, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert not two_processes.can_fork()
+    run_side_by_side([writer(tmp_path / "a", "a")], [writer(tmp_path / "b", "b")])
+    assert {int(p.read_text().split()[1]) for p in tmp_path.iterdir()} == {os.getpid()}
