@@ -36,7 +36,9 @@ class PixelModel(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.normalized(pixels)
-        probs = self.probabilities(x)
+        return self._with_flips(x, self.probabilities(x))
+
+    def _with_flips(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         for dim in self.flips:  # as imclass.metrics.predict_probabilities averages them
             probs = probs + self.probabilities(x.flip(dim))
         return probs / (1 + len(self.flips))
@@ -54,10 +56,7 @@ class PixelModel(nn.Module):
         so that evaluation draws its embedding figure from the test pass."""
         x = self.normalized(pixels)
         logits, features = self.network.forward_with_embedding(x)
-        probs = self._activate(logits)
-        for dim in self.flips:
-            probs = probs + self.probabilities(x.flip(dim))
-        return probs / (1 + len(self.flips)), features.float()
+        return self._with_flips(x, self._activate(logits)), features.float()
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """The penultimate features [N, D] the head reads (imclass.similarity)."""
