@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imclass.models import depthwise
+
 
 def _timm_layers():
     """timm's layers where timm is already imported (a timm model is), else None: importing
@@ -70,8 +72,11 @@ class _FoldedConv:
         if self._imclass_same:  # timm's Conv2dSame: TensorFlow's "same" padding first
             from timm.layers.padding import pad_same
             x = pad_same(x, weight.shape[-2:], self.stride, self.dilation)
-            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
-        return self._conv_forward(x, weight, bias)
+            return depthwise.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        if self.padding_mode != "zeros":
+            return self._conv_forward(x, weight, bias)
+        return depthwise.conv2d(x, weight, bias, self.stride, self.padding, self.dilation,
+                                self.groups)
 
 
 class _FoldedNorm:
