@@ -234,7 +234,7 @@ def test_the_probe_times_a_photo_step_as_the_run_trains_it():
                      facts)
     assert seen and all(state == (True, True, True) for state in seen)
     assert set(sides) == {224} and "train_size" not in recipe.values
-    assert stem and not any(stem) and recipe.values["unfreeze"] == "last-5"
+    assert stem and not any(stem) and recipe.values["unfreeze"] == "last-4"
     seen.clear()
     plan(RunConfig(), 300, timer)  # Fashion-MNIST's cnn trains its BatchNorms
     assert seen and all(not frozen for _, frozen, _ in seen)
