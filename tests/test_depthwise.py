@@ -14,18 +14,20 @@ def gradients(conv, x, weight, bias, padding, grad_out):
     return out, torch.autograd.grad(out, wanted, grad_out)
 
 
-@pytest.mark.parametrize("side,size", [(5, 3), (5, 6), (5, 12), (5, 7), (7, 9)])
+# (filter side, input side, padding): "same" padding as Lite0's, and none or more than half
+@pytest.mark.parametrize("side,size,padding", [
+    (5, 3, 2), (5, 6, 2), (5, 12, 2), (5, 7, 2), (7, 9, 3), (5, 8, 0), (5, 6, 3)])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_gradients_match_autograd_of_conv2d(side, size, channels_last):
+def test_gradients_match_autograd_of_conv2d(side, size, padding, channels_last):
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(4, 6, size, size).contiguous(memory_format=fmt).requires_grad_()
     weight = torch.randn(6, 1, side, side, requires_grad=True)
     bias = torch.randn(6, requires_grad=True)
-    grad_out = torch.randn_like(F.conv2d(x, weight, bias, 1, side // 2, 1, 6))
-    out, ours = gradients(conv2d, x, weight, bias, side // 2, grad_out)
+    grad_out = torch.randn_like(F.conv2d(x, weight, bias, 1, padding, 1, 6))
+    out, ours = gradients(conv2d, x, weight, bias, padding, grad_out)
     assert type(out.grad_fn).__name__ == "_DepthwiseBackward"  # the path under test ran
-    expected_out, theirs = gradients(F.conv2d, x, weight, bias, side // 2, grad_out)
+    expected_out, theirs = gradients(F.conv2d, x, weight, bias, padding, grad_out)
     torch.testing.assert_close(out, expected_out)
     for mine, reference in zip(ours, theirs):
         torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-4)

@@ -93,11 +93,12 @@ def _tiled_weight_grad(grad: torch.Tensor, x: torch.Tensor, side: int,
     tiles = -(-side // TILE)
     span = tiles * TILE
     (ph, pw), (h, w) = padding, grad.shape[-2:]
-    # the zero-padded input every tile's window fits in: rows h - 1 + span, columns likewise
+    # the zero-padded input every tile's window fits in: rows h - 1 + span (>= ph + the
+    # input's rows, as span >= side), columns likewise
     n, channels, rows, cols = x.shape
     xp = torch.empty((n, channels, h - 1 + span, w - 1 + span), dtype=x.dtype,
                      device=x.device, memory_format=_layout(x)).zero_()
-    xp[..., ph:ph + rows, pw:pw + cols] = x[..., :h - 1 + span - ph, :w - 1 + span - pw]
+    xp[..., ph:ph + rows, pw:pw + cols] = x
     tile_weight = x.new_empty(channels, 1, TILE, TILE)  # only its shape matters to oneDNN
     out = x.new_empty(channels, 1, span, span)
     for i in range(0, span, TILE):
