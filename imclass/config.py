@@ -273,10 +273,11 @@ class TrainConfig:
                               choices=("auto", "on", "off"))
     sync_bn: bool = option(True, "with several processes (torchrun, --nproc), BatchNorm "
                            "statistics over the whole global batch, as in one process")
-    checkpoint_minutes: float = option(10.0, "also save the resume state every this many "
-                                       "minutes inside an epoch, so a killed run over a large "
-                                       "dataset loses at most that; 0: at epoch ends only",
-                                       low=0, high=10_000)
+    checkpoint_minutes: float = option(10.0, "save the resume state at least every this "
+                                       "many minutes, inside a long epoch too, so a killed run "
+                                       "loses at most that (at epoch ends it is saved whenever "
+                                       "that costs under 2% of the time); 0: at every epoch's "
+                                       "end only", low=0, high=10_000)
     precision: str = option("auto", "arithmetic of the training steps and validation passes: "
                             "bf16 mixed precision (autocast) or fp32; auto: bf16 on a CUDA "
                             "GPU and on a CPU that multiplies bf16 natively (AMX units: Intel "

@@ -334,9 +334,10 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
     signal ends it after the current batch; that epoch is dropped (no validation, no
     checkpoint) and the best of the finished epochs is kept.
 
-    After every epoch `on_state` gets what a resumed run needs (the optimizer, scheduler,
-    where the loop is, the result so far); `resume` (imclass.resume.load's dict, model
-    weights and generators already restored by the caller) continues from such a state.
+    After an epoch (paced: StateSaver) `on_state` gets what a resumed run needs (the
+    optimizer, scheduler, where the loop is, the result so far); `resume`
+    (imclass.resume.load's dict, model weights and generators already restored by the
+    caller) continues from such a state.
 
     In a distributed run (`dist`) the model trains through DistributedDataParallel, each
     rank's random stream (augmentation, dropout) is reseeded per epoch from the seed, the
@@ -376,7 +377,7 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             start_stage, done_in_stage = start_stage + 1, 0
     evaluated = model if ema is None else ema.module
     after_step = None if ema is None else (lambda: ema.update_parameters(model))
-    saver = MidEpochSaver(on_state, 0 if dist.active else cfg.checkpoint_minutes)
+    saver = StateSaver(on_state, 0 if dist.active else cfg.checkpoint_minutes)
     wrap = wrapper(dist, device)
 
     def emit(event: str, info: dict) -> list:
@@ -481,14 +482,14 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
             elif time_up is not None and time_up() and not (
                     stage is stages[-1] and in_stage == stage.epochs):
                 stop_asked = result.stopped_by_budget = True
-            if on_state is not None:
-                on_state({"epoch": epoch, "stage_index": index, "epochs_in_stage": in_stage,
-                          "stage_finished": stop_asked or in_stage == stage.epochs,
-                          "finished": result.stopped_early or result.stopped_by_budget or (
-                              index == len(stages) - 1 and in_stage == stage.epochs),
-                          "optimizer": optimizer, "scheduler": scheduler, "result": result,
-                          "best": best_state, "mid_epoch": None})
-                saver.saved()
+            finished = result.stopped_early or result.stopped_by_budget or (
+                index == len(stages) - 1 and in_stage == stage.epochs)
+            if saver.due_at_epoch_end(finished):
+                saver.save({"epoch": epoch, "stage_index": index, "epochs_in_stage": in_stage,
+                            "stage_finished": stop_asked or in_stage == stage.epochs,
+                            "finished": finished, "optimizer": optimizer,
+                            "scheduler": scheduler, "result": result, "best": best_state,
+                            "mid_epoch": None})
             if stop_asked:
                 break
         if result.stopped_early or result.stopped_by or result.stopped_by_budget:
@@ -501,20 +502,40 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
     return result
 
 
-class MidEpochSaver:
-    """Inside an epoch, hands `on_state` the state after the current batch once `minutes`
-    have passed since the last save (the end of an epoch counts), so a long epoch loses at
-    most that much when killed. `where` is set by `fit` before each epoch: the loop's place
-    and the state it owns; the epoch's own sums come with each batch."""
+# The most of the training time that writing the resume state may take at epoch ends: a
+# state is written once the training since the last took STATE_SHARE^-1 times as long as
+# that write. Lite0's state (54 MB: weights, their average, AdamW's two buffers) takes
+# 0.14 s to write and checksum, and 300 images' epochs 0.7-1.8 s: written after each of the
+# 15 epochs it was 2.1 s of a 48 s run (4%); paced, every fifth or so (2026-12-07).
+STATE_SHARE = 0.02
+
+
+class StateSaver:
+    """When `on_state` gets the resume state. At an epoch's end: always at the last one (or
+    with `minutes` 0, at every one), else once the time since the last write is 1/STATE_SHARE
+    times what that write took, or `minutes`, whichever is less. Inside an epoch (each batch
+    calls it): once `minutes` have passed since the last write, so a long epoch loses at most
+    that much when killed. `where` is set by `fit` before each epoch: the loop's place and
+    the state it owns; the epoch's own sums come with each batch."""
 
     def __init__(self, on_state: Callable[[dict], None] | None, minutes: float):
         self.on_state = on_state
         self.every_s = minutes * 60
         self.where: dict = {}
-        self.saved()
+        self.last, self.cost = time.monotonic(), 0.0
 
-    def saved(self) -> None:
+    def save(self, info: dict) -> None:
+        start = time.monotonic()
+        self.on_state(info)
         self.last = time.monotonic()
+        self.cost = self.last - start
+
+    def due_at_epoch_end(self, finished: bool) -> bool:
+        if self.on_state is None:
+            return False
+        since = time.monotonic() - self.last
+        return finished or not self.every_s or since >= min(self.cost / STATE_SHARE,
+                                                            self.every_s)
 
     def __call__(self, partial: dict) -> None:
         if self.on_state is None or not self.every_s or (
@@ -523,8 +544,7 @@ class MidEpochSaver:
         where = dict(self.where)
         mid = {**partial, "loss_sum": partial["loss_sum"].item(),
                "correct": partial["correct"].item(), "lr": where.pop("lr")}
-        self.on_state({**where, "mid_epoch": mid})
-        self.saved()
+        self.save({**where, "mid_epoch": mid})
 
 
 class EarlyStopping:

@@ -20,6 +20,8 @@ from imclass import resume as resume_mod
 pytestmark = pytest.mark.slow
 FLAGS = ["--subset", "3000", "--epochs", "5", "--quiet"]
 TIMING = ("seconds", "images_per_s")  # wall-clock columns of history.csv differ by nature
+# the state written after every epoch (not paced by its cost), for the tests that count writes
+EVERY_EPOCH = ("--checkpoint-minutes", "0")
 
 
 def train_cmd(out: Path, *extra) -> list[str]:
@@ -143,7 +145,8 @@ sys.exit(main(sys.argv[1:]))
 def test_killed_while_writing_its_state_then_resumed_is_the_same_run(uninterrupted,
                                                                       tmp_path):
     out = tmp_path / "cut"
-    done = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING, *train_cmd(out)[3:]],
+    done = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING,
+                           *train_cmd(out, *EVERY_EPOCH)[3:]],
                           capture_output=True, text=True)
     assert done.returncode == 137, done.stderr[-2000:]
     leftovers = list((out / "checkpoints").glob(".state.next.safetensors.*.tmp"))
@@ -178,7 +181,7 @@ def test_killed_between_its_states_tensors_and_json_then_resumed_is_the_same_run
     its JSON names, with the tensors that JSON's checksum names."""
     out = tmp_path / step
     script = KILL_AFTER.replace("{step}", step)
-    done = subprocess.run([sys.executable, "-c", script, *train_cmd(out)[3:]],
+    done = subprocess.run([sys.executable, "-c", script, *train_cmd(out, *EVERY_EPOCH)[3:]],
                           capture_output=True, text=True)
     assert done.returncode == 137, done.stderr[-2000:]
     checkpoints = out / "checkpoints"

@@ -334,3 +334,38 @@ def test_the_time_left_prices_each_epoch_to_come_by_its_kind():
     # after epoch 1 (1.2 s at cost 0.1, 12 s a unit): 1.2 + 0.25 x 12 + 3 x 12; after epoch
     # 4 the fine-tuning epochs at their own pace (10 s, then the mean of 10 and 12)
     assert etas == [40, 39, 36, 20, 11, 0]
+
+
+def test_the_state_is_written_at_epoch_ends_as_often_as_it_is_cheap(monkeypatch):
+    """StateSaver (a fake clock): the first epoch's state is written, then one once the time
+    since the last write is 1/STATE_SHARE times that write's, or --checkpoint-minutes, or
+    the run has finished; with --checkpoint-minutes 0 every epoch's end."""
+    from imclass import training
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock["now"])
+    written = []
+
+    def write(info):  # a write of 1 s
+        clock["now"] += 1.0
+        written.append(info["epoch"])
+
+    def epochs(saver, count, seconds, last=None):
+        for epoch in range(1, count + 1):
+            clock["now"] += seconds
+            finished = epoch == last
+            if saver.due_at_epoch_end(finished):
+                saver.save({"epoch": epoch})
+    paced = training.StateSaver(write, minutes=10)
+    epochs(paced, 12, seconds=10.0, last=12)
+    gap = round(1.0 / training.STATE_SHARE / 10)  # epochs of 10 s between writes of 1 s
+    assert written == [1, 1 + gap, 1 + 2 * gap, 12] and gap == 5
+    written.clear()
+    capped = training.StateSaver(write, minutes=0.5)  # 30 s at most between writes
+    epochs(capped, 7, seconds=10.0)
+    assert written == [1, 4, 7]
+    written.clear()
+    every = training.StateSaver(write, minutes=0)
+    epochs(every, 4, seconds=10.0)
+    assert written == [1, 2, 3, 4]
+    assert not training.StateSaver(None, minutes=10).due_at_epoch_end(True)
