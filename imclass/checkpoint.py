@@ -24,15 +24,16 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save(stem: Path, model: torch.nn.Module, meta: dict[str, Any],
+def save(stem: Path, model: torch.nn.Module | dict[str, torch.Tensor], meta: dict[str, Any],
          also: Path | None = None) -> None:
-    """Write stem.safetensors and stem.json; the sidecar records the weights' SHA-256. With
-    `also`, the same checkpoint under that stem too (`best` and `last` after an epoch that
-    improved), its weights a hard link to these: Lite0's 13.5 MB written and hashed once, not
-    twice (40 ms an epoch on a Xeon, 2026-12-07)."""
+    """Write stem.safetensors and stem.json of `model` (or of a state dict); the sidecar
+    records the weights' SHA-256. With `also`, the same checkpoint under that stem too (`best`
+    and `last` after an epoch that improved), its weights a hard link to these: Lite0's
+    13.5 MB written and hashed once, not twice (40 ms an epoch on a Xeon, 2026-12-07)."""
     stem = Path(stem)
     weights = stem.with_suffix(".safetensors")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    named = model if isinstance(model, dict) else model.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in named.items()}
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     sidecar = {**meta, "weights_file": weights.name, "weights_sha256": _sha256(weights)}
     atomic_write_text(stem.with_suffix(".json"), json_text(sidecar))

@@ -1,6 +1,7 @@
-"""The training state saved after every epoch (and every --checkpoint-minutes inside a long
-one), so `imclass train --resume RUN_DIR` continues a killed run and ends with the same model
-as one never interrupted (on the same device).
+"""The training state saved after an epoch (paced so that writing it takes at most 2% of the
+time, imclass.timekeeping.Pace; after the last epoch always) and every --checkpoint-minutes
+inside a long one, so `imclass train --resume RUN_DIR` continues a killed run and ends with
+the same model as one never interrupted (on the same device).
 
 checkpoints/state.safetensors holds every tensor: the current and the best weights (and their
 moving average, with --ema), the optimizer's buffers, torch's random generator and the batch

@@ -25,6 +25,7 @@ from imclass.config import RunConfig
 from imclass.devices import resolve_device
 from imclass.contract import check_written_by_us
 from imclass.errors import ConfigError, DataError
+from imclass.timekeeping import Pace
 from imclass.version import versions
 
 HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc",
@@ -116,21 +117,37 @@ def checkpoint_meta(cfg: RunConfig, splits, task) -> dict:
 
 
 class Checkpointer:
-    """Saves `last` after every epoch and `best` whenever validation improved."""
+    """Saves `last` after every epoch and `best` whenever validation improved. Without
+    validation (`validated` False) every epoch is both, and the writes are paced
+    (imclass.timekeeping.Pace): the end of training writes the epoch left unwritten, from the
+    weights fit ends with (`best_weights` of its train_end event)."""
 
-    def __init__(self, folder: Path, model: torch.nn.Module, meta: dict):
-        self.folder, self.model, self.meta = folder, model, meta
+    def __init__(self, folder: Path, model: torch.nn.Module, meta: dict,
+                 validated: bool = True):
+        self.folder, self.model, self.meta, self.validated = folder, model, meta, validated
+        self.pace, self.unwritten = Pace(), None
 
     def __call__(self, event: str, info: dict):
+        if event == "train_end" and self.unwritten is not None and info.get("best_weights"):
+            self.write(info["best_weights"], self.unwritten, best=True)
         if event != "epoch_end":
             return None
         metrics = {k: info[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")}
         meta = {**self.meta, "metrics": metrics}
-        if info["improved"]:  # the same weights: written once, linked as `last`
-            checkpoint.save(self.folder / "best", self.model, meta, also=self.folder / "last")
+        if self.validated:
+            self.write(self.model, meta, best=info["improved"])
+        elif self.pace.due():
+            self.pace.timed(lambda: self.write(self.model, meta, best=True))
         else:
-            checkpoint.save(self.folder / "last", self.model, meta)
+            self.unwritten = meta
         return None
+
+    def write(self, weights, meta: dict, best: bool) -> None:
+        if best:  # the same weights: written once, linked as `last`
+            checkpoint.save(self.folder / "best", weights, meta, also=self.folder / "last")
+        else:
+            checkpoint.save(self.folder / "last", weights, meta)
+        self.unwritten = None
 
 
 @dataclass

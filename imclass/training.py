@@ -31,7 +31,7 @@ from imclass.features import CachedHead
 from imclass.finetune import FROZEN_EPOCH_COST, apply_stage, plan_stages, train_mode
 from imclass.prefix_cache import frozen_validation, validation_chains
 from imclass.tasks import Loss, argmax_hits
-from imclass.timekeeping import Deadline, TimedSchedule
+from imclass.timekeeping import Deadline, Pace, TimedSchedule
 
 Callback = Callable[[str, dict], Any]
 
@@ -498,48 +498,34 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
         p.requires_grad_(True)
     if best_state is not None:
         model.load_state_dict(best_state)
-    emit("train_end", {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early})
+    emit("train_end", {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+                       "best_weights": best_state})
     return result
-
-
-# The most of the training time that writing the resume state may take at epoch ends: a
-# state is written once the training since the last took STATE_SHARE^-1 times as long as
-# that write. Lite0's state (54 MB: weights, their average, AdamW's two buffers) takes
-# 0.14 s to write and checksum, and 300 images' epochs 0.7-1.8 s: written after each of the
-# 15 epochs it was 2.1 s of a 48 s run (4%); paced, every fifth or so (2026-12-07).
-STATE_SHARE = 0.02
 
 
 class StateSaver:
     """When `on_state` gets the resume state. At an epoch's end: always at the last one (or
-    with `minutes` 0, at every one), else once the time since the last write is 1/STATE_SHARE
-    times what that write took, or `minutes`, whichever is less. Inside an epoch (each batch
-    calls it): once `minutes` have passed since the last write, so a long epoch loses at most
-    that much when killed. `where` is set by `fit` before each epoch: the loop's place and
-    the state it owns; the epoch's own sums come with each batch."""
+    with `minutes` 0, at every one), else when its Pace says (at most every `minutes`).
+    Inside an epoch (each batch calls it): once `minutes` have passed since the last write,
+    so a long epoch loses at most that much when killed. `where` is set by `fit` before each
+    epoch: the loop's place and the state it owns; the epoch's own sums come with each
+    batch."""
 
     def __init__(self, on_state: Callable[[dict], None] | None, minutes: float):
         self.on_state = on_state
         self.every_s = minutes * 60
         self.where: dict = {}
-        self.last, self.cost = time.monotonic(), 0.0
+        self.pace = Pace(self.every_s)
 
     def save(self, info: dict) -> None:
-        start = time.monotonic()
-        self.on_state(info)
-        self.last = time.monotonic()
-        self.cost = self.last - start
+        self.pace.timed(lambda: self.on_state(info))
 
     def due_at_epoch_end(self, finished: bool) -> bool:
-        if self.on_state is None:
-            return False
-        since = time.monotonic() - self.last
-        return finished or not self.every_s or since >= min(self.cost / STATE_SHARE,
-                                                            self.every_s)
+        return self.on_state is not None and (finished or not self.every_s or self.pace.due())
 
     def __call__(self, partial: dict) -> None:
         if self.on_state is None or not self.every_s or (
-                time.monotonic() - self.last < self.every_s):
+                self.pace.clock() - self.pace.last < self.every_s):
             return
         where = dict(self.where)
         mid = {**partial, "loss_sum": partial["loss_sum"].item(),

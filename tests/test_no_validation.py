@@ -135,3 +135,39 @@ def test_a_search_needs_validation_unless_the_folder_has_its_own(tmp_path):
     own = csv_dataset(tmp_path / "own", "binary", n_train=10, n_test=4)
     (own / "val").mkdir()
     check_validated(override(RunConfig(), {"source": str(own), "val_fraction": 0.0}), searched)
+
+
+def test_without_validation_the_weights_are_written_paced_and_the_last_at_the_end(
+        tmp_path, monkeypatch):
+    """Every epoch is the best and the last: `best` (linked as `last`) is written when its
+    Pace says (a fake clock: 10 s epochs, 1 s writes, so every fifth), and train_end writes
+    the last epoch's from the weights fit ends with."""
+    import copy
+    import time
+
+    from imclass import runfolder
+
+    clock, written = {"now": 0.0}, []
+    monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
+    real_save = runfolder.checkpoint.save
+
+    def save(stem, weights, meta, also=None):
+        clock["now"] += 1.0
+        written.append(meta["metrics"]["epoch"])
+        real_save(stem, weights, meta, also)
+    monkeypatch.setattr(runfolder.checkpoint, "save", save)
+    model = torch.nn.Linear(2, 2)
+    checkpointer = runfolder.Checkpointer(tmp_path, model, {"run": "test"}, validated=False)
+    for epoch in range(1, 9):
+        clock["now"] += 10.0
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        checkpointer("epoch_end", {"epoch": epoch, "train_loss": 1.0, "train_acc": 0.5,
+                                   "val_loss": math.nan, "val_acc": math.nan, "improved": True})
+    assert written == [1, 6]
+    checkpointer("train_end", {"best_weights": copy.deepcopy(model.state_dict())})
+    assert written == [1, 6, 8]
+    weights, best = load_checkpoint(tmp_path / "best")
+    _, last = load_checkpoint(tmp_path / "last")
+    assert best["metrics"]["epoch"] == last["metrics"]["epoch"] == 8
+    assert torch.all(weights["weight"] == 8)

@@ -338,12 +338,15 @@ def test_the_time_left_prices_each_epoch_to_come_by_its_kind():
 
 def test_the_state_is_written_at_epoch_ends_as_often_as_it_is_cheap(monkeypatch):
     """StateSaver (a fake clock): the first epoch's state is written, then one once the time
-    since the last write is 1/STATE_SHARE times that write's, or --checkpoint-minutes, or
+    since the last write is 1/WRITE_SHARE times that write's, or --checkpoint-minutes, or
     the run has finished; with --checkpoint-minutes 0 every epoch's end."""
+    import time
+
     from imclass import training
+    from imclass.timekeeping import WRITE_SHARE
 
     clock = {"now": 100.0}
-    monkeypatch.setattr(training.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
     written = []
 
     def write(info):  # a write of 1 s
@@ -358,7 +361,7 @@ def test_the_state_is_written_at_epoch_ends_as_often_as_it_is_cheap(monkeypatch)
                 saver.save({"epoch": epoch})
     paced = training.StateSaver(write, minutes=10)
     epochs(paced, 12, seconds=10.0, last=12)
-    gap = round(1.0 / training.STATE_SHARE / 10)  # epochs of 10 s between writes of 1 s
+    gap = round(1.0 / WRITE_SHARE / 10)  # epochs of 10 s between writes of 1 s
     assert written == [1, 1 + gap, 1 + 2 * gap, 12] and gap == 5
     written.clear()
     capped = training.StateSaver(write, minutes=0.5)  # 30 s at most between writes

@@ -413,7 +413,8 @@ def fit_run(run_dir: Path, setup: Setup, model, quiet: bool, log: Log, extra_cal
             cfg.data.early_size, t.early_epochs))
     if dist.is_main:  # the files of the run; the other ranks only train
         plot_augmented(run_dir / "plots" / "augmented.png", splits.train, augment, t.seed)
-        callbacks += [history, Checkpointer(run_dir / "checkpoints", evaluated, meta),
+        callbacks += [history, Checkpointer(run_dir / "checkpoints", evaluated, meta,
+                                            validated=val_batches is not None),
                       *extra_callbacks]
     if resume_state is not None:
         restore(resume_state, model, ema, train_batches, overfit, history, log)
