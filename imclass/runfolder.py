@@ -119,8 +119,10 @@ def checkpoint_meta(cfg: RunConfig, splits, task) -> dict:
 class Checkpointer:
     """Saves `last` after every epoch and `best` whenever validation improved. Without
     validation (`validated` False) every epoch is both, and the writes are paced
-    (imclass.timekeeping.Pace): the end of training writes the epoch left unwritten, from the
-    weights fit ends with (`best_weights` of its train_end event)."""
+    (imclass.timekeeping.Pace): the epoch left unwritten is written at "final_epoch" (before
+    the resume state says the run finished, so a kill between the two cannot leave a finished
+    run with older weights), or, when a stop signal ended training, at "train_end" from the
+    weights fit ends with (`best_weights`: the last finished epoch's)."""
 
     def __init__(self, folder: Path, model: torch.nn.Module, meta: dict,
                  validated: bool = True):
@@ -128,6 +130,8 @@ class Checkpointer:
         self.pace, self.unwritten = Pace(), None
 
     def __call__(self, event: str, info: dict):
+        if event == "final_epoch" and self.unwritten is not None:
+            self.write(self.model, self.unwritten, best=True)
         if event == "train_end" and self.unwritten is not None and info.get("best_weights"):
             self.write(info["best_weights"], self.unwritten, best=True)
         if event != "epoch_end":

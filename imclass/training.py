@@ -2,8 +2,11 @@
 
 Everything else (progress bar, early stopping, overfitting warning, checkpoints, history file)
 hangs off a small fixed set of events. A callback is called as `callback(event, info)` with
-event one of "epoch_start", "batch_end", "epoch_end", "train_end"; returning "stop" from
-"epoch_end" ends training after that epoch.
+event one of "epoch_start", "batch_end", "epoch_end", "final_epoch", "train_end"; returning
+"stop" from "epoch_end" ends training after that epoch. "final_epoch" follows the epoch_end of
+the epoch that ends training (its planned last, early stopping, the budget's clock; not a stop
+signal), before the resume state says the run finished, so files written at a pace are
+complete by then.
 """
 
 from __future__ import annotations
@@ -484,6 +487,8 @@ def fit(model: nn.Module, train_batches, val_batches, loss_fn: Loss, cfg: TrainC
                 stop_asked = result.stopped_by_budget = True
             finished = result.stopped_early or result.stopped_by_budget or (
                 index == len(stages) - 1 and in_stage == stage.epochs)
+            if finished:
+                emit("final_epoch", {"epoch": epoch})
             if saver.due_at_epoch_end(finished):
                 saver.save({"epoch": epoch, "stage_index": index, "epochs_in_stage": in_stage,
                             "stage_finished": stop_asked or in_stage == stage.epochs,

@@ -140,8 +140,9 @@ def test_a_search_needs_validation_unless_the_folder_has_its_own(tmp_path):
 def test_without_validation_the_weights_are_written_paced_and_the_last_at_the_end(
         tmp_path, monkeypatch):
     """Every epoch is the best and the last: `best` (linked as `last`) is written when its
-    Pace says (a fake clock: 10 s epochs, 1 s writes, so every fifth), and train_end writes
-    the last epoch's from the weights fit ends with."""
+    Pace says (a fake clock: 10 s epochs, 1 s writes, so every fifth); a run stopped by a
+    signal gets its last finished epoch's at train_end, from the weights fit ends with, and
+    one that ends as planned at final_epoch, before its resume state says it finished."""
     import copy
     import time
 
@@ -165,9 +166,22 @@ def test_without_validation_the_weights_are_written_paced_and_the_last_at_the_en
         checkpointer("epoch_end", {"epoch": epoch, "train_loss": 1.0, "train_acc": 0.5,
                                    "val_loss": math.nan, "val_acc": math.nan, "improved": True})
     assert written == [1, 6]
-    checkpointer("train_end", {"best_weights": copy.deepcopy(model.state_dict())})
+    finished = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        model.weight.fill_(9)  # a ninth epoch cut short by Ctrl-C: not kept
+    checkpointer("train_end", {"best_weights": finished})
     assert written == [1, 6, 8]
     weights, best = load_checkpoint(tmp_path / "best")
     _, last = load_checkpoint(tmp_path / "last")
     assert best["metrics"]["epoch"] == last["metrics"]["epoch"] == 8
     assert torch.all(weights["weight"] == 8)
+
+    clock["now"] += 10.0
+    checkpointer("epoch_end", {"epoch": 9, "train_loss": 1.0, "train_acc": 0.5,
+                               "val_loss": math.nan, "val_acc": math.nan, "improved": True})
+    assert written == [1, 6, 8]  # 10 s after a write of 1 s
+    checkpointer("final_epoch", {"epoch": 9})
+    checkpointer("train_end", {"best_weights": copy.deepcopy(model.state_dict())})
+    assert written == [1, 6, 8, 9]
+    weights, best = load_checkpoint(tmp_path / "best")
+    assert best["metrics"]["epoch"] == 9 and torch.all(weights["weight"] == 9)
