@@ -38,8 +38,11 @@ class Pace:
         self.most_s, self.clock = most_s, clock or time.monotonic
         self.last, self.cost = self.clock(), 0.0
 
+    def since_last(self) -> float:
+        return self.clock() - self.last
+
     def due(self) -> bool:
-        return self.clock() - self.last >= min(self.cost / WRITE_SHARE, self.most_s)
+        return self.since_last() >= min(self.cost / WRITE_SHARE, self.most_s)
 
     def timed(self, write: Callable[[], object]) -> None:
         start = self.clock()

@@ -529,8 +529,7 @@ class StateSaver:
         return self.on_state is not None and (finished or not self.every_s or self.pace.due())
 
     def __call__(self, partial: dict) -> None:
-        if self.on_state is None or not self.every_s or (
-                self.pace.clock() - self.pace.last < self.every_s):
+        if self.on_state is None or not self.every_s or self.pace.since_last() < self.every_s:
             return
         where = dict(self.where)
         mid = {**partial, "loss_sum": partial["loss_sum"].item(),
