@@ -256,6 +256,10 @@ class TrainConfig:
                        "image and its copies flipped as in training (twice the cost of a "
                        "prediction); the test figures, predict, serve and exported files all "
                        "do it. A --budget sets it (Fashion-MNIST, photos)")
+    tta_shift: int = option(0, "test-time moves, px at the network's input: the model also "
+                            "averages over each image moved this far up, down, left and right "
+                            "(each with its --tta flips; five times the cost of a prediction), "
+                            "within the --shift training drew; 0 for none", low=0)
     overfit_epochs: int = option(3, "warn of overfitting after this many epochs in a row of "
                                  "rising validation loss and falling training loss", low=2)
     seed: int = option(0, "seed for the split, the batch order, augmentation and the weights",

@@ -23,9 +23,9 @@ from imclass.version import __version__
 # ONNX metadata_props hold strings: each key below holds its value JSON-encoded.
 METADATA_KEYS = ("imclass_version", "task", "class_names", "thresholds", "hierarchy_sep",
                  "input_channels", "input_size", "decoded_size", "fit", "interpolation",
-                 "mean", "std", "test_metrics", "flips")
+                 "mean", "std", "test_metrics", "flips", "shift")
 # Keys a file exported before they existed may lack, and what such a file means by them.
-OPTIONAL_KEYS = {"flips": ()}
+OPTIONAL_KEYS = {"flips": (), "shift": 0}
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class Contract:
     # tensor dims the probabilities are averaged over (-1 horizontal, -2 vertical): the
     # test-time flips of a run trained with --tta; () for none
     flips: tuple[int, ...] = ()
+    # px each image is also moved by, up, down, left and right, the five views averaged (each
+    # with its flips): a run trained with --tta-shift; 0 for none
+    shift: int = 0
     imclass_version: str = __version__
 
     @classmethod
@@ -62,7 +65,8 @@ class Contract:
                    fit=spec.get("fit", "squash"),
                    interpolation=meta["config"]["data"].get("interpolation") or "bilinear",
                    mean=tuple(norm["mean"]), std=tuple(norm["std"]), test_metrics=scalars,
-                   flips=test_time_flips(meta["config"]))
+                   flips=test_time_flips(meta["config"]),
+                   shift=test_time_shift(meta["config"]))
 
     def to_metadata(self) -> dict[str, str]:
         values = asdict(self)
@@ -96,7 +100,7 @@ class Contract:
                 "input": {"channels": self.input_channels, "decoded_size": self.decoded_size,
                           "input_size": self.input_size, "fit": self.fit,
                           "interpolation": self.interpolation},
-                "test_time_flips": list(self.flips),
+                "test_time_flips": list(self.flips), "test_time_shift": self.shift,
                 "test_metrics": self.test_metrics, "imclass_version": self.imclass_version}
 
 
@@ -113,6 +117,11 @@ def test_time_flips(config: dict) -> tuple[int, ...]:
         return ()
     augment = config.get("augment", {})
     return flip_dims(augment.get("hflip_p"), augment.get("vflip_p"))
+
+
+def test_time_shift(config: dict) -> int:
+    """The px a run's model moves each image by at test time (a run's config as a dict)."""
+    return int(config.get("train", {}).get("tta_shift") or 0)
 
 
 def check_written_by_us(meta: dict, sidecar: Path) -> None:

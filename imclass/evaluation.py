@@ -29,24 +29,24 @@ EMBED_PER_CLASS = 60  # points per class in the t-SNE view (t-SNE grows fast wit
 
 
 def predict_split(model, data: ImageSet, norm: Normalization, batch_size: int, task,
-                  device: torch.device, dist: Dist = SINGLE, flips=(), tap=None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  device: torch.device, dist: Dist = SINGLE, flips=(), shift: int = 0,
+                  tap=None) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, labels) of every image of `data`, in order. In a distributed run each
     rank scores its own share (no image twice, none padded in) and all get the whole.
     `tap` (metrics.EmbeddingTap, one process) keeps some images' features on the way."""
     share = data.take(torch.as_tensor(dist.shard(len(data)))) if dist.active else data
     probs, labels = predict_probabilities(model, Batches(share, batch_size, norm, device=device),
-                                          task, device, flips=flips, tap=tap)
+                                          task, device, flips=flips, shift=shift, tap=tap)
     return gather_in_order(dist, probs, len(data)), gather_in_order(dist, labels, len(data))
 
 
 def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: torch.device,
-                   folder: Path, *, history: list[dict] | None = None, flips=(), tta_flips=(),
-                   batch_size: int = 1024, seed: int = 0, thresholds=None,
+                   folder: Path, *, history: list[dict] | None = None, flips=(), shift: int = 0,
+                   tta_flips=(), batch_size: int = 1024, seed: int = 0, thresholds=None,
                    input_size: int | None = None, dist: Dist = SINGLE, network=None) -> dict:
     """Metrics of `model` on `data` ({"plain": ..., "tta": ... when tta_flips}) and the
-    figures in `folder`. `flips`: those the model itself averages over (a run trained with
-    --tta), in every figure. `thresholds` (binary, multilabel) come from the validation split.
+    figures in `folder`. `flips` and `shift`: the views the model itself averages over (a run
+    trained with --tta, --tta-shift), in every figure. `thresholds` (binary, multilabel) come from the validation split.
     Images decoded with a crop margin are centre-cropped to `input_size` first. In a
     distributed run every rank scores its share and rank 0 alone computes and draws.
     `network`: the same model exported (an ONNX Runtime session of the run's network, see
@@ -64,7 +64,7 @@ def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: tor
         probs, labels = score_with_network(network, whole, batch_size, tap)
     else:
         probs, labels = predict_split(model, data, norm, batch_size, task, device, dist,
-                                      flips=flips, tap=tap)
+                                      flips=flips, shift=shift, tap=tap)
     tta_probs = predict_split(model, data, norm, batch_size, task, device, dist,
                               flips=tta_flips)[0] if tta_flips else None
     if not dist.is_main:
@@ -143,7 +143,7 @@ def evaluate_split(run_dir: Path, model, task, data: ImageSet, norm, cfg: RunCon
     history = (mark_best(read_history(run_dir), cfg.train)
                if split == "test" and not curves_current(run_dir) else None)
     result = evaluate_model(model, task, data, norm, device, folder, history=history,
-                            flips=in_model, tta_flips=flips,
+                            flips=in_model, shift=model_shift(cfg), tta_flips=flips,
                             batch_size=cfg.train.eval_batch_size,
                             seed=cfg.train.seed, thresholds=thresholds,
                             input_size=input_size, dist=dist,
@@ -188,6 +188,17 @@ def model_flips(cfg: RunConfig) -> tuple[int, ...]:
     """The flips a run's model averages over wherever it predicts: its training flips when
     trained with --tta (imclass.contract.test_time_flips, from the same config), else none."""
     return tta_flips(cfg) if cfg.train.tta else ()
+
+
+def model_shift(cfg: RunConfig) -> int:
+    """The px a run's model moves each image by at test time (--tta-shift;
+    imclass.contract.test_time_shift, from the same config). Moves are fair only where
+    training moved images, so a run whose augmentation did not is refused."""
+    if cfg.train.tta_shift and not (cfg.augment.shift_p and cfg.augment.shift):
+        raise ConfigError(f"--tta-shift {cfg.train.tta_shift} averages over moved images, and "
+                          "this run's augmentation moves none; train with --shift-p and "
+                          "--shift above 0, or leave --tta-shift at 0")
+    return cfg.train.tta_shift
 
 
 def write_multilabel_figures(folder: Path, model, data: ImageSet, norm, device,

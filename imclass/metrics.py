@@ -12,6 +12,7 @@ from sklearn import metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
 
 from imclass.devices import autocast
+from imclass.pixel_model import average_views
 
 HEADLINES = {  # the figures the console line and the summary cards lead with, per task
     "multiclass": (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
@@ -69,13 +70,14 @@ class EmbeddingTap:
 
 
 @torch.no_grad()
-def predict_probabilities(model, batches, task, device, flips=(),
+def predict_probabilities(model, batches, task, device, flips=(), shift: int = 0,
                           tap: EmbeddingTap | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, K], true labels [N] or multi-hot [N, K]) over every batch, in order.
 
-    With `flips` (tensor dims, -1 horizontal, -2 vertical), test-time augmentation: the
-    probabilities are averaged over the image and each flipped copy. With `tap` (a model
-    with `forward_with_embedding`), the features of its rows are kept on the way.
+    With `flips` (tensor dims, -1 horizontal, -2 vertical) and `shift` (px), test-time
+    augmentation: the probabilities are averaged over the image's views as the run's
+    PixelModel averages them (imclass.pixel_model.average_views). With `tap` (a model with
+    `forward_with_embedding`), the features of its rows are kept on the way.
     """
     model.eval()
     # Written into arrays made once, not gathered from a list of small per-batch tensors: the
@@ -83,6 +85,7 @@ def predict_probabilities(model, batches, task, device, flips=(),
     # then grew by every batch's pixels (+3.1 GB over 20,000 images at 160 px, tests/test_memory).
     probs = labels = None
     done = 0
+    black = batches.norm.apply(torch.zeros(1, len(batches.norm.mean), 1, 1, device=device))
     for x, y in batches:
         with autocast(device):
             if tap is None:
@@ -90,8 +93,8 @@ def predict_probabilities(model, batches, task, device, flips=(),
             else:
                 logits, features = model.forward_with_embedding(x)
                 tap.take(done, features)
-            p = sum((task.probabilities(model(x.flip(dim))) for dim in flips),
-                    task.probabilities(logits)) / (1 + len(flips))
+            p = average_views(lambda view: task.probabilities(model(view)), x, flips, shift,
+                              black, first=task.probabilities(logits))
         if probs is None:
             total = len(batches.labels)
             probs = np.empty((total, *p.shape[1:]), dtype=np.float64)

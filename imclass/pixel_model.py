@@ -6,10 +6,52 @@ probabilities from the same pixels (imclass.contract says what they are).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from imclass.contract import Contract
+
+
+def moved(x: torch.Tensor, rows: int, cols: int, black: torch.Tensor | float) -> torch.Tensor:
+    """`x` [N, C, H, W] moved `rows` down and `cols` right (negative: up, left) by whole pixels,
+    the uncovered border `black` (the normalised value of a black pixel, [1, C, 1, 1]): as
+    imclass.data.batch_ops.Shift moves a training image, at a fixed place."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x - black, (max(cols, 0), max(-cols, 0), max(rows, 0), max(-rows, 0)))
+    top, left = max(-rows, 0), max(-cols, 0)
+    return padded[:, :, top:top + h, left:left + w] + black
+
+
+def view_offsets(shift: int) -> list[tuple[int, int]]:
+    """(rows, cols) each test-time view moves its image by: unmoved, then `shift` px up, down,
+    left and right when `shift` > 0."""
+    return [(0, 0)] + ([(shift, 0), (-shift, 0), (0, shift), (0, -shift)] if shift else [])
+
+
+def view_count(flips: tuple[int, ...], shift: int) -> int:
+    """How many views average_views passes through the network per image."""
+    return len(view_offsets(shift)) * (1 + len(flips))
+
+
+def average_views(probabilities: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                  flips: tuple[int, ...] = (), shift: int = 0,
+                  black: torch.Tensor | float = 0.0,
+                  first: torch.Tensor | None = None) -> torch.Tensor:
+    """Test-time augmentation (--tta, --tta-shift): the mean of `probabilities` over `x`
+    moved by each of view_offsets(shift), each view also flipped along each dim of `flips`
+    (-1 horizontal, -2 vertical). `first`: the probabilities of `x` itself, when the caller
+    has them already. The one definition of the views, for the eager model and the exported."""
+    total = None
+    for rows, cols in view_offsets(shift):
+        view = moved(x, rows, cols, black) if rows or cols else x
+        p = first if first is not None and view is x else probabilities(view)
+        for dim in flips:
+            p = p + probabilities(view.flip(dim))
+        total = p if total is None else total + p
+    return total / view_count(flips, shift)
 
 
 class PixelModel(nn.Module):
@@ -28,6 +70,7 @@ class PixelModel(nn.Module):
         self.side = contract.input_size
         self.sigmoid = contract.task == "multilabel"
         self.flips = tuple(contract.flips)  # test-time flips (--tta), averaged in forward
+        self.shift = contract.shift  # and moves, px (--tta-shift)
 
     def normalized(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.float() / 255.0
@@ -35,13 +78,12 @@ class PixelModel(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.normalized(pixels)
-        return self._with_flips(x, self.probabilities(x))
+        return self._with_views(self.normalized(pixels))
 
-    def _with_flips(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        for dim in self.flips:  # as imclass.metrics.predict_probabilities averages them
-            probs = probs + self.probabilities(x.flip(dim))
-        return probs / (1 + len(self.flips))
+    def _with_views(self, x: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
+        # as imclass.metrics.predict_probabilities averages them
+        black = -self.mean / self.std  # a black pixel, normalised
+        return average_views(self.probabilities, x, self.flips, self.shift, black, first)
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         return self._activate(self.network(x))
@@ -56,7 +98,7 @@ class PixelModel(nn.Module):
         so that evaluation draws its embedding figure from the test pass."""
         x = self.normalized(pixels)
         logits, features = self.network.forward_with_embedding(x)
-        return self._with_flips(x, self._activate(logits)), features.float()
+        return self._with_views(x, self._activate(logits)), features.float()
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """The penultimate features [N, D] the head reads (imclass.similarity)."""

@@ -23,7 +23,7 @@ from imclass import cuda_graphs
 from imclass.devices import hardware, precision_name, resolve_device
 from imclass.budget import plan as budget_plan
 from imclass.distributed import SINGLE, Dist, broadcast
-from imclass.evaluation import model_flips
+from imclass.evaluation import model_flips, model_shift
 from imclass.models import MODELS, build_model, check_model_name, count_parameters, \
     flops_per_image
 from imclass.models.weights import load_pretrained, resolve_architecture
@@ -124,6 +124,7 @@ def plan(cfg: RunConfig, device_type: str, budget: Budget | None = None, dist: D
     cfg, recipe = apply(cfg, recipe)
     cfg = config_mod.resolve(cfg)
     model_flips(cfg)  # a --tta without training flips is refused now, not after training
+    model_shift(cfg)  # and a --tta-shift without training moves
     architecture, weights_source = resolve_architecture(cfg.model)
     cfg = data_for_model(cfg, architecture)
     check_train_size(cfg)

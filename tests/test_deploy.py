@@ -429,10 +429,11 @@ def test_the_test_pass_on_a_cpu_runs_the_exported_network_with_the_eager_figures
     assert again["confusion_matrix"] == before["confusion_matrix"]
 
 
-def test_a_run_trained_with_test_time_flips_predicts_as_its_test_figures_say(tmp_path):
-    """--tta: the run's model averages each image with its mirror image everywhere it
-    predicts: the test figures training writes, the eager model, its ONNX network and an
-    exported file agree on all 10,000 test images, and differ from the plain network's."""
+def test_a_run_trained_with_test_time_views_predicts_as_its_test_figures_say(tmp_path):
+    """--tta and --tta-shift 1: the run's model averages each image over ten views (moved 0 or
+    1 px up, down, left or right, each with its mirror image) everywhere it predicts: the test
+    figures training writes, the eager model, its ONNX network and an exported file agree on
+    all 10,000 test images, and the views are the raw pixels moved with a black border."""
     import dataclasses
 
     import onnxruntime as ort
@@ -443,30 +444,47 @@ def test_a_run_trained_with_test_time_flips_predicts_as_its_test_figures_say(tmp
     from imclass.predictor import NETWORK, load_torch_run, pixel_model_of_run
     run = tmp_path / "run"
     api.train(override(RunConfig(), {"subset": 1200, "epochs": 3, "batch_size": 64, "lr": 0.1,
-                                     "tta": True}), run, quiet=True)
-    assert "test-time flips" in json.loads((run / "run.json").read_text())["recipe"]["line"]
+                                     "tta": True, "tta_shift": 1}), run, quiet=True)
+    line = json.loads((run / "run.json").read_text())["recipe"]["line"]
+    assert "test-time flips, test-time moves of 1 px" in line
     pixels, labels = fmnist_pixels(10_000)
     fast, eager = load(run), load_torch_run(run, traced=False)
     assert fast.backend == "onnx" and fast.contract.flips == eager.contract.flips == (-1,)
+    assert fast.contract.shift == eager.contract.shift == 1
     probs = fast.probabilities(pixels)
     assert_same_probabilities(probs, eager.probabilities(pixels))
     tested = json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
     assert (probs.argmax(1) == labels).mean() == pytest.approx(tested, abs=2e-4)
     module, contract = pixel_model_of_run(run, device="cpu")
-    plain = module.__class__(module.network, dataclasses.replace(contract, flips=()))
+    plain = module.__class__(module.network, dataclasses.replace(contract, flips=(), shift=0))
     with torch.no_grad():
-        x = torch.from_numpy(pixels[:256])
-        both = (plain(x) + plain(x.flip(-1))) / 2
-        assert np.abs(module(x).numpy() - both.numpy()).max() < 1e-5
-        assert not np.allclose(plain(x).numpy(), both.numpy(), atol=1e-3)
-    # an exported file carries the flips inside its graph and says so in its metadata
+        x = pixels[:256]
+        views = [moved_pixels(x, rows, cols) for rows, cols in
+                 ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
+        by_hand = sum(plain(torch.from_numpy(v)) + plain(torch.from_numpy(v).flip(-1))
+                      for v in views) / 10
+        assert np.abs(module(torch.from_numpy(x)).numpy() - by_hand.numpy()).max() < 1e-5
+        flips_only = module.__class__(module.network, dataclasses.replace(contract, shift=0))
+        assert not np.allclose(flips_only(torch.from_numpy(x)).numpy(), by_hand.numpy(),
+                               atol=1e-3)
+    # an exported file carries the views inside its graph and says so in its metadata
     path, _ = api.export(run, tmp_path / "model.onnx")
     meta = ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
-    assert json.loads(meta["flips"]) == [-1]
+    assert json.loads(meta["flips"]) == [-1] and json.loads(meta["shift"]) == 1
     assert_same_probabilities(load(path).probabilities(pixels[:300]), probs[:300])
-    older = {k: v for k, v in meta.items() if k != "flips"}  # a file exported before --tta
+    older = {k: v for k, v in meta.items() if k not in ("flips", "shift")}  # before --tta
     assert Contract.from_metadata(older, "old.onnx").flips == ()
+    assert Contract.from_metadata(older, "old.onnx").shift == 0
     assert (run / "checkpoints" / NETWORK).is_file()
+
+
+def moved_pixels(pixels: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """uint8 images [N, C, H, W] moved `rows` down and `cols` right, the border black."""
+    out = np.zeros_like(pixels)
+    h, w = pixels.shape[-2:]
+    out[..., max(rows, 0):h + min(rows, 0), max(cols, 0):w + min(cols, 0)] = \
+        pixels[..., max(-rows, 0):h + min(-rows, 0), max(-cols, 0):w + min(-cols, 0)]
+    return out
 
 
 def test_test_time_flips_without_training_flips_are_refused_before_training(tmp_path, capsys):
@@ -474,4 +492,9 @@ def test_test_time_flips_without_training_flips_are_refused_before_training(tmp_
                      "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--tta averages over the flips the run was trained with" in err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+    assert cli.main(["train", "--subset", "200", "--tta-shift", "1", "--shift-p", "0",
+                     "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--tta-shift 1 averages over moved images" in err
     assert err.count("\n") == 1 and not (tmp_path / "run").exists()

@@ -148,3 +148,35 @@ def test_the_test_pass_keeps_the_embedding_figures_features_without_a_second_pas
     again = embeddings(model, Batches(data.take(torch.as_tensor(rows)), 16, norm))
     assert tap.features.shape == (len(rows), 8)
     assert np.allclose(tap.features, again, atol=1e-5)
+
+
+def test_the_test_pass_averages_the_same_views_as_the_runs_pixel_model():
+    """--tta and --tta-shift: the training process's test pass (normalised batches) and the
+    PixelModel every caller predicts with (uint8 pixels, exported to ONNX) average the same
+    ten views: moved 0 or 1 px, each with its mirror image, the border black in both."""
+    from imclass.config import ModelConfig
+    from imclass.contract import Contract
+    from imclass.data.batches import Batches, Normalization
+    from imclass.data.images import ImageSet
+    from imclass.metrics import predict_probabilities
+    from imclass.models import build_model
+    from imclass.pixel_model import PixelModel
+    from imclass.tasks import get_task
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (40, 1, 12, 12), dtype=torch.uint8)
+    data = ImageSet(images, torch.arange(40) % 3, ("a", "b", "c"))
+    norm = Normalization.of(images)
+    model = build_model(ModelConfig(widths=(4, 8), depths=(1, 1), dropout=0.5), 1, 3).eval()
+    contract = Contract(class_names=("a", "b", "c"), task="multiclass", thresholds=None,
+                        hierarchy_sep="/", input_channels=1, input_size=12, decoded_size=12,
+                        fit="squash", interpolation="bilinear", mean=norm.mean, std=norm.std,
+                        flips=(-1,), shift=1)
+    task, cpu = get_task("multiclass"), torch.device("cpu")
+    views, _ = predict_probabilities(model, Batches(data, 16, norm), task, cpu, flips=(-1,),
+                                     shift=1)
+    with torch.no_grad():
+        expected = PixelModel(model, contract)(images).numpy()
+    assert np.allclose(views, expected, atol=1e-5)
+    plain, _ = predict_probabilities(model, Batches(data, 16, norm), task, cpu, flips=(-1,))
+    assert not np.allclose(views, plain, atol=1e-3)

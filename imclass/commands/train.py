@@ -34,10 +34,11 @@ from imclass.devices import (hardware, keep_freed_memory, precision_name, releas
                              resolve_device, tune_backend)
 from imclass.distributed import Dist
 from imclass.errors import ConfigError, DataError, Stopped, memory_stage
-from imclass.evaluation import evaluate_split, model_flips, predict_split
+from imclass.evaluation import evaluate_split, model_flips, model_shift, predict_split
 from imclass.features import FeatureCache, can_cache
 from imclass.lr_find import find_lr
 from imclass.models.folding import fold_norms
+from imclass.pixel_model import view_count
 from imclass.predictor import exported_network, save_fast_model
 from imclass.pruning import Pruning, PruneSpec
 from imclass.report import write_report
@@ -248,7 +249,8 @@ def tune_thresholds(run_dir: Path, model, setup: Setup, log: Log) -> list | None
         return None  # the task's default: 0.5, or the most probable class
     probs, labels = predict_split(model, splits.val.center_cropped(splits.input_size),
                                   splits.norm, setup.cfg.train.eval_batch_size, task, device,
-                                  setup.dist, flips=model_flips(setup.cfg))
+                                  setup.dist, flips=model_flips(setup.cfg),
+                                  shift=model_shift(setup.cfg))
     fits = task.tune_thresholds(labels, probs)
     if fits is None:
         return None
@@ -284,9 +286,10 @@ def budget_deadline(setup: Setup, log: Log, resumed: bool) -> Deadline | None:
     if resumed:
         return Deadline(time.monotonic() + b.seconds)
     speeds = setup.budget_plan["measured"][setup.budget_plan["chosen"]]
+    views = view_count(model_flips(setup.cfg), model_shift(setup.cfg))
     after = SLACK * b.seconds + reserve_seconds(
         len(splits.test), len(splits.val) if splits.validated else 0,
-        speeds["eval_images_per_s"], 1 + len(model_flips(setup.cfg)))
+        speeds["eval_images_per_s"], views)
     deadline = b.deadline(after)
     if deadline.left() < 1:
         raise ConfigError(
