@@ -31,7 +31,6 @@ from imclass.finetune import FROZEN_EPOCH_COST, apply_stage, plan_stages, train_
 from imclass.models import build_model, count_parameters
 from imclass.models.folding import fold_norms
 from imclass.models.weights import resolve_architecture
-from imclass.pixel_model import view_count
 from imclass.precision import faster, measure, probe_batch, step_seconds
 from imclass.recipe import (LONG, LONG_MAX_EPOCHS, DataFacts, Recipe, apply, long_values,
                             small_builtin, transfer_values)
@@ -120,7 +119,7 @@ def reserve_seconds(test_images: int, val_images: int, eval_images_per_s: float,
                     test_passes: int = 1) -> float:
     """Seconds the run needs after training ends (see AFTER_FIXED_S); `test_passes`: the
     views the model averages per test image (imclass.pixel_model.view_count: 2 for its
-    mirror image, --tta; 10 with --tta-shift as well)."""
+    mirror image, --tta, which a plan may choose; 10 with a user's --tta-shift as well)."""
     passes = test_passes * test_images + 2 * val_images + 3 * GRADCAM_IMAGES
     return AFTER_FIXED_S + passes / max(1e-9, eval_images_per_s)
 
@@ -236,9 +235,8 @@ def _training_seconds(budget: Budget, sizes: Sizes, c: Candidate,
     come, the time after training and the slack."""
     decode = 1.0 if facts is None else DECODE_S_PER_IMAGE * (sizes.train + sizes.val
                                                              + sizes.test)
-    flips = (-1,) if c.values.get("tta") else ()  # the mirror image: Fashion-MNIST, photos
     after = reserve_seconds(sizes.test, sizes.val, c.eval_images_per_s,
-                            view_count(flips, c.values.get("tta_shift", 0)))
+                            2 if c.values.get("tta") else 1)
     return max(1.0, budget.left() - SLACK * budget.seconds - decode - after)
 
 

@@ -46,7 +46,8 @@ def evaluate_model(model, task, data: ImageSet, norm: Normalization, device: tor
                    input_size: int | None = None, dist: Dist = SINGLE, network=None) -> dict:
     """Metrics of `model` on `data` ({"plain": ..., "tta": ... when tta_flips}) and the
     figures in `folder`. `flips` and `shift`: the views the model itself averages over (a run
-    trained with --tta, --tta-shift), in every figure. `thresholds` (binary, multilabel) come from the validation split.
+    trained with --tta, --tta-shift), in every figure. `thresholds` (binary, multilabel) come
+    from the validation split.
     Images decoded with a crop margin are centre-cropped to `input_size` first. In a
     distributed run every rank scores its share and rank 0 alone computes and draws.
     `network`: the same model exported (an ONNX Runtime session of the run's network, see

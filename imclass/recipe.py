@@ -292,8 +292,6 @@ def apply(cfg: RunConfig, recipe: Recipe) -> tuple[RunConfig, Recipe]:
         chosen["early_epochs"] = early_epochs(final.epochs, final.freeze_epochs)
     if chosen.get("tta") and not _flips_in_training(override(cfg, chosen)):
         chosen.pop("tta")  # a --budget plan's, but the user's --hflip-p 0 left nothing to flip
-    if chosen.get("tta_shift") and not _moves_in_training(override(cfg, chosen)):
-        chosen.pop("tta_shift")  # likewise, where the user's --shift-p 0 moves nothing
     applied = dataclasses.replace(recipe, values=chosen)
     if not chosen:
         return cfg, applied
@@ -303,11 +301,6 @@ def apply(cfg: RunConfig, recipe: Recipe) -> tuple[RunConfig, Recipe]:
 def _flips_in_training(cfg: RunConfig) -> bool:
     augment = resolve(cfg).augment
     return bool(flip_dims(augment.hflip_p, augment.vflip_p))
-
-
-def _moves_in_training(cfg: RunConfig) -> bool:
-    augment = resolve(cfg).augment
-    return bool(augment.shift_p and augment.shift)
 
 
 def _wants_transfer(cfg: RunConfig, facts: DataFacts, given: frozenset) -> tuple[bool, str]:
